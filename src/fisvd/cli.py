@@ -1,0 +1,43 @@
+"""Shared stage runner: `--help`, logging, fail-fast validation and exit codes.
+
+`run_stage(doc, keys, main)` parses `--help` / `--params`, loads and validates params.yaml (exit 2
+with one line naming the key on a bad value), then calls `main(params)`. Any expected input error
+(bad data, model, Fisher, ranks or compressed files) also exits 2 with one line; nothing is written
+before validation passes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from .allocate import AllocationError
+from .data import DataError
+from .fisher import FisherError
+from .lowrank import CompressedModelError
+from .models import ModelError
+from .params import ParamError, Params, load_params
+
+INPUT_ERRORS = (ParamError, DataError, ModelError, FisherError, AllocationError, CompressedModelError)
+
+log = logging.getLogger("fisvd")
+
+
+def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], None]) -> None:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m stages.{name}", description=doc,
+        epilog="params.yaml keys read by this stage: " + ", ".join(keys),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("FISVD_LOG", "INFO"), stream=sys.stderr,
+                        format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
+    try:
+        params = load_params(args.params)
+        main(params)
+    except INPUT_ERRORS as exc:
+        kind = "invalid parameter" if isinstance(exc, ParamError) else "invalid input"
+        print(f"error: {kind}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

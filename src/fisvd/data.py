@@ -1,0 +1,248 @@
+"""GLUE loading: official TSVs (offline) or `nyu-mll/glue` via `datasets`, to one schema.
+
+Every example becomes `{"text_a": str, "text_b": str | None, "label": int | float}` with GLUE's
+label ids (the ids of HF `nyu-mll/glue`), in file order; STS-B labels are float scores in [0, 5];
+MNLI's dev split is `dev_matched`. TSVs are read with quoting off (GLUE text has stray `"`),
+MRPC's UTF-8 byte-order mark is stripped and CoLA's header-less files are read by position.
+
+Source resolution (`resolve_glue_dir`): env `GLUE_DIR` if set, else `../shared/data/glue` beside
+the project when present, else the HF hub.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+csv.field_size_limit(1 << 24)
+
+
+class DataError(ValueError):
+    """GLUE source files are missing or malformed; the message names the path and the cause."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str                     # our id (params data.task)
+    folder: str                   # GLUE folder name
+    dev_file: str                 # dev TSV (MNLI: matched)
+    text_a: str | int             # TSV column (header name, or index when header-less)
+    text_b: str | int | None
+    label: str | int
+    labels: tuple[str, ...] = ()  # TSV label strings in GLUE id order; () = already int ids / float
+    num_labels: int = 2
+    header: bool = True
+    hf_text: tuple[str, Optional[str]] = ("sentence1", "sentence2")
+    hf_dev: str = "validation"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("cola", "CoLA", "dev.tsv", 3, None, 1, header=False, hf_text=("sentence", None)),
+    TaskSpec("sst2", "SST-2", "dev.tsv", "sentence", None, "label", hf_text=("sentence", None)),
+    TaskSpec("mrpc", "MRPC", "dev.tsv", "#1 String", "#2 String", "Quality"),
+    TaskSpec("stsb", "STS-B", "dev.tsv", "sentence1", "sentence2", "score", num_labels=1),
+    TaskSpec("qqp", "QQP", "dev.tsv", "question1", "question2", "is_duplicate",
+             hf_text=("question1", "question2")),
+    TaskSpec("mnli", "MNLI", "dev_matched.tsv", "sentence1", "sentence2", "gold_label",
+             labels=("entailment", "neutral", "contradiction"), num_labels=3,
+             hf_text=("premise", "hypothesis"), hf_dev="validation_matched"),
+    TaskSpec("qnli", "QNLI", "dev.tsv", "question", "sentence", "label",
+             labels=("entailment", "not_entailment"), hf_text=("question", "sentence")),
+    TaskSpec("rte", "RTE", "dev.tsv", "sentence1", "sentence2", "label",
+             labels=("entailment", "not_entailment")),
+    TaskSpec("wnli", "WNLI", "dev.tsv", "sentence1", "sentence2", "label"),
+]}
+
+SPLITS = ("train", "dev")
+
+
+def resolve_glue_dir(project_root: str | Path = ".") -> Optional[Path]:
+    """GLUE_DIR env, else ../shared/data/glue beside the project, else None (= HF hub)."""
+    env = os.environ.get("GLUE_DIR")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise DataError(f"GLUE_DIR={env}: directory not found; point it at a folder holding "
+                            f"<TASK>/train.tsv and dev.tsv, or unset it to load nyu-mll/glue from the hub")
+        return path.resolve()
+    sibling = Path(project_root).resolve().parent / "shared" / "data" / "glue"
+    return sibling if sibling.is_dir() else None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _convert_label(spec: TaskSpec, raw: str, path: Path, line: int) -> int | float:
+    raw = raw.strip()
+    if spec.is_regression:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DataError(f"{path}:{line}: score {raw!r} is not a number") from None
+        if not (0.0 <= value <= 5.0):
+            raise DataError(f"{path}:{line}: score {value} outside the STS-B range [0, 5]")
+        return value
+    if spec.labels:
+        if raw not in spec.labels:
+            raise DataError(f"{path}:{line}: label {raw!r} not in {', '.join(spec.labels)}")
+        return spec.labels.index(raw)
+    allowed = [str(i) for i in range(spec.num_labels)]
+    if raw not in allowed:
+        raise DataError(f"{path}:{line}: label {raw!r} not in {', '.join(allowed)}")
+    return int(raw)
+
+
+def read_tsv(spec: TaskSpec, path: Path) -> list[dict]:
+    """Read one GLUE TSV into our schema; raises DataError naming the path on any problem."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected GLUE layout <GLUE_DIR>/{spec.folder}/"
+                        f"{{train.tsv,{spec.dev_file}}})")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if spec.header:
+        if not rows:
+            raise DataError(f"{path}: empty file (no header row)")
+        header = [h.strip() for h in rows[0]]
+        wanted = [c for c in (spec.text_a, spec.text_b, spec.label) if c is not None]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(map(str, missing))}; header has "
+                            f"{', '.join(header)}")
+        idx = {c: header.index(c) for c in wanted}
+        body, first_line = rows[1:], 2
+    else:
+        idx = {c: c for c in (spec.text_a, spec.text_b, spec.label) if c is not None}
+        body, first_line = rows, 1
+    if not body:
+        raise DataError(f"{path}: no data rows")
+    need = max(idx.values()) + 1
+    out = []
+    for n, row in enumerate(body, start=first_line):
+        if len(row) < need:
+            raise DataError(f"{path}:{n}: {len(row)} columns, expected at least {need}")
+        out.append({
+            "text_a": row[idx[spec.text_a]],
+            "text_b": row[idx[spec.text_b]] if spec.text_b is not None else None,
+            "label": _convert_label(spec, row[idx[spec.label]], path, n),
+        })
+    return out
+
+
+def load_local(task: str, glue_dir: Path) -> tuple[dict[str, list[dict]], dict]:
+    """Load train/dev of `task` from a GLUE TSV folder; returns (splits, source manifest)."""
+    spec = TASKS[task]
+    folder = Path(glue_dir) / spec.folder
+    if not folder.is_dir():
+        raise DataError(f"{folder}: task folder not found in GLUE_DIR {glue_dir}")
+    files = {"train": folder / "train.tsv", "dev": folder / spec.dev_file}
+    splits = {s: read_tsv(spec, p) for s, p in files.items()}
+    manifest = {"type": "local_tsv", "glue_dir": str(Path(glue_dir).resolve()),
+                "files": {s: {"path": str(p.relative_to(glue_dir)), "sha256": sha256_file(p)}
+                          for s, p in files.items()}}
+    return splits, manifest
+
+
+def hf_to_rows(spec: TaskSpec, dataset) -> list[dict]:
+    """Convert one `nyu-mll/glue` split (any iterable of dicts) into our schema."""
+    a, b = spec.hf_text
+    rows = []
+    for ex in dataset:
+        label = float(ex["label"]) if spec.is_regression else int(ex["label"])
+        rows.append({"text_a": ex[a], "text_b": ex[b] if b else None, "label": label})
+    return rows
+
+
+def load_hf(task: str) -> tuple[dict[str, list[dict]], dict]:
+    """Load train/dev of `task` from the HF hub dataset nyu-mll/glue."""
+    import datasets
+
+    spec = TASKS[task]
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", task)
+    except Exception as exc:  # offline, hub down, ...
+        raise DataError(f"nyu-mll/glue/{task}: could not load from the HF hub ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); set GLUE_DIR to a local GLUE "
+                        f"TSV folder to work offline") from None
+    splits = {"train": hf_to_rows(spec, ds["train"]), "dev": hf_to_rows(spec, ds[spec.hf_dev])}
+    info = ds["train"].info
+    manifest = {"type": "hf_hub", "dataset": "nyu-mll/glue", "config": task,
+                "revision": getattr(info, "version", None) and str(info.version),
+                "fingerprint": {"train": ds["train"]._fingerprint, "dev": ds[spec.hf_dev]._fingerprint}}
+    return splits, manifest
+
+
+def subset(rows: list[dict], n: Optional[int], seed: int) -> list[dict]:
+    """Seeded random subset of size n, kept in original order (n=None or >= len: all rows)."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
+def label_counts(spec: TaskSpec, rows: list[dict]) -> dict:
+    if spec.is_regression:
+        vals = [r["label"] for r in rows]
+        return {"min": min(vals), "max": max(vals), "mean": round(sum(vals) / len(vals), 4)}
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r["label"])] = counts.get(str(r["label"]), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def load_prepared(data_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
+    """Read the prepare stage's output: (meta, {"train": rows, "dev": rows})."""
+    data_dir = Path(data_dir)
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: not found; run `dvc repro prepare` first")
+    meta = json.loads(meta_path.read_text())
+    return meta, {s: read_jsonl(data_dir / f"{s}.jsonl") for s in SPLITS}
+
+
+def tokenize(tokenizer, rows: list[dict], max_length: int, with_labels: bool = True) -> list[dict]:
+    """Tokenise rows (no padding: batches are padded dynamically by `collate`)."""
+    a = [r["text_a"] for r in rows]
+    b = [r["text_b"] for r in rows] if rows and rows[0]["text_b"] is not None else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_length)
+    feats = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
+    if with_labels:
+        for f, r in zip(feats, rows):
+            f["labels"] = r["label"]
+    return feats
+
+
+def collate(tokenizer):
+    """Dynamic-padding collator (pads each batch to its longest sequence)."""
+    from transformers import DataCollatorWithPadding
+    return DataCollatorWithPadding(tokenizer)
+
+
+def batches(features: list[dict], batch_size: int, collator):
+    """Fixed-order (unshuffled) padded batches."""
+    for i in range(0, len(features), batch_size):
+        yield collator(features[i:i + batch_size])

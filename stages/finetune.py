@@ -1,0 +1,71 @@
+"""finetune: fine-tune `model.name` on the prepared GLUE task → data/model/ (safetensors, config,
+tokenizer); per-epoch loss and dev metric logged by DVCLive to metrics/finetune/.
+
+HF Trainer with dynamic padding, AdamW, linear warm-up (finetune.warmup_ratio of all steps) and
+linear decay; CUDA + bf16 when available, CPU otherwise; seeded.
+"""
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fisvd.cli import run_stage
+from fisvd.data import collate, load_prepared, tokenize
+from fisvd.io import atomic_dir, remove
+from fisvd.metrics import glue_metrics, predictions
+from fisvd.models import load_classifier, load_tokenizer, resolve_model
+
+OUT, LIVE_DIR, DATA = "data/model", "metrics/finetune", "data/prepared"
+log = logging.getLogger("fisvd")
+
+
+def main(params):
+    import torch
+    from dvclive import Live
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.integrations import DVCLiveCallback
+
+    f = params.finetune
+    meta, splits = load_prepared(DATA)
+    path = resolve_model(params.model.name)
+    remove(OUT)
+    set_seed(f.seed)
+    tokenizer = load_tokenizer(path)
+    model = load_classifier(path, meta["num_labels"], tuple(meta["label_names"]))
+    train = tokenize(tokenizer, splits["train"], f.max_length)
+    dev = tokenize(tokenizer, splits["dev"], f.max_length)
+    steps = f.epochs * math.ceil(len(train) / f.batch_size)
+    cuda = torch.cuda.is_available()
+    log.info("fine-tuning %s on %s: %d train / %d dev rows, %d steps, %s", params.model.name, meta["task"],
+             len(train), len(dev), steps, "cuda+bf16" if cuda else "cpu")
+
+    def compute_metrics(ev):
+        m = glue_metrics(meta["task"], predictions(meta["task"], np.asarray(ev.predictions)), ev.label_ids)
+        return {k: float(v) for k, v in m.items()}
+
+    args = TrainingArguments(
+        output_dir="data/.finetune-checkpoints", num_train_epochs=f.epochs, learning_rate=f.learning_rate,
+        per_device_train_batch_size=f.batch_size, per_device_eval_batch_size=64,
+        weight_decay=f.weight_decay, warmup_steps=math.ceil(f.warmup_ratio * steps),
+        lr_scheduler_type="linear", eval_strategy="epoch", logging_strategy="epoch", save_strategy="no",
+        report_to="none", seed=f.seed, data_seed=f.seed, bf16=cuda, use_cpu=not cuda,
+        dataloader_num_workers=0)
+    live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                      data_collator=collate(tokenizer), processing_class=tokenizer,
+                      compute_metrics=compute_metrics, callbacks=[DVCLiveCallback(live=live)])
+    trainer.train()
+    live.end()
+    final = trainer.evaluate()
+    log.info("dev %s", {k: round(v, 4) for k, v in final.items() if k.startswith("eval_") and "runtime" not in k
+                        and "per_second" not in k})
+    with atomic_dir(OUT) as tmp:
+        trainer.model.float().save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    Path(args.output_dir).exists() and remove(args.output_dir)
+    log.info("wrote %s", OUT)
+
+
+if __name__ == "__main__":
+    run_stage("finetune", __doc__, ["model.name", "finetune.*"], main)
