@@ -29,11 +29,10 @@ from functools import reduce
 import numpy as np
 import torch
 
+from .errors import AllocationError
 from .factorize import fwsvd_scale, spectrum
 
 
-class AllocationError(ValueError):
-    """The budget cannot be met or the inputs are inconsistent; the message says why."""
 
 
 @dataclass

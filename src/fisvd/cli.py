@@ -1,9 +1,9 @@
 """Shared stage runner: `--help`, logging, fail-fast validation and exit codes.
 
-`run_stage(doc, keys, main)` parses `--help` / `--params`, loads and validates params.yaml (exit 2
-with one line naming the key on a bad value), then calls `main(params)`. Any expected input error
-(bad data, model, Fisher, ranks or compressed files) also exits 2 with one line; nothing is written
-before validation passes.
+`run_stage(name, doc, keys, main)` parses `--help` / `--params`, loads and validates params.yaml
+(exit 2 with one line naming the key on a bad value), then calls `main(params)`. Any expected
+input error (`fisvd.errors.InputError`: bad data, model, Fisher, ranks or compressed files) also
+exits 2 with one line; stages validate before they write anything.
 """
 from __future__ import annotations
 
@@ -13,16 +13,8 @@ import os
 import sys
 from typing import Callable
 
-from .allocate import AllocationError
-from .data import DataError
-from .fisher import FisherError
-from .lowrank import CompressedModelError
-from .models import ModelError
-from .params import ParamError, Params, load_params
-
-INPUT_ERRORS = (ParamError, DataError, ModelError, FisherError, AllocationError, CompressedModelError)
-
-log = logging.getLogger("fisvd")
+from .errors import InputError, ParamError
+from .params import Params, load_params
 
 
 def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], None]) -> None:
@@ -37,7 +29,7 @@ def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], Non
     try:
         params = load_params(args.params)
         main(params)
-    except INPUT_ERRORS as exc:
+    except InputError as exc:
         kind = "invalid parameter" if isinstance(exc, ParamError) else "invalid input"
         print(f"error: {kind}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

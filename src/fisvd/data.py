@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .errors import DataError
+
 csv.field_size_limit(1 << 24)
 
 
-class DataError(ValueError):
-    """GLUE source files are missing or malformed; the message names the path and the cause."""
 
 
 @dataclass(frozen=True)

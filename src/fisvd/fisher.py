@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import FisherError
+
 log = logging.getLogger(__name__)
 
 
-class FisherError(ValueError):
-    """A Fisher file is missing, corrupt, or does not match the model."""
 
 
 def _weights(model: nn.Module, names: list[str]) -> dict[str, nn.Parameter]:

@@ -19,13 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import CompressedModelError
+
 RANKS_FILE = "ranks.json"
 WEIGHTS_FILE = "model.safetensors"
 BUFFER_PREFIX = "buffers::"
 
 
-class CompressedModelError(ValueError):
-    """A compressed-model directory is missing files or holds corrupt / inconsistent tensors."""
 
 
 class LowRankLinear(nn.Module):

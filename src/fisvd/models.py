@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ModelError
+from .lowrank import LowRankLinear
+
 DEFAULT_MODEL = "minilm-l6"
 
 
-class ModelError(ValueError):
-    """The model name cannot be resolved or loaded; the message says why and how to fix it."""
 
 
 def resolve_model(name: str) -> str:
@@ -120,8 +121,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def compressible_linears(model: nn.Module) -> list[MatrixInfo]:
     """All Linears (or already-factorised LowRankLinears) inside the repeated blocks, in order."""
-    from .lowrank import LowRankLinear
-
     prefix, blocks = find_blocks(model)
     out = []
     for layer, block in enumerate(blocks):
@@ -139,7 +138,6 @@ def compressible_linears(model: nn.Module) -> list[MatrixInfo]:
 
 
 def _inside_lowrank(block: nn.Module, local: str) -> bool:
-    from .lowrank import LowRankLinear
     parts = local.split(".")
     for i in range(1, len(parts)):
         if isinstance(block.get_submodule(".".join(parts[:i])), LowRankLinear):
@@ -153,3 +151,32 @@ def count_params(model: nn.Module) -> int:
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def meta_model(model_dir: str):
+    """The classifier's module structure on the meta device (no weights allocated)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def dense_weights(model_dir: str, names: list[str]) -> dict[str, torch.Tensor]:
+    """Read just the named Linears' weights from a saved model's safetensors (fp32, CPU)."""
+    from safetensors import safe_open
+
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        raise ModelError(f"{path}: not found; run `dvc repro finetune`")
+    out = {}
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        for n in names:
+            if f"{n}.weight" not in keys:
+                raise ModelError(f"{path}: no tensor {n}.weight")
+            w = f.get_tensor(f"{n}.weight").float()
+            if not torch.isfinite(w).all():
+                raise ModelError(f"{path}: {n}.weight contains NaN or inf")
+            out[n] = w
+    return out

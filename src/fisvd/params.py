@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import ParamError
+
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 FISHER_MODES = ("per_batch", "per_sample")
 ALLOC_METHODS = ("uniform_rank", "uniform_ratio", "energy", "random", "inter_layer_fi",
@@ -27,8 +29,6 @@ ALLOC_OBJECTIVES = ("total", "layerwise")
 COMPRESS_METHODS = ("svd", "fwsvd", "tfwsvd")
 
 
-class ParamError(ValueError):
-    """A params.yaml value is unknown, mistyped or out of range; the message names the key."""
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

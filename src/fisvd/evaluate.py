@@ -1,0 +1,69 @@
+"""Dev-set evaluation and latency measurement of a (dense or compressed) classifier.
+
+`predict` runs the dev split in fixed order (bf16 autocast on CUDA, fp32 on CPU) and returns logits;
+`latency_ms` is the median wall time of one forward pass on a [batch, length] batch of real token
+ids (warm-up first), on CPU unless a device is given. `kept_ratio` recounts p = Σ size / Σ m n
+from the modules themselves (methods.md §5), independently of ranks.json.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .lowrank import LowRankLinear
+from .models import compressible_linears
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches, device: torch.device) -> np.ndarray:
+    model.eval().to(device)
+    out = []
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(**batch).logits.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def latency_batch(features: list[dict], batch_size: int, length: int) -> dict[str, torch.Tensor]:
+    """A [batch_size, length] batch from real token ids (examples repeated and concatenated)."""
+    ids = [t for f in features for t in f["input_ids"]]
+    need = batch_size * length
+    ids = (ids * (need // max(len(ids), 1) + 1))[:need]
+    input_ids = torch.tensor(ids, dtype=torch.long).view(batch_size, length)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "token_type_ids": torch.zeros_like(input_ids)}
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, batch: dict, repeats: int, device: torch.device = torch.device("cpu"),
+               warmup: int = 2) -> float:
+    model.eval().to(device)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def kept_ratio(model: nn.Module) -> tuple[float, int, int]:
+    """(p, kept, dense) over the compressible matrices, counted from the modules."""
+    kept = dense = 0
+    for info in compressible_linears(model):
+        m, n = info.shape
+        mod = model.get_submodule(info.name)
+        dense += m * n
+        kept += mod.rank * (m + n) if isinstance(mod, LowRankLinear) else m * n
+    return kept / dense, kept, dense
