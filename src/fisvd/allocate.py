@@ -204,10 +204,17 @@ def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int =
     return ranks
 
 
-def allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: float = 0.95,
-             calibrate: bool = False, score: str = "total", alpha: float = 1.0, r_min: int = 1,
-             objective: str = "total", seed: int = 0) -> tuple[list[int], dict]:
-    """Ranks per matrix (r ≥ r̄ = dense) and info (e.g. the calibrated τ, the solver used)."""
+def allocate(method: str, mats: list[Matrix], **kw) -> tuple[list[int], dict]:
+    """Ranks per matrix in [1, r̄] (r̄ = dense) and info (e.g. the calibrated τ, the solver used).
+
+    Keywords: budget (p), tau, calibrate, score, alpha, r_min, objective, seed (see module doc)."""
+    ranks, info = _allocate(method, mats, **kw)
+    return [min(max(1, r), M.rbar) for M, r in zip(mats, ranks)], info
+
+
+def _allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: float = 0.95,
+              calibrate: bool = False, score: str = "total", alpha: float = 1.0, r_min: int = 1,
+              objective: str = "total", seed: int = 0) -> tuple[list[int], dict]:
     info: dict = {}
     if method == "fi_retention" and not calibrate:
         info["tau"] = tau

@@ -109,7 +109,10 @@ def load_compressed(model_dir: str | Path, device: str | torch.device = "cpu") -
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     for name, rank in ranks.items():
-        dense = model.get_submodule(name)
+        try:
+            dense = model.get_submodule(name)
+        except AttributeError:
+            raise CompressedModelError(f"{model_dir / RANKS_FILE}: no module {name} in the model") from None
         if not isinstance(dense, nn.Linear) or not isinstance(rank, int) or rank < 1:
             raise CompressedModelError(f"{model_dir / RANKS_FILE}: bad entry {name}: {rank!r}")
         with torch.device("meta"):

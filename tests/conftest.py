@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random models built from configs (no downloads) and paths."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_bert_config(num_labels: int = 2, vocab_size: int = 30522, **kw):
+    from transformers import BertConfig
+    base = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+    base.update(kw)
+    return BertConfig(**base)
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, **kw):
+    from transformers import BertForSequenceClassification
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_bert_config(num_labels, **kw)).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from fisvd.models import load_tokenizer, resolve_model
+    return load_tokenizer(resolve_model("minilm-l6"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A tiny random BERT classifier saved with the MiniLM tokenizer: a valid `model.name`."""
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tiny_bert(vocab_size=minilm_tokenizer.vocab_size).save_pretrained(d)
+    minilm_tokenizer.save_pretrained(d)
+    return d
+
+
+def write_mrpc(dir_: Path, n_train: int = 48, n_dev: int = 24, seed: int = 0) -> Path:
+    """A small MRPC-format GLUE folder (BOM header, stray quotes) with learnable labels."""
+    import random
+    rng = random.Random(seed)
+    words = "the a cat dog runs sleeps quickly big small red blue house car tree sees eats".split()
+    (dir_ / "MRPC").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        for i in range(n):
+            a = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10)))
+            label = i % 2
+            b = a if label else " ".join(rng.choice(words) for _ in range(rng.randint(4, 10)))
+            lines.append(f"{label}\t{i}\t{i + 1000}\t\" {a}\t{b} \"")
+        (dir_ / "MRPC" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dir_

@@ -1,0 +1,156 @@
+"""Rank allocation against brute force and the definitions in methods.md §5–§7."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fisvd.allocate import AllocationError, Matrix, allocate, matrix_stats, min_ratio, ranks_for_tau, report, total_size
+
+BUDGETED = ["uniform_rank", "uniform_ratio", "energy", "random", "inter_layer_fi", "max_fi"]
+
+
+def synthetic(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    mats = []
+    for i, (m, n) in enumerate(shapes):
+        g = np.sort(rng.gamma(0.5, 1.0, min(m, n)) * rng.uniform(0.1, 10))[::-1]
+        e = np.sort(rng.gamma(1.0, 1.0, min(m, n)))[::-1]
+        mats.append(Matrix(f"m{i}", i // 2, "q", m, n, g, e, float(rng.uniform(0.1, 5)), float(rng.uniform(0.1, 5))))
+    return mats
+
+
+SMALL = [(12, 8), (10, 10), (16, 6), (9, 12)]
+
+
+def all_allocations(mats):
+    return itertools.product(*[range(1, M.rbar + 1) for M in mats])
+
+
+def dense_total(mats):
+    return sum(M.dense_size for M in mats)
+
+
+def value(mats, ranks, objective):
+    v = 0.0
+    for M, r in zip(mats, ranks):
+        kept = M.g.sum() if r >= M.rbar else M.g[:r].sum()
+        v += kept / M.g.sum() if objective == "layerwise" else kept
+    return v
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("objective", ["total", "layerwise"])
+@pytest.mark.parametrize("p", [0.35, 0.6, 0.85])
+def test_max_fi_equals_brute_force(seed, objective, p):
+    mats = synthetic(SMALL, seed)
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    best = max(value(mats, rk, objective) for rk in all_allocations(mats) if total_size(mats, rk) <= B)
+    ranks, info = allocate("max_fi", mats, budget=p, objective=objective)
+    assert total_size(mats, ranks) <= B
+    assert value(mats, ranks, objective) == pytest.approx(best, rel=1e-12)
+    assert info["solver"] == "dp"
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.75])
+def test_calibrated_fi_retention_equals_max_min(seed, p):
+    mats = synthetic(SMALL, seed + 10)
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    best = max(min(M.rho(r) for M, r in zip(mats, rk)) for rk in all_allocations(mats) if total_size(mats, rk) <= B)
+    ranks, info = allocate("fi_retention", mats, budget=p, calibrate=True)
+    assert total_size(mats, ranks) <= B
+    assert min(M.rho(r) for M, r in zip(mats, ranks)) == pytest.approx(best, abs=1e-12)
+    assert info["tau"] == pytest.approx(best, abs=1e-12)
+
+
+def test_fixed_tau_is_smallest_rank_reaching_tau_and_monotone():
+    mats = synthetic(SMALL, 3)
+    prev = -1
+    for tau in np.linspace(0.05, 1.0, 40):
+        ranks, info = allocate("fi_retention", mats, tau=float(tau))
+        for M, r in zip(mats, ranks):
+            brute = next((k for k in range(1, M.rbar) if M.cum_g[k - 1] >= tau - 1e-12), M.rbar)
+            assert r == brute
+        size = total_size(mats, ranks)
+        assert size >= prev  # larger tau never gives fewer params
+        prev = size
+    assert ranks_for_tau(mats, 1.0) == [M.rbar for M in mats]  # tau = 1 keeps all dense
+    assert ranks_for_tau(mats, 1e-9) == [1] * len(mats)
+
+
+@pytest.mark.parametrize("method", BUDGETED + ["fi_retention"])
+@pytest.mark.parametrize("p", [0.2, 0.45, 0.7, 0.95])
+def test_budget_met_from_below_within_one_step(method, p):
+    mats = synthetic([(384, 384)] * 4 + [(1536, 384), (384, 1536)] * 2, seed=5)
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    ranks, _ = allocate(method, mats, budget=p, calibrate=True, seed=1)
+    used = total_size(mats, ranks)
+    assert used <= B
+    steps = [M.size(r + 1) - M.size(r) for M, r in zip(mats, ranks) if r < M.rbar]
+    assert not steps or B - used < min(steps)
+    assert all(1 <= r <= M.rbar for M, r in zip(mats, ranks))
+
+
+def test_uniform_ratio_is_floor_of_p_rbar_plus_leftover():
+    mats = synthetic([(384, 384), (1536, 384), (384, 1536), (300, 200)])
+    ranks, _ = allocate("uniform_ratio", mats, budget=0.5)
+    for M, r in zip(mats, ranks):
+        assert math.floor(0.5 * M.rbar) <= r <= math.floor(0.5 * M.rbar) + 1
+
+
+def test_uniform_rank_is_largest_common_rank():
+    mats = synthetic([(384, 384), (1536, 384)])
+    ranks, info = allocate("uniform_rank", mats, budget=0.4)
+    r = info["uniform_rank"]
+    assert total_size(mats, [r, r]) <= 0.4 * dense_total(mats) < total_size(mats, [r + 1, r + 1])
+
+
+def test_inter_layer_fi_follows_scores():
+    mats = synthetic([(384, 384)] * 3, seed=2)
+    for M, s in zip(mats, [1.0, 4.0, 9.0]):
+        M.fisher_total = s
+    ranks, _ = allocate("inter_layer_fi", mats, budget=0.4, score="total", alpha=1.0)
+    assert ranks[0] < ranks[1] < ranks[2]
+    assert ranks[2] / ranks[0] == pytest.approx(9.0, rel=0.1)
+    flat, _ = allocate("inter_layer_fi", mats, budget=0.4, score="total", alpha=1e-9)
+    assert max(flat) - min(flat) <= 1
+
+
+def test_random_is_seeded():
+    mats = synthetic(SMALL * 3)
+    assert allocate("random", mats, budget=0.5, seed=3)[0] == allocate("random", mats, budget=0.5, seed=3)[0]
+    assert allocate("random", mats, budget=0.5, seed=3)[0] != allocate("random", mats, budget=0.5, seed=4)[0]
+
+
+def test_budget_below_minimum_names_minimum():
+    mats = synthetic([(384, 384), (1536, 384)])
+    pmin = min_ratio(mats)
+    with pytest.raises(AllocationError, match=f"minimum reachable kept ratio {pmin:.4f}"):
+        allocate("max_fi", mats, budget=pmin / 2)
+    ranks, _ = allocate("uniform_ratio", mats, budget=pmin)
+    assert ranks == [1, 1]
+
+
+def test_matrix_stats_spectrum_is_fwsvd_weighted_and_report_counts():
+    W = torch.randn(12, 8, dtype=torch.float64)
+    F = torch.rand(12, 8, dtype=torch.float64)
+    M = matrix_stats("x", 0, "q", W, F)
+    s = torch.sqrt(F.sum(0))
+    assert np.allclose(M.g, torch.linalg.svdvals(W * s) ** 2)
+    assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)
+    rep = report([M], [2], 1000)
+    row = rep["matrices"][0]
+    assert row["kept_params"] == 2 * 20 and not row["dense"]
+    assert rep["totals"]["total_params"] == 1000 - 96 + 40
+    assert row["fi_retained"] == pytest.approx(M.g[:2].sum() / M.g.sum(), abs=1e-6)
+    dense = report([M], [M.rbar], 1000)["matrices"][0]
+    assert dense["dense"] and dense["kept_params"] == 96 and dense["fi_retained"] == 1.0
+
+
+def test_nan_weights_rejected():
+    W = torch.ones(4, 4)
+    W[0, 0] = float("inf")
+    with pytest.raises(AllocationError, match="NaN or inf"):
+        matrix_stats("bad", 0, "q", W, torch.ones(4, 4))

@@ -1,0 +1,131 @@
+"""SVD / FWSVD / TFWSVD against independent truth (methods.md §4, §9)."""
+import pytest
+import torch
+
+from fisvd.factorize import factorize, fwsvd, fwsvd_scale, svd, tfwsvd, weighted_error
+
+
+def rand(m, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, n, generator=g, dtype=torch.float64)
+
+
+def column_constant_fisher(m, n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    col = torch.rand(n, generator=g, dtype=torch.float64) * 10 + 0.01
+    return col[None, :].expand(m, n).clone()
+
+
+@pytest.mark.parametrize("r", [1, 3, 7])
+def test_svd_error_is_tail_energy(r):
+    W = rand(12, 9)
+    A, B = svd(W, r)
+    s = torch.linalg.svdvals(W)
+    assert torch.allclose(((W - A @ B) ** 2).sum(), (s[r:] ** 2).sum(), rtol=1e-10)
+
+
+def test_fwsvd_with_constant_fisher_equals_svd():
+    W = rand(10, 14)
+    F = torch.full_like(W, 3.7)
+    A1, B1 = svd(W, 4)
+    A2, B2 = fwsvd(W, F, 4)
+    assert torch.allclose(A1 @ B1, A2 @ B2, atol=1e-10)
+
+
+def random_restarts_best(W, F, r, n=6):
+    best = float("inf")
+    for seed in range(n):
+        g = torch.Generator().manual_seed(100 + seed)
+        init = (torch.randn(W.shape[0], r, generator=g, dtype=W.dtype), torch.randn(r, W.shape[1], generator=g, dtype=W.dtype))
+        A, B = tfwsvd(W, F, r, max_iters=300, tol=1e-12, init=init)
+        best = min(best, weighted_error(W, F, A, B))
+    return best
+
+
+@pytest.mark.parametrize("shape,r", [((8, 6), 2), ((6, 9), 3), ((10, 10), 4)])
+def test_fwsvd_is_weighted_optimum_for_column_constant_fisher(shape, r):
+    W = rand(*shape, seed=shape[0])
+    F = column_constant_fisher(*shape)
+    opt = weighted_error(W, F, *fwsvd(W, F, r))
+    assert opt <= weighted_error(W, F, *tfwsvd(W, F, r, max_iters=200, tol=1e-14)) * (1 + 1e-9)
+    assert opt <= random_restarts_best(W, F, r) * (1 + 1e-7)
+    assert opt < weighted_error(W, F, *svd(W, r))
+
+
+def wrong_axis_fwsvd(W, F, r):
+    """Weights the rows (outputs) instead of the columns: the classic orientation bug."""
+    A, B = fwsvd(W.T.contiguous(), F.T.contiguous(), r)
+    return B.T, A.T
+
+
+def test_weighting_the_wrong_axis_fails_the_optimality_check():
+    W, r = rand(8, 6, seed=8), 2
+    F = column_constant_fisher(8, 6)
+    wrong = weighted_error(W, F, *wrong_axis_fwsvd(W, F, r))
+    assert wrong > random_restarts_best(W, F, r) * 1.01  # so the optimality test above would fail
+
+
+def test_tfwsvd_monotone_never_above_fwsvd_and_strictly_better_on_general_weights():
+    W = rand(20, 16, seed=3)
+    F = torch.rand(20, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64) ** 3 + 1e-3
+    hist = []
+    A, B = tfwsvd(W, F, 5, max_iters=50, tol=0.0, history=hist)
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(hist, hist[1:]))
+    fw = weighted_error(W, F, *fwsvd(W, F, 5))
+    tf = weighted_error(W, F, A, B)
+    assert tf <= fw and tf < 0.95 * fw
+
+
+def test_tfwsvd_converges_to_same_value_from_different_inits():
+    torch.manual_seed(0)
+    U = rand(10, 3, seed=11)
+    V = rand(3, 8, seed=12)
+    W = U @ V + 0.01 * rand(10, 8, seed=13)  # well-conditioned, dominant rank-3 structure
+    F = torch.rand(10, 8, generator=torch.Generator().manual_seed(14), dtype=torch.float64) + 0.5
+    vals = []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        init = (torch.randn(10, 3, generator=g, dtype=torch.float64), torch.randn(3, 8, generator=g, dtype=torch.float64))
+        vals.append(weighted_error(W, F, *tfwsvd(W, F, 3, max_iters=500, tol=1e-13, init=init)))
+    vals.append(weighted_error(W, F, *tfwsvd(W, F, 3, max_iters=500, tol=1e-13)))
+    assert max(vals) - min(vals) <= 1e-4 * min(vals)
+
+
+@pytest.mark.parametrize("method", ["svd", "fwsvd", "tfwsvd"])
+@pytest.mark.parametrize("r", [1, 4])  # 4 = break-even of 8x8 (64/16)
+def test_zero_fisher_columns_and_edge_ranks_stay_finite(method, r):
+    W = rand(8, 8, seed=5).float()
+    F = torch.rand(8, 8, generator=torch.Generator().manual_seed(6))
+    F[:, :3] = 0.0
+    A, B = factorize(method, W, F, r)
+    assert A.shape == (8, r) and B.shape == (r, 8) and A.dtype == torch.float32
+    assert torch.isfinite(A).all() and torch.isfinite(B).all()
+
+
+def test_all_zero_fisher_is_finite_and_falls_back_to_svd():
+    W = rand(6, 5, seed=9)
+    A, B = fwsvd(W, torch.zeros_like(W), 2)
+    As, Bs = svd(W, 2)
+    assert torch.allclose(A @ B, As @ Bs, atol=1e-10)
+    assert torch.isfinite(tfwsvd(W, torch.zeros_like(W), 2)[0]).all()
+
+
+def test_scale_floor_and_orientation():
+    F = torch.zeros(4, 3, dtype=torch.float64)
+    F[:, 0] = 2.0  # column importance c = [8, 0, 0]
+    s = fwsvd_scale(F)
+    assert s.shape == (3,)  # one scale per input column
+    assert torch.allclose(s, torch.tensor([8.0, 1e-6 * 8 / 3, 1e-6 * 8 / 3], dtype=torch.float64).sqrt())
+
+
+@pytest.mark.parametrize("bad", [
+    lambda W, F: (W, F[:, :2], 1, "Fisher shape"),
+    lambda W, F: (W, -F, 1, "negative"),
+    lambda W, F: (W, F, 0, "rank 0 out of range"),
+    lambda W, F: (W, F, 5, "rank 5 out of range"),
+    lambda W, F: (W * float("nan"), F, 1, "NaN"),
+])
+def test_bad_inputs_raise(bad):
+    W, F, r, msg = bad(rand(4, 4), torch.ones(4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=msg):
+        factorize("fwsvd", W, F, r)

@@ -1,0 +1,154 @@
+"""Compressible-Linear discovery across encoder families, LowRankLinear exactness, and the
+compressed-model directory (save → load bit-exact, no dense materialisation, corrupt files)."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fisvd.evaluate import kept_ratio
+from fisvd.factorize import svd
+from fisvd.lowrank import CompressedModelError, LowRankLinear, apply_lowrank, load_compressed, save_compressed
+from fisvd.models import compressible_linears, find_blocks
+from conftest import tiny_bert
+
+TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
+
+
+def build(family):
+    import transformers as T
+    common = dict(vocab_size=100, num_labels=3)
+    torch.manual_seed(0)
+    if family == "bert":
+        return tiny_bert(num_labels=3, vocab_size=100)
+    if family == "roberta":
+        cfg = T.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                              max_position_embeddings=64, pad_token_id=1, **common)
+        return T.RobertaForSequenceClassification(cfg).eval()
+    if family == "distilbert":
+        cfg = T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, **common)
+        return T.DistilBertForSequenceClassification(cfg).eval()
+    if family == "electra":
+        cfg = T.ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=64, **common)
+        return T.ElectraForSequenceClassification(cfg).eval()
+    if family == "mpnet":
+        cfg = T.MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=64, **common)
+        return T.MPNetForSequenceClassification(cfg).eval()
+    raise ValueError(family)
+
+
+FAMILIES = ["bert", "roberta", "distilbert", "electra", "mpnet"]
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_discovery_finds_six_typed_matrices_per_block(family):
+    model = build(family)
+    mats = compressible_linears(model)
+    assert len(mats) == 12
+    for layer in range(2):
+        assert [m.type for m in mats if m.layer == layer] == TYPES
+    names = {m.name for m in mats}
+    # heads, poolers and embedding projections stay dense
+    assert not any("classifier" in n or "pooler" in n or "embeddings" in n for n in names)
+    assert all(isinstance(model.get_submodule(n), nn.Linear) for n in names)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_rank_compression_matches_dense_and_low_rank_runs(family):
+    model = build(family)
+    x = inputs()
+    with torch.no_grad():
+        ref = model(**x).logits
+    full = {m.name: svd(model.get_submodule(m.name).weight.detach(), min(m.shape)) for m in compressible_linears(model)}
+    apply_lowrank(model, full)
+    assert sum(isinstance(m, LowRankLinear) for m in model.modules()) == 12
+    with torch.no_grad():
+        assert torch.allclose(model(**x).logits, ref, atol=1e-5, rtol=1e-4)
+    low = build(family)
+    apply_lowrank(low, {m.name: svd(low.get_submodule(m.name).weight.detach(), 2) for m in compressible_linears(low)})
+    with torch.no_grad():
+        out = low(**x).logits
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+
+
+def test_lowrank_linear_computes_x_Bt_At_plus_b():
+    A, B, b = torch.randn(5, 2), torch.randn(2, 7), torch.randn(5)
+    x = torch.randn(3, 7)
+    mod = LowRankLinear.from_factors(A, B, b)
+    assert torch.allclose(mod(x), x @ B.T @ A.T + b, atol=1e-6)
+    assert sum(p.numel() for p in mod.parameters()) == 2 * (5 + 7) + 5
+
+
+def compressed_bert(rank=3):
+    model = tiny_bert(num_labels=2, vocab_size=100)
+    mats = compressible_linears(model)
+    fac = {m.name: svd(model.get_submodule(m.name).weight.detach(), rank) for m in mats[:-2]}  # last two stay dense
+    return apply_lowrank(model, fac)
+
+
+def test_save_load_round_trip_is_bit_exact_and_never_dense(tmp_path, monkeypatch):
+    model = compressed_bert()
+    save_compressed(model, tmp_path)
+    assert json.loads((tmp_path / "ranks.json").read_text()) == \
+        {n: 3 for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    devices = []
+    orig = nn.Linear.reset_parameters
+    monkeypatch.setattr(nn.Linear, "reset_parameters", lambda self: (devices.append(self.weight.device.type), orig(self)))
+    loaded = load_compressed(tmp_path)
+    monkeypatch.undo()
+    assert devices and set(devices) == {"meta"}  # every Linear was built on the meta device
+    sd1, sd2 = model.state_dict(), loaded.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    for (n1, b1), (n2, b2) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert n1 == n2 and torch.equal(b1, b2)
+    x = inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, loaded(**x).logits)
+    assert [m.name for m in compressible_linears(loaded)] == [m.name for m in compressible_linears(model)]
+    p, kept, dense = kept_ratio(loaded)
+    mats = compressible_linears(loaded)
+    assert kept == sum(3 * (m.shape[0] + m.shape[1]) for m in mats[:-2]) + 2 * 32 * 64  # two dense FFN
+    assert dense == sum(m.shape[0] * m.shape[1] for m in mats) and p == kept / dense
+
+
+def test_no_pickle_in_compressed_dir(tmp_path):
+    save_compressed(compressed_bert(), tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    assert (tmp_path / "model.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # not a pickle
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing_ranks", "bad_rank", "unknown_module"])
+def test_corrupt_compressed_dir_raises(tmp_path, damage):
+    save_compressed(compressed_bert(), tmp_path)
+    w = tmp_path / "model.safetensors"
+    ranks = json.loads((tmp_path / "ranks.json").read_text())
+    if damage == "truncate":
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    elif damage == "garbage":
+        w.write_bytes(b"\x00" * 64)
+    elif damage == "missing_ranks":
+        (tmp_path / "ranks.json").unlink()
+    elif damage == "bad_rank":
+        ranks[next(iter(ranks))] = 0
+        (tmp_path / "ranks.json").write_text(json.dumps(ranks))
+    else:
+        ranks["bert.nothing.here"] = 2
+        (tmp_path / "ranks.json").write_text(json.dumps(ranks))
+    with pytest.raises(CompressedModelError):
+        load_compressed(tmp_path)
+
+
+def test_find_blocks_requires_repeated_linear_blocks():
+    from fisvd.models import ModelError
+    with pytest.raises(ModelError, match="no repeated block"):
+        find_blocks(nn.Sequential(nn.Linear(3, 3)))
