@@ -1,0 +1,120 @@
+"""End to end: the real DVC pipeline in a temp git+DVC repo on a tiny model and tiny MRPC data.
+
+Asserts via `Repo.reproduce()` exactly which stages ran after changing one param, that a second
+repro does nothing, that metrics are git-tracked while data/ is ignored, and that the compressed
+model loads back.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, write_mrpc
+
+pytestmark = pytest.mark.slow
+ALL = ["prepare", "finetune", "fisher", "allocate", "compress", "evaluate"]
+
+
+def git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir, monkeypatch):
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    for item in ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore"):
+        src = ROOT / item
+        shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) \
+            if src.is_dir() else shutil.copy(src, repo / item)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["name"] = str(tiny_model_dir)
+    params["finetune"].update(epochs=1, batch_size=8, max_length=32)
+    params["fisher"]["batch_size"] = 8
+    params["evaluate"].update(batch_size=8, latency_batches=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    glue = write_mrpc(tmp_path / "glue", n_train=40, n_dev=16)
+    monkeypatch.setenv("GLUE_DIR", str(glue))
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(repo / "src"))
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    monkeypatch.chdir(repo)
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "ci@example.com")
+    git(repo, "config", "user.name", "ci")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
+def reproduce(repo):
+    from dvc.repo import Repo
+    with Repo(str(repo)) as r:
+        stages = r.reproduce()
+    return [s.addressing for s in stages]
+
+
+def set_param(repo, key, value):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    section, _, leaf = key.rpartition(".")
+    node = params
+    for part in section.split("."):
+        node = node[part]
+    node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_pipeline_reruns_exactly_the_affected_stages(project):
+    repo = project
+    assert reproduce(repo) == ALL
+    metrics = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
+    assert metrics["task"] == "mrpc" and 0 < metrics["kept_ratio"] <= 1
+    for side in ("dense", "compressed"):
+        assert {"f1", "accuracy", "score", "collapsed", "params", "latency_ms"} <= set(metrics[side])
+    ranks = json.loads((repo / "metrics/allocate/ranks.json").read_text())
+    assert len(ranks["matrices"]) == 12 and ranks["totals"]["method"] == "fi_retention"
+    manifest = json.loads((repo / "metrics/prepare/data.json").read_text())
+    assert manifest["rows"] == {"train": 40, "dev": 16} and len(manifest["source"]["files"]["train"]["sha256"]) == 64
+
+    git(repo, "add", "-A")
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True, text=True).stdout
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "dvc.lock" in tracked and "metrics/evaluate/metrics.json" in tracked
+    assert "metrics/allocate/ranks.json" in tracked and "metrics/finetune/metrics.json" in tracked
+    assert not any(t.startswith("data/") and not t.endswith(".gitignore") for t in tracked), status
+    git(repo, "commit", "-qm", "run")
+
+    assert reproduce(repo) == []  # nothing changed: nothing runs
+
+    set_param(repo, "allocate.fi_retention", 0.8)
+    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
+    new = json.loads((repo / "metrics/allocate/ranks.json").read_text())
+    assert new["totals"]["kept_ratio"] <= ranks["totals"]["kept_ratio"]
+
+    set_param(repo, "allocate.method", "uniform_ratio")
+    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
+    assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["kept_ratio"] <= 0.5
+
+    set_param(repo, "compress.method", "svd")
+    assert reproduce(repo) == ["compress", "evaluate"]
+
+    set_param(repo, "evaluate.latency_batches", 3)
+    assert reproduce(repo) == ["evaluate"]
+
+    from fisvd.lowrank import load_compressed
+    model = load_compressed(repo / "data/compressed")
+    assert any(type(m).__name__ == "LowRankLinear" for m in model.modules())
+
+
+def test_bad_param_fails_dvc_repro_before_any_output(project):
+    set_param(project, "allocate.budget", 1.5)
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, capture_output=True, text=True)
+    assert res.returncode != 0 and "allocate.budget" in res.stdout + res.stderr
+    assert not (project / "data").exists() and not (project / "dvc.lock").exists()
