@@ -7,8 +7,10 @@ model loads back.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -118,3 +120,56 @@ def test_bad_param_fails_dvc_repro_before_any_output(project):
     res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, capture_output=True, text=True)
     assert res.returncode != 0 and "allocate.budget" in res.stdout + res.stderr
     assert not (project / "data").exists() and not (project / "dvc.lock").exists()
+
+
+def _kill_when(repo, condition, timeout=300):
+    """Start `dvc repro`, SIGKILL its whole process group once `condition()` holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not condition():
+        assert proc.poll() is None, "dvc repro finished before the kill point"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _stage_running(name):
+    import psutil
+
+    def check():
+        for p in psutil.process_iter(["cmdline"]):
+            if f"stages.{name}" in " ".join(p.info["cmdline"] or []):
+                return time.time() - p.create_time() > 2.0  # well inside the stage
+        return False
+    return check
+
+
+def _lock_stages(repo):
+    lock = repo / "dvc.lock"
+    return set(yaml.safe_load(lock.read_text())["stages"]) if lock.exists() else set()
+
+
+def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project):
+    repo = project
+    _kill_when(repo, lambda: (repo / "metrics/finetune/params.yaml").exists())  # finetune is training
+    assert "finetune" not in _lock_stages(repo) and not (repo / "data/model/model.safetensors").exists()
+    _kill_when(repo, _stage_running("fisher"))
+    assert "finetune" in _lock_stages(repo) and "fisher" not in _lock_stages(repo)
+    assert not (repo / "data/fisher.safetensors").exists()
+
+    assert reproduce(repo)[-1] == "evaluate"
+    from dvc.repo import Repo
+    with Repo(str(repo)) as r:
+        assert r.status() == {}
+    assert not list((repo / "data").glob(".*.tmp-*"))
+    fisher = (repo / "data/fisher.safetensors").read_bytes()
+    metrics = (repo / "metrics/evaluate/metrics.json").read_text()
+    ranks = (repo / "metrics/allocate/ranks.json").read_text()
+
+    with Repo(str(repo)) as r:  # `dvc repro -f`: every stage again, bit-identical results on CPU
+        assert [s.addressing for s in r.reproduce(force=True)] == ALL
+    assert (repo / "data/fisher.safetensors").read_bytes() == fisher
+    assert (repo / "metrics/evaluate/metrics.json").read_text() == metrics
+    assert (repo / "metrics/allocate/ranks.json").read_text() == ranks

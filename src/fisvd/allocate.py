@@ -279,7 +279,8 @@ def report(mats: list[Matrix], ranks: list[int], total_model_params: int) -> dic
     rows = []
     for M, r in zip(mats, ranks):
         dense = r >= M.rbar
-        rows.append({"name": M.name, "layer": M.layer, "type": M.type, "shape": [M.m, M.n],
+        rows.append({"label": f"L{M.layer:02d} {M.type}", "name": M.name, "layer": M.layer, "type": M.type,
+                     "shape": [M.m, M.n],
                      "rank": min(M.m, M.n) if dense else r, "dense": dense,
                      "kept_params": M.size(r), "fi_retained": round(M.rho(r), 6)})
     dense_total = sum(M.dense_size for M in mats)

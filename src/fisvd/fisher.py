@@ -138,6 +138,9 @@ def check_against(fisher: dict[str, torch.Tensor], shapes: dict[str, tuple[int, 
         if tuple(fisher[n].shape) != tuple(shape):
             raise FisherError(f"{path}: Fisher for {n} has shape {tuple(fisher[n].shape)}, "
                               f"weight has {tuple(shape)}")
+        if not bool((fisher[n] > 0).any()):
+            raise FisherError(f"{path}: Fisher for {n} is all zero (no gradient reached it); check "
+                              f"that the loss depends on this matrix and fisher.max_samples > 0")
 
 
 def summary(fisher: dict[str, torch.Tensor]) -> dict:

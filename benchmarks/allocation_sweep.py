@@ -1,0 +1,91 @@
+"""Every allocation method × kept ratio p on the pipeline's model, FWSVD factors, no recovery
+fine-tuning: dev metric, collapse flag, per-type mean rank (dense = full rank), calibrated τ.
+
+Needs the pipeline's outputs (`dvc repro fisher`): data/prepared, data/model, data/fisher.safetensors.
+The weighted SVD of each matrix is computed once and truncated per rank (FWSVD at rank r is
+exactly the rank-r truncation), so the sweep costs little more than its dev-set passes.
+
+    python benchmarks/allocation_sweep.py [--p 0.9 0.8 0.7 0.6] [--out sweep.md]
+"""
+import argparse
+import copy
+import json
+
+import numpy as np
+import torch
+
+from fisvd.allocate import allocate, matrix_stats
+from fisvd.data import batches, collate, load_prepared, tokenize
+from fisvd.evaluate import predict
+from fisvd.factorize import fwsvd_scale
+from fisvd.fisher import load_fisher
+from fisvd.lowrank import apply_lowrank
+from fisvd.metrics import glue_metrics, predictions
+from fisvd.models import compressible_linears, load_classifier, load_tokenizer
+from fisvd.params import load_params
+
+METHODS = ["uniform_rank", "uniform_ratio", "energy", "random", "inter_layer_fi", "fi_retention", "max_fi"]
+TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--p", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    args = ap.parse_args()
+    params = load_params("params.yaml")
+    meta, splits = load_prepared("data/prepared")
+    task = meta["task"]
+    tok = load_tokenizer("data/model")
+    dense = load_classifier("data/model", meta["num_labels"]).float().eval()
+    fisher, _ = load_fisher("data/fisher.safetensors")
+    dev = tokenize(tok, splits["dev"], params.finetune.max_length)
+    labels = np.array([f["labels"] for f in dev])
+    dev_batches = list(batches(dev, 64, collate(tok)))
+    infos = compressible_linears(dense)
+    W = {m.name: dense.get_submodule(m.name).weight.detach().double() for m in infos}
+    mats = [matrix_stats(m.name, m.layer, m.type, W[m.name].float(), fisher[m.name]) for m in infos]
+    svds = {}
+    for m in infos:
+        s = fwsvd_scale(fisher[m.name])
+        U, S, Vh = torch.linalg.svd(W[m.name] * s[None, :], full_matrices=False)
+        svds[m.name] = (U * S, Vh / s[None, :])
+
+    def score(model):
+        m = glue_metrics(task, predictions(task, predict(model, dev_batches, torch.device("cpu"))), labels)
+        return m
+
+    base = score(dense)
+    rows = []
+    head = f"| method | p | achieved p | " + " | ".join(k for k in base if k not in ("collapsed",)) + \
+        " | collapsed | τ | " + " | ".join(f"{t} rank" for t in TYPES) + " |"
+    print(f"dense: {base}")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for p in args.p:
+        for method in args.methods:
+            a = params.allocate
+            ranks, info = allocate(method, mats, budget=p, tau=a.fi_retention, calibrate=True, score=a.score,
+                                   alpha=a.alpha, r_min=a.r_min, objective=a.objective, seed=a.seed)
+            model = copy.deepcopy(dense)
+            factors = {M.name: (svds[M.name][0][:, :r].float(), svds[M.name][1][:r].float())
+                       for M, r in zip(mats, ranks) if r < M.rbar}
+            apply_lowrank(model, factors)
+            m = score(model)
+            achieved = sum(M.size(r) for M, r in zip(mats, ranks)) / sum(M.dense_size for M in mats)
+            per_type = {t: np.mean([min(M.m, M.n) if r >= M.rbar else r for M, r in zip(mats, ranks) if M.type == t])
+                        for t in TYPES}
+            tau = info.get("tau")
+            vals = " | ".join(f"{100 * v:.1f}" if k != "score" else f"{v:.1f}" for k, v in m.items() if k != "collapsed")
+            line = (f"| {method} | {p} | {achieved:.3f} | {vals} | {'YES' if m['collapsed'] else 'no'} | "
+                    f"{'' if tau is None else f'{tau:.4f}'} | " + " | ".join(f"{per_type[t]:.0f}" for t in TYPES) + " |")
+            lines.append(line)
+            rows.append({"method": method, "p": p, "achieved_p": achieved, **m, "tau": tau, "mean_rank": per_type})
+            print(line, flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(f"dense: {json.dumps(base)}\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
