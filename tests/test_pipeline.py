@@ -79,7 +79,9 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     metrics = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
     assert metrics["task"] == "mrpc" and 0 < metrics["kept_ratio"] <= 1
     for side in ("dense", "compressed"):
-        assert {"f1", "accuracy", "score", "collapsed", "params", "latency_ms"} <= set(metrics[side])
+        assert {"f1", "accuracy", "score", "collapsed", "params"} <= set(metrics[side])
+    latency = json.loads((repo / "metrics/evaluate/latency.json").read_text())
+    assert latency["dense_ms"] > 0 and latency["compressed_ms"] > 0 and latency["shape"] == [8, 32]
     ranks = json.loads((repo / "metrics/allocate/ranks.json").read_text())
     assert len(ranks["matrices"]) == 12 and ranks["totals"]["method"] == "fi_retention"
     manifest = json.loads((repo / "metrics/prepare/data.json").read_text())
@@ -90,6 +92,7 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
     assert "dvc.lock" in tracked and "metrics/evaluate/metrics.json" in tracked
     assert "metrics/allocate/ranks.json" in tracked and "metrics/finetune/metrics.json" in tracked
+    assert "metrics/evaluate/latency.json" in tracked
     assert not any(t.startswith("data/") and not t.endswith(".gitignore") for t in tracked), status
     git(repo, "commit", "-qm", "run")
 

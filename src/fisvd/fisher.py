@@ -97,8 +97,10 @@ def fisher_per_sample(model: nn.Module, names: list[str], features: list[dict], 
 
 def save_fisher(path: str | Path, sums: dict[str, torch.Tensor], count: int, mode: str,
                 examples: int) -> None:
-    save_file({n: s.contiguous() for n, s in sums.items()}, str(path),
-              metadata={"mode": mode, "count": str(count), "examples": str(examples)})
+    # one metadata key: safetensors writes metadata maps in arbitrary order, which would break
+    # byte-identical reruns (and so DVC's skipping of unchanged downstream stages)
+    meta = json.dumps({"mode": mode, "count": count, "examples": examples}, sort_keys=True)
+    save_file({n: s.contiguous() for n, s in sums.items()}, str(path), metadata={"fisvd": meta})
 
 
 def load_fisher(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -109,13 +111,14 @@ def load_fisher(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
+            raw = (f.metadata() or {}).get("fisvd", "{}")
         sums = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise FisherError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
     try:
+        meta = json.loads(raw)
         count = int(meta["count"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         raise FisherError(f"{path}: metadata lacks the example/batch count") from None
     if count < 1:
         raise FisherError(f"{path}: count {count} < 1")

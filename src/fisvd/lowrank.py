@@ -84,7 +84,7 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer=None) -> No
     for name, buf in model.named_buffers():
         if name not in persistent:
             tensors[BUFFER_PREFIX + name] = buf.detach().contiguous().cpu()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "fisvd": "compressed"})
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: deterministic bytes
     model.config.save_pretrained(out_dir)
     (out_dir / RANKS_FILE).write_text(json.dumps(ranks, indent=2) + "\n")
     if tokenizer is not None:

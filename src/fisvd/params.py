@@ -74,8 +74,8 @@ class ModelParams:
 @dataclass(frozen=True)
 class FinetuneParams:
     epochs: int = 3
-    learning_rate: float = 8e-5
-    batch_size: int = 32
+    learning_rate: float = 5e-5
+    batch_size: int = 16
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 42
