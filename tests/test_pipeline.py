@@ -176,3 +176,50 @@ def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project):
     assert (repo / "data/fisher.safetensors").read_bytes() == fisher
     assert (repo / "metrics/evaluate/metrics.json").read_text() == metrics
     assert (repo / "metrics/allocate/ranks.json").read_text() == ranks
+
+
+def _find_runs(node, out):
+    """(fi_retention, evaluate metrics) of every experiment in `dvc exp show --json` output."""
+    if isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and "params" in data and "metrics" in data and data.get("name") != "workspace":
+            try:
+                tau = data["params"]["params.yaml"]["data"]["allocate"]["fi_retention"]
+                out.append((tau, data["metrics"]["metrics/evaluate/metrics.json"]["data"]))
+            except (KeyError, TypeError):
+                pass
+        for v in node.values():
+            _find_runs(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _find_runs(v, out)
+
+
+def test_queued_experiments_with_two_workers_equal_serial_runs(project):
+    repo = project
+    dvc = [sys.executable, "-m", "dvc"]
+    reproduce(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    taus = (0.6, 0.8)
+    for tau in taus:
+        subprocess.run(dvc + ["exp", "run", "--queue", "-S", f"allocate.fi_retention={tau}"], cwd=repo, check=True,
+                       capture_output=True)
+    subprocess.run(dvc + ["queue", "start", "-j", "2"], cwd=repo, check=True, capture_output=True)
+    t0 = time.time()
+    while True:
+        status = subprocess.run(dvc + ["queue", "status"], cwd=repo, capture_output=True, text=True).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.time() - t0 < 600, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = subprocess.run(dvc + ["exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
+    runs = []
+    _find_runs(json.loads(shown.stdout), runs)
+    queued = {tau: m for tau, m in runs if tau in taus}
+    assert set(queued) == set(taus), runs
+    for tau in taus:  # the same experiments run serially in the workspace
+        set_param(repo, "allocate.fi_retention", tau)
+        reproduce(repo)
+        assert json.loads((repo / "metrics/evaluate/metrics.json").read_text()) == queued[tau]
