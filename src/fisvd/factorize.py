@@ -90,7 +90,7 @@ def _solve_side(Fw: torch.Tensor, FW: torch.Tensor, X: torch.Tensor, chunk: int)
     out = torch.empty_like(rhs)
     for i in range(0, Fw.shape[0], chunk):
         Fi = Fw[i:i + chunk]                             # [c, n]
-        G = torch.einsum("cn,nr,ns->crs", Fi, X, X)      # [c, r, r]
+        G = torch.matmul(X.T[None] * Fi[:, None, :], X)  # [c, r, r] = Xᵀ diag(F_i) X, one batched GEMM
         out[i:i + chunk] = _ridge_rows(G, rhs[i:i + chunk], lam)
     return out
 

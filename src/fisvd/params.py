@@ -131,7 +131,7 @@ class AllocateParams:
 
 @dataclass(frozen=True)
 class TfwsvdParams:
-    max_iters: int = 20
+    max_iters: int = 3
     tol: float = 1e-4
 
     def validate(self) -> None:
