@@ -1,0 +1,75 @@
+"""per_sample (exact) vs per_batch Fisher on the pipeline's model and train split.
+
+Prints the time of each, the Spearman rank correlation of FWSVD column importances c_j = Σ_i F_ij
+(all matrices pooled, and the median per matrix), and the dev metric of FWSVD compression at
+p = 0.5 (uniform_ratio ranks, and max_fi ranks from each Fisher). Needs `dvc repro fisher`.
+
+    python benchmarks/fisher_modes.py [--max-samples N]
+"""
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from fisvd.allocate import allocate, matrix_stats
+from fisvd.data import batches, collate, load_prepared, tokenize
+from fisvd.evaluate import predict
+from fisvd.factorize import fwsvd
+from fisvd.fisher import fisher_per_batch, fisher_per_sample
+from fisvd.lowrank import apply_lowrank
+from fisvd.metrics import glue_metrics, predictions
+from fisvd.models import compressible_linears, load_classifier, load_tokenizer
+from fisvd.params import load_params
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-samples", type=int, default=None)
+    args = ap.parse_args()
+    params = load_params("params.yaml")
+    meta, splits = load_prepared("data/prepared")
+    tok = load_tokenizer("data/model")
+    rows = splits["train"][: args.max_samples] if args.max_samples else splits["train"]
+    feats = tokenize(tok, rows, params.finetune.max_length)
+    dev = tokenize(tok, splits["dev"], params.finetune.max_length)
+    labels = np.array([f["labels"] for f in dev])
+    cpu = torch.device("cpu")
+    fishers = {}
+    for mode in ("per_batch", "per_sample"):
+        model = load_classifier("data/model", meta["num_labels"]).float()
+        names = [m.name for m in compressible_linears(model)]
+        t0 = time.perf_counter()
+        if mode == "per_batch":
+            s, c, _ = fisher_per_batch(model, names, list(batches(feats, params.fisher.batch_size, collate(tok))), cpu)
+        else:
+            model.config._attn_implementation = "eager"
+            s, c, _ = fisher_per_sample(model, names, feats, collate(tok), cpu, chunk=params.fisher.batch_size)
+        fishers[mode] = {n: v / c for n, v in s.items()}
+        print(f"{mode}: {time.perf_counter() - t0:.1f} s over {len(feats)} examples", flush=True)
+    a, b = fishers["per_batch"], fishers["per_sample"]
+    ca = np.concatenate([a[n].sum(0).numpy() for n in a])
+    cb = np.concatenate([b[n].sum(0).numpy() for n in a])
+    per = [spearmanr(a[n].sum(0).numpy(), b[n].sum(0).numpy())[0] for n in a]
+    print(f"Spearman of column importances: pooled {spearmanr(ca, cb)[0]:.4f}, per-matrix median "
+          f"{np.median(per):.4f} (min {np.min(per):.4f})")
+    dense = load_classifier("data/model", meta["num_labels"]).float().eval()
+    infos = compressible_linears(dense)
+    dev_b = list(batches(dev, 64, collate(tok)))
+    for mode, F in fishers.items():
+        mats = [matrix_stats(m.name, m.layer, m.type, dense.get_submodule(m.name).weight.detach(), F[m.name])
+                for m in infos]
+        for method in ("uniform_ratio", "max_fi"):
+            ranks, _ = allocate(method, mats, budget=0.5)
+            model = copy.deepcopy(dense)
+            apply_lowrank(model, {M.name: fwsvd(model.get_submodule(M.name).weight.detach(), F[M.name], r)
+                                  for M, r in zip(mats, ranks) if r < M.rbar})
+            m = glue_metrics(meta["task"], predictions(meta["task"], predict(model, dev_b, cpu)), labels)
+            print(f"FWSVD p=0.5 {method:13} with {mode:10}: " +
+                  ", ".join(f"{k} {v:.4f}" for k, v in m.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
