@@ -29,11 +29,12 @@ def main(params):
     t0 = time.perf_counter()
     mats = [matrix_stats(m.name, m.layer, m.type, weights[m.name], fisher[m.name]) for m in infos]
     ranks, info = allocate(a.method, mats, budget=a.budget, tau=a.fi_retention, calibrate=a.calibrate,
-                           score=a.score, alpha=a.alpha, r_min=a.r_min, objective=a.objective, seed=a.seed)
+                           score=a.score, alpha=a.alpha, r_min=a.r_min, objective=a.objective, seed=a.seed,
+                           rank_multiple=a.rank_multiple)
     out = report(mats, ranks, sum(p.numel() for p in model.parameters()))
     # no wall time in ranks.json: identical inputs must give identical bytes, or DVC re-runs compress
     out["totals"] = {"method": a.method, "budget": None if a.method == "fi_retention" and not a.calibrate
-                     else a.budget, **info, **out["totals"]}
+                     else a.budget, "rank_multiple": a.rank_multiple, **info, **out["totals"]}
     write_json(OUT, out)
     t = out["totals"]
     log.info("%s: kept ratio p=%.4f, %d dense matrices, %d total params, min FI retained %.4f (%.1f s)",

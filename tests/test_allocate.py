@@ -24,8 +24,9 @@ def synthetic(shapes, seed=0):
 SMALL = [(12, 8), (10, 10), (16, 6), (9, 12)]
 
 
-def all_allocations(mats):
-    return itertools.product(*[range(1, M.rbar + 1) for M in mats])
+def all_allocations(mats, k=1):
+    """Every allocation whose ranks are multiples of k below r̄, or r̄ (dense), built from the rule."""
+    return itertools.product(*[[r for r in range(1, M.rbar + 1) if r % k == 0 or r == M.rbar] for M in mats])
 
 
 def dense_total(mats):
@@ -80,17 +81,72 @@ def test_fixed_tau_is_smallest_rank_reaching_tau_and_monotone():
     assert ranks_for_tau(mats, 1e-9) == [1] * len(mats)
 
 
+@pytest.mark.parametrize("k", [1, 16])
 @pytest.mark.parametrize("method", BUDGETED + ["fi_retention"])
 @pytest.mark.parametrize("p", [0.2, 0.45, 0.7, 0.95])
-def test_budget_met_from_below_within_one_step(method, p):
+def test_budget_met_from_below_within_one_step(method, p, k):
     mats = synthetic([(384, 384)] * 4 + [(1536, 384), (384, 1536)] * 2, seed=5)
     B = math.floor(p * dense_total(mats) + 1e-6)
-    ranks, _ = allocate(method, mats, budget=p, calibrate=True, seed=1)
+    ranks, _ = allocate(method, mats, budget=p, calibrate=True, seed=1, rank_multiple=k)
     used = total_size(mats, ranks)
     assert used <= B
-    steps = [M.size(r + 1) - M.size(r) for M, r in zip(mats, ranks) if r < M.rbar]
+    # one step = k ranks more (or the jump to dense when fewer than k remain below r̄)
+    steps = [M.size(min(r + k, M.rbar)) - M.size(r) for M, r in zip(mats, ranks) if r < M.rbar]
     assert not steps or B - used < min(steps)
-    assert all(1 <= r <= M.rbar for M, r in zip(mats, ranks))
+    assert all(1 <= r <= M.rbar and (r % k == 0 or r == M.rbar) for M, r in zip(mats, ranks))
+
+
+ALIGNED_SMALL = [(24, 16), (20, 20), (30, 12), (18, 24)]  # r̄ = 9, 10, 8, 10
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("objective", ["total", "layerwise"])
+@pytest.mark.parametrize("p", [0.35, 0.55, 0.8])  # k = 3 everywhere is p = 0.31
+def test_aligned_max_fi_equals_brute_force(k, objective, p):
+    mats = synthetic(ALIGNED_SMALL, seed=7 + k)
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    best = max(value(mats, rk, objective) for rk in all_allocations(mats, k) if total_size(mats, rk) <= B)
+    ranks, info = allocate("max_fi", mats, budget=p, objective=objective, rank_multiple=k)
+    assert total_size(mats, ranks) <= B and info["solver"] == "dp"
+    assert value(mats, ranks, objective) == pytest.approx(best, rel=1e-12)
+    assert all(r % k == 0 or r == M.rbar for M, r in zip(mats, ranks))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("p", [0.35, 0.6])
+def test_aligned_calibrated_fi_retention_equals_max_min(k, p):
+    mats = synthetic(ALIGNED_SMALL, seed=20 + k)
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    best = max(min(M.rho(r) for M, r in zip(mats, rk)) for rk in all_allocations(mats, k)
+               if total_size(mats, rk) <= B)
+    ranks, _ = allocate("fi_retention", mats, budget=p, calibrate=True, rank_multiple=k)
+    assert total_size(mats, ranks) <= B
+    assert min(M.rho(r) for M, r in zip(mats, ranks)) == pytest.approx(best, abs=1e-12)
+
+
+def test_aligned_fixed_tau_rounds_up_to_the_next_multiple():
+    mats = synthetic(ALIGNED_SMALL, seed=4)
+    for tau in np.linspace(0.1, 0.99, 12):
+        exact, _ = allocate("fi_retention", mats, tau=float(tau))
+        aligned, _ = allocate("fi_retention", mats, tau=float(tau), rank_multiple=4)
+        for M, r1, r4 in zip(mats, exact, aligned):
+            want = M.rbar if r1 == M.rbar or math.ceil(r1 / 4) * 4 >= M.rbar else math.ceil(r1 / 4) * 4
+            assert r4 == want and M.rho(r4) >= tau - 1e-12
+
+
+def test_aligned_uniform_ratio_and_rank_multiple_larger_than_break_even():
+    mats = synthetic([(384, 384), (1536, 384), (384, 1536)])
+    ranks, _ = allocate("uniform_ratio", mats, budget=0.25, rank_multiple=16)
+    for M, r in zip(mats, ranks):  # ⌊0.25·r̄⌋ = 48, 76, 76 → 48, 64, 64, then leftover in steps of 16
+        base = math.floor(0.25 * M.rbar) // 16 * 16
+        assert r % 16 == 0 and base <= r <= base + 16
+    assert ranks[1:] != [64, 64]  # the 2 × 12 ranks floored away are spent again
+    tiny = synthetic([(32, 32), (64, 32)])                              # r̄ = 16, 21
+    assert allocate("uniform_ratio", tiny, budget=1.0, rank_multiple=32)[0] == [16, 21]
+    with pytest.raises(AllocationError, match="minimum reachable kept ratio 1.0000"):
+        allocate("max_fi", tiny, budget=0.9, rank_multiple=32)       # only dense is allowed
+    with pytest.raises(AllocationError, match="rank_multiple"):
+        allocate("max_fi", tiny, budget=0.9, rank_multiple=0)
 
 
 def test_uniform_ratio_is_floor_of_p_rbar_plus_leftover():

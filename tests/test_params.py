@@ -23,6 +23,8 @@ def test_shipped_params_are_valid_and_match_dataclass_defaults():
     (("allocate", "fi_retention"), 1.5, "(0, 1]"),
     (("allocate", "budget"), -0.1, "allocate.budget"),
     (("allocate", "budget"), 0, "allocate.budget"),
+    (("allocate", "rank_multiple"), 0, "allocate.rank_multiple"),
+    (("allocate", "rank_multiple"), 8.5, "expected an integer"),
     (("finetune", "epochs"), 0, "finetune.epochs"),
     (("finetune", "batch_size"), -4, "finetune.batch_size"),
     (("fisher", "batch_size"), 0, "fisher.batch_size"),

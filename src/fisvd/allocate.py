@@ -2,6 +2,9 @@
 
 Budget: matrix ℓ (m×n) costs m·n dense or r·(m+n) at rank r; break-even r̄ = ⌊mn/(m+n)⌋ and any
 r ≥ r̄ keeps it dense. Kept ratio p = Σ size_ℓ / Σ m_ℓ n_ℓ. A rank r̄ in the output means "dense".
+Allowed ranks (rank_multiple k): {k, 2k, …} below r̄, plus r̄ (dense); k = 1 is every rank. Every
+method below picks from that set (k = 16 suits AVX-512 fp32 GEMMs, 8 GPU tensor cores: a rank of
+76 runs slower than one of 80 there; see benchmarks/lowrank_speed.py).
 Spectra: g_ℓ,k = σ_k(W_ℓ diag(s_ℓ))² (FWSVD-weighted; s = 1 for `energy`), computed once per
 matrix; FI retained ρ_ℓ(r) = Σ_{k≤r} g_ℓ,k / Σ_k g_ℓ,k, and ρ = 1 when dense.
 
@@ -16,11 +19,12 @@ Methods (all but `fi_retention` with a fixed τ meet p from below):
                  is exactly the max-min ρ solution (searched over the finite set of ρ values).
 - max_fi         maximise Σ_ℓ Σ_{k≤r_ℓ} g (total) or Σ_ℓ ρ_ℓ(r_ℓ) (layerwise) under p: exact
                  knapsack DP on the gcd cost unit when small enough, else greedy by gain/(m+n).
-After a budgeted method, leftover budget is spent one rank step at a time by the method's own
+After a budgeted method, leftover budget is spent one rank step (k) at a time by the method's own
 priority until no step fits, so p is met from below within one step of the cheapest matrix.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random as _random
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ class Matrix:
     e: np.ndarray            # unweighted spectrum
     fisher_total: float      # Σ F
     fisher_energy: float     # Σ F ⊙ W²
+    step: int = 1            # rank_multiple k: allowed ranks are k, 2k, … below r̄, and r̄ (dense)
     cum_g: np.ndarray = field(init=False)
     cum_e: np.ndarray = field(init=False)
 
@@ -66,6 +71,27 @@ class Matrix:
 
     def rho(self, r: int) -> float:
         return 1.0 if r >= self.rbar else float(self.cum_g[r - 1])
+
+    @property
+    def rmin(self) -> int:
+        """Smallest allowed rank (r̄, i.e. dense, when k ≥ r̄)."""
+        return max(1, min(self.step, self.rbar))
+
+    def allowed(self) -> list[int]:
+        return list(range(self.step, self.rbar, self.step)) + [self.rbar]
+
+    def floor(self, r: int) -> int:
+        """Largest allowed rank ≤ r (at least the smallest allowed one); r ≥ r̄ gives r̄."""
+        return self.rbar if r >= self.rbar else max(self.rmin, r - r % self.step)
+
+    def ceil(self, r: int) -> int:
+        """Smallest allowed rank ≥ r; past the last multiple below r̄ that is r̄ (dense)."""
+        c = -(-max(r, 1) // self.step) * self.step
+        return self.rbar if c >= self.rbar else c
+
+    def next(self, r: int) -> int:
+        """The allowed rank after r (< r̄): one step k up, or dense."""
+        return self.ceil(r + 1)
 
 
 def _cumratio(s: np.ndarray) -> np.ndarray:
@@ -93,14 +119,15 @@ def total_size(mats: list[Matrix], ranks: list[int]) -> int:
 
 
 def min_ratio(mats: list[Matrix]) -> float:
-    return total_size(mats, [1] * len(mats)) / sum(M.dense_size for M in mats)
+    return total_size(mats, [M.rmin for M in mats]) / sum(M.dense_size for M in mats)
 
 
 def _budget(mats: list[Matrix], p: float) -> int:
     pmin = min_ratio(mats)
     if p < pmin - 1e-12:
         raise AllocationError(f"allocate.budget: {p} is below the minimum reachable kept ratio "
-                              f"{pmin:.4f} (rank 1 everywhere); use a budget >= {math.ceil(pmin * 1e4) / 1e4}")
+                              f"{pmin:.4f} (the smallest allowed rank everywhere); use a budget >= "
+                              f"{math.ceil(pmin * 1e4) / 1e4}")
     return math.floor(p * sum(M.dense_size for M in mats) + 1e-6)
 
 
@@ -111,7 +138,8 @@ def _rank_for(cum: np.ndarray, tau: float, rbar: int) -> int:
 
 
 def ranks_for_tau(mats: list[Matrix], tau: float, weighted: bool = True) -> list[int]:
-    return [max(1, _rank_for(M.cum_g if weighted else M.cum_e, tau, M.rbar)) for M in mats]
+    """Per matrix the smallest allowed rank whose retained share reaches τ (rounding up keeps ρ ≥ τ)."""
+    return [M.ceil(_rank_for(M.cum_g if weighted else M.cum_e, tau, M.rbar)) for M in mats]
 
 
 def _largest_feasible(values: list, ranks_of, budget: int):
@@ -150,27 +178,30 @@ def _fill(mats: list[Matrix], ranks: list[int], budget: int, priority) -> list[i
         for i, (M, r) in enumerate(zip(mats, ranks)):
             if r >= M.rbar:
                 continue
-            step = M.size(r + 1) - M.size(r)
+            step = M.size(M.next(r)) - M.size(r)
             if used + step <= budget:
                 pr = priority(i, r)
                 if pr > best_p:
                     best, best_p = i, pr
         if best is None:
             return ranks
-        used += mats[best].size(ranks[best] + 1) - mats[best].size(ranks[best])
-        ranks[best] += 1
+        M = mats[best]
+        used += M.size(M.next(ranks[best])) - M.size(ranks[best])
+        ranks[best] = M.next(ranks[best])
 
 
 def _gain(M: Matrix, r: int, objective: str) -> float:
-    """Retained-FI gain of going from rank r to r+1 (the dense jump takes the whole tail)."""
+    """Retained-FI gain of going from rank r to the next allowed one (the dense jump takes the tail)."""
     g = M.g
     total = g.sum()
-    gain = g[r:].sum() if r + 1 >= M.rbar else g[r]
+    nxt = M.next(r)
+    gain = g[r:].sum() if nxt >= M.rbar else g[r:nxt].sum()
     return float(gain / total) if objective == "layerwise" and total > 0 else float(gain)
 
 
 def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int = 4_000_000):
-    costs = [[M.size(r) for r in range(1, M.rbar + 1)] for M in mats]
+    options = [M.allowed() for M in mats]
+    costs = [[M.size(r) for r in opts] for M, opts in zip(mats, options)]
     unit = reduce(math.gcd, [c for cs in costs for c in cs])
     units = budget // unit
     if units * len(mats) > max_cells * 20 or units > max_cells:
@@ -180,11 +211,11 @@ def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int =
     choice = np.zeros((len(mats), units + 1), dtype=np.int32)
     for i, M in enumerate(mats):
         cum = np.cumsum(M.g)
-        values = np.append(cum[: M.rbar - 1], M.g.sum())   # rank 1..r̄-1, then dense (all of g)
+        values = [cum[r - 1] if r < M.rbar else M.g.sum() for r in options[i]]  # dense keeps all of g
         if objective == "layerwise" and M.g.sum() > 0:
-            values = values / M.g.sum()
+            values = [v / M.g.sum() for v in values]
         new = np.full(units + 1, -np.inf)
-        for r, (c, v) in enumerate(zip(costs[i], values), start=1):
+        for r, c, v in zip(options[i], costs[i], values):
             cu = c // unit
             if cu > units:
                 break
@@ -200,16 +231,24 @@ def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int =
     for i in range(len(mats) - 1, -1, -1):
         r = int(choice[i, b])
         ranks[i] = r
-        b -= costs[i][r - 1] // unit
+        b -= mats[i].size(r) // unit
     return ranks
 
 
-def allocate(method: str, mats: list[Matrix], **kw) -> tuple[list[int], dict]:
-    """Ranks per matrix in [1, r̄] (r̄ = dense) and info (e.g. the calibrated τ, the solver used).
+def allocate(method: str, mats: list[Matrix], rank_multiple: int = 1, **kw) -> tuple[list[int], dict]:
+    """Ranks per matrix, each an allowed rank (a multiple of rank_multiple below r̄, or r̄ = dense),
+    and info (e.g. the calibrated τ, the solver used).
 
     Keywords: budget (p), tau, calibrate, score, alpha, r_min, objective, seed (see module doc)."""
+    if not isinstance(rank_multiple, int) or rank_multiple < 1:
+        raise AllocationError(f"allocate.rank_multiple: {rank_multiple!r} must be an integer >= 1")
+    mats = [M if M.step == rank_multiple else dataclasses.replace(M, step=rank_multiple) for M in mats]
     ranks, info = _allocate(method, mats, **kw)
-    return [min(max(1, r), M.rbar) for M, r in zip(mats, ranks)], info
+    ranks = [min(max(1, r), M.rbar) for M, r in zip(mats, ranks)]
+    bad = [M.name for M, r in zip(mats, ranks) if r < M.rbar and r % M.step]
+    if bad:  # every method picks allowed ranks; this guards the invariant the tests rely on
+        raise AssertionError(f"{method}: ranks not multiples of {rank_multiple}: {bad[:3]}")
+    return ranks, info
 
 
 def _allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: float = 0.95,
@@ -221,22 +260,24 @@ def _allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: floa
         return ranks_for_tau(mats, tau), info
     B = _budget(mats, budget)
     if method == "uniform_ratio":
-        ranks = [max(1, math.floor(budget * M.rbar + 1e-9)) for M in mats]
+        ranks = [M.floor(math.floor(budget * M.rbar + 1e-9)) for M in mats]
         if total_size(mats, ranks) > B:
             raise AllocationError(f"allocate.budget: {budget} cannot be met with uniform_ratio")
         return _fill(mats, ranks, B, lambda i, r: budget * mats[i].rbar - r), info
     if method == "uniform_rank":
+        k = mats[0].step
         top = max(min(M.m, M.n) for M in mats)
-        ok = [r for r in range(1, top + 1) if total_size(mats, [r] * len(mats)) <= B]
-        ranks = [ok[-1] if ok else 1] * len(mats)
-        info["uniform_rank"] = ranks[0]
+        ok = [r for r in range(k, top + 1, k) if total_size(mats, [M.floor(r) for M in mats]) <= B]
+        r0 = ok[-1] if ok else k
+        ranks = [M.floor(r0) for M in mats]
+        info["uniform_rank"] = r0
         return _fill(mats, ranks, B, lambda i, r: -r), info
     if method in ("fi_retention", "energy"):
         weighted = method == "fi_retention"
         cands = sorted({float(c) for M in mats for c in (M.cum_g if weighted else M.cum_e)[: M.rbar - 1]} | {1.0})
         found = _largest_feasible(cands, lambda t: (rk := ranks_for_tau(mats, t, weighted), total_size(mats, rk)), B)
         if found is None:
-            tau_c, ranks = 0.0, [1] * len(mats)
+            tau_c, ranks = 0.0, [M.rmin for M in mats]
         else:
             tau_c, ranks = found
         info["tau"] = tau_c
@@ -245,7 +286,7 @@ def _allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: floa
     if method == "random":
         rng = _random.Random(seed)
         shares = [rng.random() for _ in mats]
-        ranks = _bisect_scale(mats, lambda c: [min(M.rbar, max(1, math.floor(c * u * M.rbar)))
+        ranks = _bisect_scale(mats, lambda c: [M.floor(math.floor(c * u * M.rbar))
                                                for M, u in zip(mats, shares)], B)
         return _fill(mats, ranks, B, lambda i, r: shares[i] * mats[i].rbar - r), info
     if method == "inter_layer_fi":
@@ -259,17 +300,18 @@ def _allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: floa
         if r_min > min(M.rbar for M in mats):
             raise AllocationError(f"allocate.r_min: {r_min} exceeds the smallest break-even rank "
                                   f"{min(M.rbar for M in mats)}")
-        if total_size(mats, [r_min] * len(mats)) > B:
+        lows = [M.ceil(r_min) for M in mats]
+        if total_size(mats, lows) > B:
             raise AllocationError(f"allocate.r_min: {r_min} everywhere already exceeds budget {budget}")
-        ranks = _bisect_scale(mats, lambda c: [min(M.rbar, max(r_min, math.floor(c * wi / (M.m + M.n))))
-                                               for M, wi in zip(mats, w)], B)
+        ranks = _bisect_scale(mats, lambda c: [M.floor(max(lo, math.floor(c * wi / (M.m + M.n))))
+                                               for M, wi, lo in zip(mats, w, lows)], B)
         return _fill(mats, ranks, B, lambda i, r: w[i] / (r + 1)), info
     if method == "max_fi":
         ranks = _max_fi_dp(mats, B, objective)
         info["solver"] = "dp" if ranks is not None else "greedy"
         if ranks is None:
-            ranks = _fill(mats, [1] * len(mats), B,
-                          lambda i, r: _gain(mats[i], r, objective) / (mats[i].size(r + 1) - mats[i].size(r)))
+            ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _gain(mats[i], r, objective)
+                          / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
         return ranks, info
     raise AllocationError(f"allocate.method: unknown {method!r}")
 

@@ -117,6 +117,7 @@ class AllocateParams:
     r_min: int = 1
     objective: str = "total"
     seed: int = 0
+    rank_multiple: int = 1
 
     def validate(self) -> None:
         _choice("allocate.method", self.method, ALLOC_METHODS)
@@ -127,6 +128,9 @@ class AllocateParams:
         if self.r_min < 1:
             raise ParamError(f"allocate.r_min: {self.r_min!r} is out of range; allowed values are >= 1")
         _choice("allocate.objective", self.objective, ALLOC_OBJECTIVES)
+        if self.rank_multiple < 1:
+            raise ParamError(f"allocate.rank_multiple: {self.rank_multiple!r} is out of range; allowed values "
+                             f"are >= 1")
 
 
 @dataclass(frozen=True)
