@@ -1,98 +1,129 @@
 """Dense vs low-rank latency of MiniLM-L6 at batch 32 × length 128, for kept ratios p = 0.75, 0.5, 0.25.
 
-Two views, each measured in this one run (median of `--repeats` timed passes after warm-up):
-1. whole model: measured speed-up vs the model's FLOPs reduction (all Linears + attention matmuls);
-2. compressible Linears alone (each dense Linear vs its LowRankLinear on a [32·128, in] input,
-   summed): measured speed-up vs the linear-FLOPs reduction Σ mn / Σ r(m+n). Goal: ratio ≥ 0.8.
-Ranks: uniform_ratio r = ⌊p·r̄⌋ (the FLOPs do not depend on the values, only on the ranks).
+Ranks come from the pipeline's own allocator (`uniform_ratio`, r = ⌊p·r̄⌋ plus leftover), once with
+`rank_multiple` 1 (any rank) and once with 16 (AVX-512 holds 16 fp32 lanes; pass --multiples to
+change). FLOPs depend only on the ranks, so the factor values (plain SVD) do not matter here.
+Everything is measured in this one run, dense and low-rank timed in interleaved rounds (medians):
+1. whole model: speed-up divided by the linear-FLOPs reduction and by the model's matmul-FLOPs
+   reduction (Linears + attention QKᵀ, AV), and vs the Amdahl bound = the speed-up if the
+   compressed Linears ran exactly FLOPs-proportionally while everything else in the forward
+   (GELU, LayerNorm, softmax, attention, embeddings) kept its dense time (dense model ms − dense
+   Linears ms). The rest does not shrink, so the whole model cannot reach 0.8 of the linear-FLOPs
+   reduction at small p; the bound shows how much of what is reachable is reached;
+2. compressible Linears alone (all 36 on [batch·length, in] inputs, in model order): speed-up vs the
+   linear-FLOPs reduction Σ mn / Σ r(m+n), in total and per matrix type. Goal: ratio ≥ 0.8.
+CPU in fp32; on CUDA (when present) also in bf16.
 
-    python benchmarks/lowrank_speed.py [--repeats 10] [--threads N]
+    python benchmarks/lowrank_speed.py [--rounds 15] [--threads N] [--multiples 1,16]
 """
 import argparse
-import math
-import statistics
-import time
+import collections
 
 import torch
 
-from fisvd.evaluate import latency_ms
+from fisvd.allocate import allocate, matrix_stats
+from fisvd.evaluate import interleaved_ms, latency_ms
 from fisvd.factorize import svd
 from fisvd.lowrank import LowRankLinear, apply_lowrank
 from fisvd.models import compressible_linears, load_classifier, resolve_model
 
+TYPES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")
 
-def timed(fn, repeats, device):
-    for _ in range(2):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out) * 1000
+
+def allocated_ranks(model, p, multiple):
+    """{matrix name: rank} from uniform_ratio at kept ratio p; dense-kept matrices are left out."""
+    infos = compressible_linears(model)
+    stats = []
+    for m in infos:
+        W = model.get_submodule(m.name).weight.detach()
+        stats.append(matrix_stats(m.name, m.layer, m.type, W, torch.ones_like(W)))
+    ranks, _ = allocate("uniform_ratio", stats, budget=p, rank_multiple=multiple)
+    return {M.name: r for M, r in zip(stats, ranks) if r < M.rbar}
 
 
 @torch.inference_mode()
-def linear_only(dense_model, ranks, tokens, repeats, device):
-    """Sum over matrices of dense vs factorised forward time on a [tokens, in] input."""
-    td = tl = 0.0
-    for info in compressible_linears(dense_model):
-        lin = dense_model.get_submodule(info.name).to(device)
-        x = torch.randn(tokens, info.shape[1], device=device)
-        td += timed(lambda: lin(x), repeats, device)
+def linear_times(model, ranks, tokens, rounds, device, dtype):
+    """Per matrix type: (dense ms, low-rank ms, dense MACs/token, low-rank MACs/token), interleaved."""
+    g = torch.Generator().manual_seed(0)
+    inputs, fns, macs = {}, {}, collections.defaultdict(lambda: [0, 0])
+    by_type = collections.defaultdict(lambda: ([], []))
+    for info in compressible_linears(model):
+        m, n = info.shape
+        lin = model.get_submodule(info.name).to(device, dtype)
+        if n not in inputs:
+            inputs[n] = torch.randn(tokens, n, generator=g).to(device, dtype)
         if info.name in ranks:
-            A, B = svd(lin.weight.detach().cpu(), ranks[info.name])
-            low = LowRankLinear.from_factors(A, B, lin.bias.detach().cpu()).to(device)
-            tl += timed(lambda: low(x), repeats, device)
+            A, B = svd(lin.weight.detach().float().cpu(), ranks[info.name])
+            low = LowRankLinear.from_factors(A, B, lin.bias.detach().float().cpu()).to(device, dtype)
+            macs[info.type][1] += ranks[info.name] * (m + n)
         else:
-            tl += timed(lambda: lin(x), repeats, device)
-    return td, tl
+            low = lin
+            macs[info.type][1] += m * n
+        macs[info.type][0] += m * n
+        by_type[info.type][0].append((lin, inputs[n]))
+        by_type[info.type][1].append((low, inputs[n]))
+    def chain(mods):
+        def fn():
+            for f, x in mods:
+                f(x)  # output freed at once, as in a forward pass (keeping it would add page faults)
+        return fn
+    for t, (dense, low) in by_type.items():
+        fns[f"dense {t}"], fns[f"low {t}"] = chain(dense), chain(low)
+    ms = interleaved_ms(fns, rounds, device)
+    return {t: (ms[f"dense {t}"], ms[f"low {t}"], *macs[t]) for t in by_type}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=15, help="timed interleaved rounds (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--multiples", default="1,16", help="rank_multiple values to compare")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    multiples = [int(k) for k in args.multiples.split(",")]
+    setups = [(torch.device("cpu"), torch.float32)]
+    if torch.cuda.is_available():
+        setups.append((torch.device("cuda"), torch.bfloat16))
     path = resolve_model("minilm-l6")
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     tokens = args.batch * args.length
     print(f"MiniLM-L6, batch {args.batch} x length {args.length}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
-    print(f"{'device':6} {'p':>5} {'model ms':>17} {'speedup':>8} {'FLOPs red.':>10} {'ratio':>6} | "
-          f"{'linears ms':>17} {'speedup':>8} {'FLOPs red.':>10} {'ratio':>6}")
-    for device in devices:
+          f"{torch.get_num_threads()} CPU threads, {args.rounds} interleaved rounds")
+    print(f"{'':19} | {'whole model':^60} | {'compressible Linears alone':^42}")
+    print(f"{'device':11} {'p':>4} {'k':>2} | {'ms':>15} {'speedup':>7} {'/lin-FLOPs':>10} {'/model-FLOPs':>12} "
+          f"{'bound':>5} {'of bound':>8} | {'ms':>15} {'speedup':>7} {'FLOPs red.':>10} {'ratio':>6}")
+    per_type = []
+    for device, dtype in setups:
         dense = load_classifier(path, 2).eval()
-        mats = compressible_linears(dense)
         cfg = dense.config
         attn_macs = cfg.num_hidden_layers * 2 * args.length * cfg.hidden_size  # QKᵀ and AV per token
-        lin_dense = sum(m.shape[0] * m.shape[1] for m in mats)
-        t_dense = latency_ms(dense, batch, args.repeats, device)
         for p in (0.75, 0.5, 0.25):
-            ranks = {m.name: math.floor(p * (m.shape[0] * m.shape[1]) // (m.shape[0] + m.shape[1]))
-                     for m in mats}
-            ranks = {n: max(1, r) for n, r in ranks.items()}
-            lin_low = sum(r * sum(m.shape) for m, r in zip(mats, ranks.values()))
-            low = load_classifier(path, 2).eval()
-            apply_lowrank(low, {m.name: svd(low.get_submodule(m.name).weight.detach(), ranks[m.name]) for m in mats})
-            t_low = latency_ms(low, batch, args.repeats, device)
-            model_red = (lin_dense + attn_macs) / (lin_low + attn_macs)
-            td, tl = linear_only(load_classifier(path, 2).eval(), ranks, tokens, args.repeats, device)
-            lin_red = lin_dense / lin_low
-            sp, spl = t_dense / t_low, td / tl
-            print(f"{device.type:6} {p:5.2f} {t_dense:7.1f} -> {t_low:7.1f} {sp:8.2f} {model_red:10.2f} {sp / model_red:6.2f} | "
-                  f"{td:7.1f} -> {tl:7.1f} {spl:8.2f} {lin_red:10.2f} {spl / lin_red:6.2f}")
+            for k in multiples:
+                ranks = allocated_ranks(dense, p, k)
+                low = load_classifier(path, 2).eval()
+                apply_lowrank(low, {n: svd(low.get_submodule(n).weight.detach(), r) for n, r in ranks.items()})
+                model_ms = latency_ms({"dense": dense, "low": low}, batch, args.rounds, device)
+                lin = linear_times(load_classifier(path, 2).eval(), ranks, tokens, args.rounds, device, dtype)
+                td, tl = sum(v[0] for v in lin.values()), sum(v[1] for v in lin.values())
+                md, ml = sum(v[2] for v in lin.values()), sum(v[3] for v in lin.values())
+                lin_red, model_red = md / ml, (md + attn_macs) / (ml + attn_macs)
+                sp, spl = model_ms["dense"] / model_ms["low"], td / tl
+                fixed = max(model_ms["dense"] - td, 0.0)
+                bound = model_ms["dense"] / (fixed + td / lin_red)
+                name = f"{device.type} {str(dtype)[6:]}"
+                print(f"{name:11} {p:4.2f} {k:2d} | {model_ms['dense']:6.1f} -> {model_ms['low']:6.1f} {sp:7.2f} "
+                      f"{sp / lin_red:10.2f} {sp / model_red:12.2f} {bound:5.2f} {sp / bound:8.2f} | "
+                      f"{td:6.1f} -> {tl:6.1f} {spl:7.2f} {lin_red:10.2f} {spl / lin_red:6.2f}", flush=True)
+                per_type.append((name, p, k, {t: (v[0] / v[1]) / (v[2] / v[3]) for t, v in lin.items()}))
+    print("\nspeed-up / FLOPs reduction per matrix type (Linears alone)")
+    print(f"{'device':11} {'p':>4} {'k':>2} | " + " ".join(f"{t:>8}" for t in TYPES))
+    for name, p, k, ratios in per_type:
+        print(f"{name:11} {p:4.2f} {k:2d} | " + " ".join(f"{ratios.get(t, float('nan')):8.2f}" for t in TYPES))
 
 
 if __name__ == "__main__":

@@ -152,3 +152,24 @@ def test_find_blocks_requires_repeated_linear_blocks():
     from fisvd.models import ModelError
     with pytest.raises(ModelError, match="no repeated block"):
         find_blocks(nn.Sequential(nn.Linear(3, 3)))
+
+
+def test_interleaved_timing_alternates_and_returns_medians(monkeypatch):
+    from fisvd import evaluate
+    clock = iter(range(1000))
+    monkeypatch.setattr(evaluate.time, "perf_counter", lambda: next(clock) / 1000)  # 1 ms per tick
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), next(clock), next(clock))}
+    ms = evaluate.interleaved_ms(fns, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4          # warm-up round, then 3 rounds, never all-a-then-all-b
+    assert ms == pytest.approx({"a": 1.0, "b": 3.0})  # b burns two extra ticks per call
+
+
+def test_latency_ms_times_every_model_on_the_batch():
+    dense = tiny_bert(seed=1)
+    low = tiny_bert(seed=1)
+    apply_lowrank(low, {n.name: svd(low.get_submodule(n.name).weight.detach(), 4) for n in compressible_linears(low)})
+    ids = torch.randint(0, 100, (2, 8))
+    from fisvd.evaluate import latency_ms
+    ms = latency_ms({"dense": dense, "compressed": low}, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 2)
+    assert set(ms) == {"dense", "compressed"} and all(v > 0 for v in ms.values())

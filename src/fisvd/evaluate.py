@@ -1,14 +1,17 @@
 """Dev-set evaluation and latency measurement of a (dense or compressed) classifier.
 
 `predict` runs the dev split in fixed order (bf16 autocast on CUDA, fp32 on CPU) and returns logits;
-`latency_ms` is the median wall time of one forward pass on a [batch, length] batch of real token
-ids (warm-up first), on CPU unless a device is given. `kept_ratio` recounts p = Σ size / Σ m n
+`latency_ms` is the median wall time of one forward pass of each model on a [batch, length] batch
+of real token ids (warm-up first), on CPU unless a device is given; the models are timed in
+interleaved rounds (dense, compressed, dense, …) by `interleaved_ms`, so a change in machine load
+during the measurement hits both alike instead of biasing their ratio. `kept_ratio` recounts p = Σ size / Σ m n
 from the modules themselves (methods.md §5), independently of ranks.json.
 """
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,23 +42,36 @@ def latency_batch(features: list[dict], batch_size: int, length: int) -> dict[st
             "token_type_ids": torch.zeros_like(input_ids)}
 
 
-@torch.inference_mode()
-def latency_ms(model: nn.Module, batch: dict, repeats: int, device: torch.device = torch.device("cpu"),
-               warmup: int = 2) -> float:
-    model.eval().to(device)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    times = []
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
+                   device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
+    """Median wall time (ms) of each callable over `repeats` rounds; each round calls every callable once."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            model(**batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def latency_ms(models: dict[str, nn.Module], batch: dict, repeats: int,
+               device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
+    """Median forward latency (ms) of each model on `batch`, timed interleaved (bf16 autocast on CUDA)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def forward(model):
+        model.eval().to(device)
+
+        def fn():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                model(**batch)
+        return fn
+    return interleaved_ms({name: forward(m) for name, m in models.items()}, repeats, device, warmup)
 
 
 def kept_ratio(model: nn.Module) -> tuple[float, int, int]:
