@@ -4,9 +4,10 @@ Prints wall time of SVD, FWSVD and TFWSVD over all matrices, and per matrix type
 weighted objective Σ F (W − AB)² of TFWSVD relative to FWSVD (and of SVD, for scale).
 Uses the pipeline's fine-tuned model and Fisher when present (data/model, data/fisher.safetensors;
 run `dvc repro fisher` first); otherwise the pretrained MiniLM and a per-batch Fisher on 64
-synthetic sentences. Goal: TFWSVD on all matrices ≤ 60 s on 2 CPU cores.
+synthetic sentences. Goal: TFWSVD on all matrices ≤ 60 s on 2 CPU cores. ALS sweeps and tolerance
+default to params.yaml's compress.tfwsvd (what `dvc repro` runs).
 
-    python benchmarks/tfwsvd.py [--max-iters 20] [--tol 1e-4]
+    python benchmarks/tfwsvd.py [--max-iters N] [--tol T] [--p 0.5]
 """
 import argparse
 import collections
@@ -18,6 +19,7 @@ import torch
 from fisvd.factorize import factorize, weighted_error
 from fisvd.fisher import fisher_per_batch, load_fisher
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, resolve_model
+from fisvd.params import load_params
 
 
 def model_and_fisher():
@@ -38,15 +40,17 @@ def model_and_fisher():
 
 
 def main():
+    defaults = load_params().compress.tfwsvd
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-iters", type=int, default=20)
-    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--max-iters", type=int, default=defaults.max_iters)
+    ap.add_argument("--tol", type=float, default=defaults.tol)
     ap.add_argument("--p", type=float, default=0.5)
     args = ap.parse_args()
     model, fisher, source = model_and_fisher()
     mats = compressible_linears(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"{source}; {len(mats)} matrices; p = {args.p}; {device}, {torch.get_num_threads()} threads")
+    print(f"{source}; {len(mats)} matrices; p = {args.p}; {device}, {torch.get_num_threads()} threads; "
+          f"TFWSVD max_iters {args.max_iters}, tol {args.tol}")
     objective = collections.defaultdict(dict)
     for method in ("svd", "fwsvd", "tfwsvd"):
         kw = {"max_iters": args.max_iters, "tol": args.tol} if method == "tfwsvd" else {}

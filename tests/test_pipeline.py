@@ -107,6 +107,14 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
     assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["kept_ratio"] <= 0.5
 
+    set_param(repo, "allocate.rank_multiple", 4)
+    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
+    aligned = json.loads((repo / "metrics/allocate/ranks.json").read_text())
+    assert aligned["totals"]["rank_multiple"] == 4
+    assert all(row["dense"] or row["rank"] % 4 == 0 for row in aligned["matrices"])
+    assert {n: r for n, r in json.loads((repo / "data/compressed/ranks.json").read_text()).items()} == \
+        {row["name"]: row["rank"] for row in aligned["matrices"] if not row["dense"]}
+
     set_param(repo, "compress.method", "svd")
     assert reproduce(repo) == ["compress", "evaluate"]
 
