@@ -129,3 +129,19 @@ def test_bad_inputs_raise(bad):
     W, F, r, msg = bad(rand(4, 4), torch.ones(4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=msg):
         factorize("fwsvd", W, F, r)
+
+
+@pytest.mark.parametrize("max_elems", [1 << 26, 40])  # one Khatri–Rao block, or blocks of 2 columns and 2 rows
+def test_als_half_step_equals_per_row_weighted_least_squares(max_elems):
+    from fisvd.factorize import EPS, _solve_side
+    g = torch.Generator().manual_seed(21)
+    m, n, r = 7, 9, 4
+    Fw = torch.rand(m, n, generator=g, dtype=torch.float64)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    X = torch.randn(n, r, generator=g, dtype=torch.float64)
+    got = _solve_side(Fw, Fw * W, X, chunk=3, max_elems=max_elems)
+    lam = EPS * (Fw @ (X * X)).mean()
+    for i in range(m):  # the normal equations of row i, written out with an explicit loop over columns
+        G = sum(Fw[i, j] * torch.outer(X[j], X[j]) for j in range(n)) + lam * torch.eye(r, dtype=torch.float64)
+        rhs = sum(Fw[i, j] * W[i, j] * X[j] for j in range(n))
+        assert torch.allclose(got[i], torch.linalg.solve(G, rhs), rtol=1e-9, atol=1e-12)

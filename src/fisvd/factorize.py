@@ -6,7 +6,7 @@
             Σ_ij F_ij (W − AB)²_ij when F is constant down each column.
 - `tfwsvd`: minimise Σ_ij F_ij (W − AB)²_ij by weighted alternating least squares from the FWSVD
             start: every row of A and column of B is an r×r ridge solve (λ = 1e-6 × mean Gram
-            diagonal), batched; stops when the relative decrease < tol or after max_iters; returns
+            diagonal), batched (the Grams of many rows as one GEMM with a Khatri–Rao product); stops when the relative decrease < tol or after max_iters; returns
             the best iterate, so it never ends above FWSVD.
 
 All functions are pure: tensors in, (A, B) out, in the dtype of W, on W's device.
@@ -82,16 +82,31 @@ def _ridge_rows(G: torch.Tensor, rhs: torch.Tensor, lam: torch.Tensor) -> torch.
     return torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
 
 
-def _solve_side(Fw: torch.Tensor, FW: torch.Tensor, X: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Rows y_i minimising Σ_j Fw_ij (W_ij − y_i·x_j)², X: [n, r] (x_j rows); FW = Fw ⊙ W."""
+def _solve_side(Fw: torch.Tensor, FW: torch.Tensor, X: torch.Tensor, chunk: int,
+                max_elems: int = 1 << 26) -> torch.Tensor:
+    """Rows y_i minimising Σ_j Fw_ij (W_ij − y_i·x_j)², X: [n, r] (x_j rows); FW = Fw ⊙ W.
+
+    Grams G_i = Xᵀ diag(Fw_i) X of a chunk of rows are one plain GEMM Fw[rows] @ K with
+    K_j = vec(x_j x_jᵀ) (a Khatri–Rao product, [n, r²]; built in column blocks when larger than
+    `max_elems`), then every row is an r×r batched Cholesky solve.
+    """
+    m, n = Fw.shape
+    r = X.shape[1]
     rhs = FW @ X                                         # [m, r]
     diag_mean = (Fw @ (X * X)).mean()                    # mean Gram diagonal
     lam = EPS * diag_mean if diag_mean > 0 else torch.tensor(1e-12, dtype=X.dtype, device=X.device)
+    block = max(1, max_elems // (r * r))                 # columns j per K block
+    rows = max(1, min(chunk, max_elems // (r * r)))      # rows i per Gram batch
+
+    def khatri_rao(j):
+        Xj = X[j:j + block]
+        return (Xj[:, :, None] * Xj[:, None, :]).reshape(Xj.shape[0], r * r)
+    K = khatri_rao(0) if block >= n else None            # one block: build it once
     out = torch.empty_like(rhs)
-    for i in range(0, Fw.shape[0], chunk):
-        Fi = Fw[i:i + chunk]                             # [c, n]
-        G = torch.matmul(X.T[None] * Fi[:, None, :], X)  # [c, r, r] = Xᵀ diag(F_i) X, one batched GEMM
-        out[i:i + chunk] = _ridge_rows(G, rhs[i:i + chunk], lam)
+    for i in range(0, m, rows):
+        Fi = Fw[i:i + rows]
+        G = Fi @ K if K is not None else sum(Fi[:, j:j + block] @ khatri_rao(j) for j in range(0, n, block))
+        out[i:i + rows] = _ridge_rows(G.view(Fi.shape[0], r, r), rhs[i:i + rows], lam)
     return out
 
 
