@@ -3,7 +3,9 @@
 Ranks come from the pipeline's own allocator (`uniform_ratio`, r = ⌊p·r̄⌋ plus leftover), once with
 `rank_multiple` 1 (any rank) and once with 16 (AVX-512 holds 16 fp32 lanes; pass --multiples to
 change). FLOPs depend only on the ranks, so the factor values (plain SVD) do not matter here.
-Everything is measured in this one run, dense and low-rank timed in interleaved rounds (medians):
+Everything is measured in this one run: for each (p, k), both whole models and the dense and
+low-rank Linears of every type are timed in the same interleaved rounds (medians), so a change in
+machine load hits all of them alike:
 1. whole model: speed-up divided by the linear-FLOPs reduction and by the model's matmul-FLOPs
    reduction (Linears + attention QKᵀ, AV), and vs the Amdahl bound = the speed-up if the
    compressed Linears ran exactly FLOPs-proportionally while everything else in the forward
@@ -22,7 +24,7 @@ import collections
 import torch
 
 from fisvd.allocate import allocate, matrix_stats
-from fisvd.evaluate import interleaved_ms, latency_ms
+from fisvd.evaluate import forward_fn, interleaved_ms
 from fisvd.factorize import svd
 from fisvd.lowrank import LowRankLinear, apply_lowrank
 from fisvd.models import compressible_linears, load_classifier, resolve_model
@@ -41,9 +43,9 @@ def allocated_ranks(model, p, multiple):
     return {M.name: r for M, r in zip(stats, ranks) if r < M.rbar}
 
 
-@torch.inference_mode()
-def linear_times(model, ranks, tokens, rounds, device, dtype):
-    """Per matrix type: (dense ms, low-rank ms, dense MACs/token, low-rank MACs/token), interleaved."""
+def linear_fns(model, ranks, tokens, device, dtype):
+    """Callables "dense <type>" / "low <type>" running that type's Linears of all layers on
+    [tokens, in] inputs, and per type [dense MACs/token, low-rank MACs/token]."""
     g = torch.Generator().manual_seed(0)
     inputs, fns, macs = {}, {}, collections.defaultdict(lambda: [0, 0])
     by_type = collections.defaultdict(lambda: ([], []))
@@ -69,8 +71,7 @@ def linear_times(model, ranks, tokens, rounds, device, dtype):
         return fn
     for t, (dense, low) in by_type.items():
         fns[f"dense {t}"], fns[f"low {t}"] = chain(dense), chain(low)
-    ms = interleaved_ms(fns, rounds, device)
-    return {t: (ms[f"dense {t}"], ms[f"low {t}"], *macs[t]) for t in by_type}
+    return fns, macs
 
 
 def main():
@@ -107,8 +108,11 @@ def main():
                 ranks = allocated_ranks(dense, p, k)
                 low = load_classifier(path, 2).eval()
                 apply_lowrank(low, {n: svd(low.get_submodule(n).weight.detach(), r) for n, r in ranks.items()})
-                model_ms = latency_ms({"dense": dense, "low": low}, batch, args.rounds, device)
-                lin = linear_times(load_classifier(path, 2).eval(), ranks, tokens, args.rounds, device, dtype)
+                fns, macs = linear_fns(load_classifier(path, 2).eval(), ranks, tokens, device, dtype)
+                fns["dense model"], fns["low model"] = forward_fn(dense, batch, device), forward_fn(low, batch, device)
+                ms = interleaved_ms(fns, args.rounds, device)
+                model_ms = {"dense": ms.pop("dense model"), "low": ms.pop("low model")}
+                lin = {t: (ms[f"dense {t}"], ms[f"low {t}"], *macs[t]) for t in macs}
                 td, tl = sum(v[0] for v in lin.values()), sum(v[1] for v in lin.values())
                 md, ml = sum(v[2] for v in lin.values()), sum(v[3] for v in lin.values())
                 lin_red, model_red = md / ml, (md + attn_macs) / (ml + attn_macs)

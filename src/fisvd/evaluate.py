@@ -42,6 +42,7 @@ def latency_batch(features: list[dict], batch_size: int, length: int) -> dict[st
             "token_type_ids": torch.zeros_like(input_ids)}
 
 
+@torch.inference_mode()
 def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
                    device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
     """Median wall time (ms) of each callable over `repeats` rounds; each round calls every callable once."""
@@ -58,20 +59,22 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-@torch.inference_mode()
-def latency_ms(models: dict[str, nn.Module], batch: dict, repeats: int,
-               device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
-    """Median forward latency (ms) of each model on `batch`, timed interleaved (bf16 autocast on CUDA)."""
+def forward_fn(model: nn.Module, batch: dict, device: torch.device) -> Callable[[], object]:
+    """A no-argument forward pass of `model` on `batch`, both moved to `device` (bf16 autocast on CUDA)."""
+    model.eval().to(device)
     batch = {k: v.to(device) for k, v in batch.items()}
 
-    def forward(model):
-        model.eval().to(device)
+    def fn():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return model(**batch)
+    return fn
 
-        def fn():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                model(**batch)
-        return fn
-    return interleaved_ms({name: forward(m) for name, m in models.items()}, repeats, device, warmup)
+
+def latency_ms(models: dict[str, nn.Module], batch: dict, repeats: int,
+               device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
+    """Median forward latency (ms) of each model on `batch`, timed in interleaved rounds."""
+    return interleaved_ms({name: forward_fn(m, batch, device) for name, m in models.items()},
+                          repeats, device, warmup)
 
 
 def kept_ratio(model: nn.Module) -> tuple[float, int, int]:
