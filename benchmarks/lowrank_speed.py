@@ -14,9 +14,11 @@ machine load hits all of them alike:
    reduction at small p; the bound shows how much of what is reachable is reached;
 2. compressible Linears alone (all 36 on [batch·length, in] inputs, in model order): speed-up vs the
    linear-FLOPs reduction Σ mn / Σ r(m+n), in total and per matrix type. Goal: ratio ≥ 0.8.
-CPU in fp32; on CUDA (when present) also in bf16.
+CPU in fp32; on CUDA (when present) also in bf16. --compile adds both whole models under
+torch.compile (inductor with frozen weights: prepacked GEMMs, fused bias/GELU/LayerNorm) to the same
+rounds; compiling costs ~25 s for the dense model and ~8 s per low-rank one on 2 cores.
 
-    python benchmarks/lowrank_speed.py [--rounds 15] [--threads N] [--multiples 1,16]
+    python benchmarks/lowrank_speed.py [--rounds 15] [--threads N] [--multiples 1,16] [--compile]
 """
 import argparse
 import collections
@@ -81,7 +83,11 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--multiples", default="1,16", help="rank_multiple values to compare")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd whole models")
     args = ap.parse_args()
+    if args.compile:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True  # weights become constants: prepacked GEMMs, fused epilogues
     if args.threads:
         torch.set_num_threads(args.threads)
     multiples = [int(k) for k in args.multiples.split(",")]
@@ -98,9 +104,10 @@ def main():
     print(f"{'':19} | {'whole model':^60} | {'compressible Linears alone':^42}")
     print(f"{'device':11} {'p':>4} {'k':>2} | {'ms':>15} {'speedup':>7} {'/lin-FLOPs':>10} {'/model-FLOPs':>12} "
           f"{'bound':>5} {'of bound':>8} | {'ms':>15} {'speedup':>7} {'FLOPs red.':>10} {'ratio':>6}")
-    per_type = []
+    per_type, compiled = [], []
     for device, dtype in setups:
         dense = load_classifier(path, 2).eval()
+        dense_c = torch.compile(dense) if args.compile else None  # compiled once, at its first call
         cfg = dense.config
         attn_macs = cfg.num_hidden_layers * 2 * args.length * cfg.hidden_size  # QKᵀ and AV per token
         for p in (0.75, 0.5, 0.25):
@@ -110,7 +117,11 @@ def main():
                 apply_lowrank(low, {n: svd(low.get_submodule(n).weight.detach(), r) for n, r in ranks.items()})
                 fns, macs = linear_fns(load_classifier(path, 2).eval(), ranks, tokens, device, dtype)
                 fns["dense model"], fns["low model"] = forward_fn(dense, batch, device), forward_fn(low, batch, device)
+                if args.compile:
+                    fns["dense compiled"] = forward_fn(dense_c, batch, device)
+                    fns["low compiled"] = forward_fn(torch.compile(low), batch, device)
                 ms = interleaved_ms(fns, args.rounds, device)
+                comp = (ms.pop("dense compiled"), ms.pop("low compiled")) if args.compile else None
                 model_ms = {"dense": ms.pop("dense model"), "low": ms.pop("low model")}
                 lin = {t: (ms[f"dense {t}"], ms[f"low {t}"], *macs[t]) for t in macs}
                 td, tl = sum(v[0] for v in lin.values()), sum(v[1] for v in lin.values())
@@ -124,10 +135,17 @@ def main():
                       f"{sp / lin_red:10.2f} {sp / model_red:12.2f} {bound:5.2f} {sp / bound:8.2f} | "
                       f"{td:6.1f} -> {tl:6.1f} {spl:7.2f} {lin_red:10.2f} {spl / lin_red:6.2f}", flush=True)
                 per_type.append((name, p, k, {t: (v[0] / v[1]) / (v[2] / v[3]) for t, v in lin.items()}))
+                if comp:
+                    compiled.append((name, p, k, sp, *comp, lin_red))
     print("\nspeed-up / FLOPs reduction per matrix type (Linears alone)")
     print(f"{'device':11} {'p':>4} {'k':>2} | " + " ".join(f"{t:>8}" for t in TYPES))
     for name, p, k, ratios in per_type:
         print(f"{name:11} {p:4.2f} {k:2d} | " + " ".join(f"{ratios.get(t, float('nan')):8.2f}" for t in TYPES))
+    if compiled:
+        print("\nwhole model under torch.compile (same rounds as the eager rows above)")
+        print(f"{'device':11} {'p':>4} {'k':>2} | {'eager speedup':>13} | {'compiled ms':>15} {'speedup':>7} {'/lin-FLOPs':>10}")
+        for name, p, k, sp, cd, cl, lin_red in compiled:
+            print(f"{name:11} {p:4.2f} {k:2d} | {sp:13.2f} | {cd:6.1f} -> {cl:6.1f} {cd / cl:7.2f} {cd / cl / lin_red:10.2f}")
 
 
 if __name__ == "__main__":
