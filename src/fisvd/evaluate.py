@@ -4,8 +4,8 @@
 `latency_ms` is the median wall time of one forward pass of each model on a [batch, length] batch
 of real token ids (warm-up first), on CPU unless a device is given; the models are timed in
 interleaved rounds (dense, compressed, dense, …) by `interleaved_ms`, so a change in machine load
-during the measurement hits both alike instead of biasing their ratio. `kept_ratio` recounts p = Σ size / Σ m n
-from the modules themselves (methods.md §5), independently of ranks.json.
+during the measurement hits both alike instead of biasing their ratio. `kept_ratio` recounts
+p = Σ size / Σ m n from the modules themselves (methods.md §5), independently of ranks.json.
 """
 from __future__ import annotations
 

@@ -6,8 +6,9 @@
             Σ_ij F_ij (W − AB)²_ij when F is constant down each column.
 - `tfwsvd`: minimise Σ_ij F_ij (W − AB)²_ij by weighted alternating least squares from the FWSVD
             start: every row of A and column of B is an r×r ridge solve (λ = 1e-6 × mean Gram
-            diagonal), batched (the Grams of many rows as one GEMM with a Khatri–Rao product); stops when the relative decrease < tol or after max_iters; returns
-            the best iterate, so it never ends above FWSVD.
+            diagonal), batched (the Grams of many rows as one GEMM with a Khatri–Rao product);
+            stops when the relative decrease < tol or after max_iters; returns the best iterate,
+            so it never ends above FWSVD.
 
 All functions are pure: tensors in, (A, B) out, in the dtype of W, on W's device.
 """
