@@ -22,6 +22,7 @@ rounds; compiling costs ~25 s for the dense model and ~8 s per low-rank one on 2
 """
 import argparse
 import collections
+import copy
 
 import torch
 
@@ -45,27 +46,24 @@ def allocated_ranks(model, p, multiple):
     return {M.name: r for M, r in zip(stats, ranks) if r < M.rbar}
 
 
-def linear_fns(model, ranks, tokens, device, dtype):
-    """Callables "dense <type>" / "low <type>" running that type's Linears of all layers on
-    [tokens, in] inputs, and per type [dense MACs/token, low-rank MACs/token]."""
+def linear_fns(dense_model, low_model, tokens, device, dtype):
+    """Callables "dense <type>" / "low <type>" running copies of that type's Linears of all layers
+    (from the dense and the low-rank model) on [tokens, in] inputs, and per type
+    [dense MACs/token, low-rank MACs/token]."""
     g = torch.Generator().manual_seed(0)
     inputs, fns, macs = {}, {}, collections.defaultdict(lambda: [0, 0])
     by_type = collections.defaultdict(lambda: ([], []))
-    for info in compressible_linears(model):
+    for info in compressible_linears(dense_model):
         m, n = info.shape
-        lin = model.get_submodule(info.name).to(device, dtype)
         if n not in inputs:
             inputs[n] = torch.randn(tokens, n, generator=g).to(device, dtype)
-        if info.name in ranks:
-            A, B = svd(lin.weight.detach().float().cpu(), ranks[info.name])
-            low = LowRankLinear.from_factors(A, B, lin.bias.detach().float().cpu()).to(device, dtype)
-            macs[info.type][1] += ranks[info.name] * (m + n)
-        else:
-            low = lin
-            macs[info.type][1] += m * n
+        lin = copy.deepcopy(dense_model.get_submodule(info.name)).to(device, dtype)
+        low = copy.deepcopy(low_model.get_submodule(info.name)).to(device, dtype)
         macs[info.type][0] += m * n
+        macs[info.type][1] += low.rank * (m + n) if isinstance(low, LowRankLinear) else m * n
         by_type[info.type][0].append((lin, inputs[n]))
         by_type[info.type][1].append((low, inputs[n]))
+
     def chain(mods):
         def fn():
             for f, x in mods:
@@ -115,7 +113,7 @@ def main():
                 ranks = allocated_ranks(dense, p, k)
                 low = load_classifier(path, 2).eval()
                 apply_lowrank(low, {n: svd(low.get_submodule(n).weight.detach(), r) for n, r in ranks.items()})
-                fns, macs = linear_fns(load_classifier(path, 2).eval(), ranks, tokens, device, dtype)
+                fns, macs = linear_fns(dense, low, tokens, device, dtype)
                 fns["dense model"], fns["low model"] = forward_fn(dense, batch, device), forward_fn(low, batch, device)
                 if args.compile:
                     fns["dense compiled"] = forward_fn(dense_c, batch, device)
