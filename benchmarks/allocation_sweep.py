@@ -5,16 +5,19 @@ Needs the pipeline's outputs (`dvc repro fisher`): data/prepared, data/model, da
 The weighted SVD of each matrix is computed once and truncated per rank (FWSVD at rank r is
 exactly the rank-r truncation), so the sweep costs little more than its dev-set passes.
 
-    python benchmarks/allocation_sweep.py [--p 0.9 0.8 0.7 0.6] [--out sweep.md]
+Options of each method come from params.yaml (`allocate.<method>`), except that fi_retention is
+calibrated to meet p. Writes benchmarks/results/allocation_sweep_<task>.md.
+
+    python benchmarks/allocation_sweep.py [--p 0.9 0.8 0.7 0.6]
 """
 import argparse
 import copy
-import json
+import dataclasses
 
 import numpy as np
 import torch
 
-from fisvd.allocate import allocate, matrix_stats
+from fisvd.allocate import METHODS, allocate, matrix_stats
 from fisvd.data import batches, collate, load_prepared, tokenize
 from fisvd.evaluate import predict
 from fisvd.factorize import fwsvd_scale
@@ -23,23 +26,28 @@ from fisvd.lowrank import apply_lowrank
 from fisvd.metrics import glue_metrics, predictions
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
+from fisvd.paths import FISHER, MODEL, PREPARED
+from fisvd.results import recorded
 
-METHODS = ["uniform_rank", "uniform_ratio", "energy", "random", "inter_layer_fi", "fi_retention", "max_fi"]
 TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
-    ap.add_argument("--methods", nargs="+", default=METHODS)
-    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS.names()))
     args = ap.parse_args()
     params = load_params("params.yaml")
-    meta, splits = load_prepared("data/prepared")
+    meta, splits = load_prepared(PREPARED)
+    with recorded(f"benchmarks/results/allocation_sweep_{meta['task']}.md"):
+        sweep(args, params, meta, splits)
+
+
+def sweep(args, params, meta, splits):
     task = meta["task"]
-    tok = load_tokenizer("data/model")
-    dense = load_classifier("data/model", meta["num_labels"]).float().eval()
-    fisher, _ = load_fisher("data/fisher.safetensors")
+    tok = load_tokenizer(MODEL)
+    dense = load_classifier(MODEL, meta["num_labels"]).float().eval()
+    fisher, _ = load_fisher(FISHER)
     dev = tokenize(tok, splits["dev"], params.finetune.max_length)
     labels = np.array([f["labels"] for f in dev])
     dev_batches = list(batches(dev, 64, collate(tok)))
@@ -65,8 +73,10 @@ def main():
     for p in args.p:
         for method in args.methods:
             a = params.allocate
-            ranks, info = allocate(method, mats, budget=p, tau=a.fi_retention, calibrate=True, score=a.score,
-                                   alpha=a.alpha, r_min=a.r_min, objective=a.objective, seed=a.seed)
+            opts = a.opts(method)
+            if method == "fi_retention":
+                opts = dataclasses.replace(opts, calibrate=True)
+            ranks, info = allocate(method, mats, budget=p, rank_multiple=a.rank_multiple, opts=opts)
             model = copy.deepcopy(dense)
             factors = {M.name: (svds[M.name][0][:, :r].float(), svds[M.name][1][:r].float())
                        for M, r in zip(mats, ranks) if r < M.rbar}
@@ -82,9 +92,6 @@ def main():
             lines.append(line)
             rows.append({"method": method, "p": p, "achieved_p": achieved, **m, "tau": tau, "mean_rank": per_type})
             print(line, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"dense: {json.dumps(base)}\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

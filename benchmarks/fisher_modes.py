@@ -25,6 +25,7 @@ from fisvd.lowrank import apply_lowrank
 from fisvd.metrics import glue_metrics, predictions
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
+from fisvd.results import recorded
 
 
 def main():
@@ -71,7 +72,8 @@ def main():
             mats = [matrix_stats(m.name, m.layer, m.type, dense.get_submodule(m.name).weight.detach(), F[m.name])
                     for m in infos]
             for method in ("uniform_ratio", "max_fi"):
-                ranks, _ = allocate(method, mats, budget=p)
+                ranks, _ = allocate(method, mats, budget=p, rank_multiple=params.allocate.rank_multiple,
+                                    opts=params.allocate.opts(method))
                 model = copy.deepcopy(dense)
                 apply_lowrank(model, {M.name: fwsvd(model.get_submodule(M.name).weight.detach(), F[M.name], r)
                                       for M, r in zip(mats, ranks) if r < M.rbar})
@@ -79,4 +81,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("benchmarks/results/fisher_modes.md"):
+        main()

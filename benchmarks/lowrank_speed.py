@@ -1,6 +1,6 @@
 """Dense vs low-rank latency of MiniLM-L6 at batch 32 × length 128, for kept ratios p = 0.75, 0.5, 0.25.
 
-Ranks come from the pipeline's own allocator (`uniform_ratio`, r = ⌊p·r̄⌋ plus leftover), once with
+Ranks come from the pipeline's own allocator (`uniform_ratio`, exactly r = ⌊p·r̄⌋), once with
 `rank_multiple` 1 (any rank) and once with 16 (AVX-512 holds 16 fp32 lanes; pass --multiples to
 change). FLOPs depend only on the ranks, so the factor values (plain SVD) do not matter here.
 Everything is measured in this one run: for each (p, k), both whole models and the dense and
@@ -27,10 +27,11 @@ import copy
 import torch
 
 from fisvd.allocate import allocate, matrix_stats
-from fisvd.evaluate import forward_fn, interleaved_ms
+from fisvd.evaluate import forward_fn, interleaved_ms, model_inputs
 from fisvd.factorize import svd
 from fisvd.lowrank import LowRankLinear, apply_lowrank
 from fisvd.models import compressible_linears, load_classifier, resolve_model
+from fisvd.results import recorded
 
 TYPES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")
 
@@ -96,6 +97,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    batch = {k: v for k, v in batch.items() if k in model_inputs(load_classifier(path, 2))}
     tokens = args.batch * args.length
     print(f"MiniLM-L6, batch {args.batch} x length {args.length}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, {args.rounds} interleaved rounds")
@@ -147,4 +149,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with recorded(f"benchmarks/results/lowrank_speed_{'cuda' if torch.cuda.is_available() else 'cpu'}.md"):
+        main()

@@ -1,7 +1,7 @@
 """compress: factorise every non-dense matrix of ranks.json at its rank with `compress.method`
-(svd | fwsvd | tfwsvd, see fisvd.factorize) and replace it by a LowRankLinear
-→ data/compressed/ (model.safetensors + config.json + ranks.json + tokenizer), loadable with
-`fisvd.lowrank.load_compressed(dir)`. Runs on CUDA when present.
+(one registry entry of fisvd.factorize each, listed below) and replace it by a LowRankLinear
+→ data/compressed/ (low-rank weights + config.json + ranks.json + tokenizer), loadable with
+`fisvd.lowrank.load_compressed(dir)` only. Runs on CUDA when present.
 """
 import json
 import logging
@@ -10,45 +10,45 @@ import time
 from tqdm.auto import tqdm
 
 from fisvd.cli import run_stage
-from fisvd.factorize import factorize
+from fisvd.factorize import FACTORISATIONS, factorize
 from fisvd.fisher import check_against, load_fisher
 from fisvd.io import atomic_dir, remove
 from fisvd.lowrank import apply_lowrank, save_compressed
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, pick_device
+from fisvd.paths import COMPRESSED, FISHER, MODEL, RANKS
 from fisvd.ranks import read_ranks
 
-MODEL, FISHER, RANKS, OUT = "data/model", "data/fisher.safetensors", "metrics/allocate/ranks.json", "data/compressed"
+KEYS = ["compress.method"] + [f"compress.{m}" for m in FACTORISATIONS.with_params()]
 log = logging.getLogger("fisvd")
 
 
 def main(params):
     c = params.compress
-    remove(OUT)
     with open(f"{MODEL}/config.json") as f:
         num_labels = len(json.load(f).get("id2label", {0: 0, 1: 1}))
     model = load_classifier(MODEL, num_labels).float().eval()
     infos = {m.name: m for m in compressible_linears(model)}
     ranks = read_ranks(RANKS, {n: m.shape for n, m in infos.items()})
     fisher = None
-    if c.method != "svd":
+    if "fisher" in FACTORISATIONS[c.method].needs:
         fisher, _ = load_fisher(FISHER)
         check_against(fisher, {n: infos[n].shape for n in ranks}, FISHER)
+    remove(COMPRESSED)
     device = pick_device()
-    kw = {"max_iters": c.tfwsvd.max_iters, "tol": c.tfwsvd.tol} if c.method == "tfwsvd" else {}
     t0 = time.perf_counter()
     factors = {}
     for name, r in tqdm(ranks.items(), desc=c.method, unit="matrix"):
         W = model.get_submodule(name).weight.detach().to(device)
         F = fisher[name].to(device) if fisher is not None else None
-        A, B = factorize(c.method, W, F, r, **kw)
+        A, B = factorize(c.method, W, F, r, opts=c.opts())
         factors[name] = (A.cpu(), B.cpu())
     apply_lowrank(model, factors)
     log.info("%s: factorised %d of %d matrices in %.1f s", c.method, len(factors), len(infos),
              time.perf_counter() - t0)
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(COMPRESSED) as tmp:
         save_compressed(model, tmp, load_tokenizer(MODEL))
-    log.info("wrote %s", OUT)
+    log.info("wrote %s", COMPRESSED)
 
 
 if __name__ == "__main__":
-    run_stage("compress", __doc__, ["compress.method", "compress.tfwsvd.max_iters", "compress.tfwsvd.tol"], main)
+    run_stage("compress", __doc__, KEYS, main, FACTORISATIONS.help_text())

@@ -1,5 +1,6 @@
 """finetune: fine-tune `model.name` on the prepared GLUE task → data/model/ (safetensors, config,
-tokenizer); per-epoch loss and dev metric logged by DVCLive to metrics/finetune/.
+tokenizer); per-epoch loss and dev metric logged by DVCLive to metrics/finetune/ (deterministic on
+CPU), wall-clock figures (runtime, samples per second) to metrics/finetune/runtime.json alone.
 
 HF Trainer with dynamic padding, AdamW, linear warm-up (finetune.warmup_ratio of all steps) and
 linear decay; CUDA + bf16 when available, CPU otherwise; seeded.
@@ -12,12 +13,19 @@ import numpy as np
 
 from fisvd.cli import run_stage
 from fisvd.data import collate, load_prepared, tokenize
-from fisvd.io import atomic_dir, remove
+from fisvd.io import atomic_dir, remove, write_json
 from fisvd.metrics import glue_metrics, predictions
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
+from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
 
-OUT, LIVE_DIR, DATA = "data/model", "metrics/finetune", "data/prepared"
+KEYS = ["model.name", "finetune.epochs", "finetune.learning_rate", "finetune.batch_size", "finetune.weight_decay",
+        "finetune.warmup_ratio", "finetune.seed", "finetune.max_length"]
 log = logging.getLogger("fisvd")
+
+
+def is_runtime(key: str) -> bool:
+    """Wall-clock log entries (vary run to run): kept out of the DVCLive metrics and plots."""
+    return "runtime" in key or "per_second" in key
 
 
 def main(params):
@@ -26,13 +34,21 @@ def main(params):
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
 
+    class DeterministicLive(DVCLiveCallback):
+        """DVCLiveCallback minus wall-clock entries, which go to runtime.json instead."""
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            self.runtime.update({k: v for k, v in (logs or {}).items() if is_runtime(k)})
+            logs = {k: v for k, v in (logs or {}).items() if not is_runtime(k)}
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
     f = params.finetune
     meta, splits = load_prepared(DATA)
     path = resolve_model(params.model.name)
-    remove(OUT)
     set_seed(f.seed)
     tokenizer = load_tokenizer(path)
     model = load_classifier(path, meta["num_labels"], tuple(meta["label_names"]))
+    remove(OUT, FINETUNE_RUNTIME)
     train = tokenize(tokenizer, splits["train"], f.max_length)
     dev = tokenize(tokenizer, splits["dev"], f.max_length)
     steps = f.epochs * math.ceil(len(train) / f.batch_size)
@@ -52,14 +68,16 @@ def main(params):
         report_to="none", seed=f.seed, data_seed=f.seed, bf16=cuda, use_cpu=not cuda,
         dataloader_num_workers=0)
     live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False)
+    callback = DeterministicLive(live=live)
+    callback.runtime = {}
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                       data_collator=collate(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics, callbacks=[DVCLiveCallback(live=live)])
+                      compute_metrics=compute_metrics, callbacks=[callback])
     trainer.train()
     live.end()
     final = trainer.evaluate()
-    log.info("dev %s", {k: round(v, 4) for k, v in final.items() if k.startswith("eval_") and "runtime" not in k
-                        and "per_second" not in k})
+    log.info("dev %s", {k: round(v, 4) for k, v in final.items() if k.startswith("eval_") and not is_runtime(k)})
+    write_json(FINETUNE_RUNTIME, {k: round(v, 4) for k, v in callback.runtime.items()})
     with atomic_dir(OUT) as tmp:
         trainer.model.float().save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -68,4 +86,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    run_stage("finetune", __doc__, ["model.name", "finetune.*"], main)
+    run_stage("finetune", __doc__, KEYS, main)

@@ -11,12 +11,13 @@ import os
 from tqdm.auto import tqdm
 
 from fisvd.cli import run_stage
-from fisvd.data import batches, collate, load_prepared, subset, tokenize
+from fisvd.data import batches, collate, load_prepared, tokenize
 from fisvd.fisher import fisher_per_batch, fisher_per_sample, load_fisher, save_fisher, summary
 from fisvd.io import remove, write_json
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, pick_device
+from fisvd.paths import FISHER, FISHER_SUMMARY, MODEL, PREPARED
 
-MODEL, DATA, OUT, SUMMARY = "data/model", "data/prepared", "data/fisher.safetensors", "metrics/fisher/summary.json"
+KEYS = ["fisher.mode", "fisher.batch_size", "fisher.max_samples", "finetune.max_length"]
 log = logging.getLogger("fisvd")
 
 
@@ -24,11 +25,11 @@ def main(params):
     import torch
 
     fp = params.fisher
-    meta, splits = load_prepared(DATA)
-    remove(OUT, SUMMARY)
+    meta, splits = load_prepared(PREPARED)
     torch.manual_seed(0)
     tokenizer = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float()
+    remove(FISHER, FISHER_SUMMARY)
     if fp.mode == "per_sample":
         model.config._attn_implementation = "eager"  # vmap has no batching rule for CPU SDPA
     rows = splits["train"][: fp.max_samples] if fp.max_samples else splits["train"]
@@ -43,15 +44,13 @@ def main(params):
     else:
         sums, count, n = fisher_per_sample(model, names, feats, collate(tokenizer), device, chunk=fp.batch_size,
                                            progress=lambda it: tqdm(it, desc="fisher", unit="chunk"))
-    tmp = OUT + ".tmp"
+    tmp = FISHER + ".tmp"
     save_fisher(tmp, sums, count, fp.mode, n)
-    os.replace(tmp, OUT)
-    fisher, _ = load_fisher(OUT)
-    write_json(SUMMARY, {"mode": fp.mode, "count": count, "examples": n,
-                         "matrices": {m.name: {"layer": m.layer, "type": m.type, **s}
-                                      for m, s in zip(mats, summary(fisher).values())}})
-    log.info("wrote %s (count %d)", OUT, count)
+    os.replace(tmp, FISHER)
+    fisher, _ = load_fisher(FISHER)
+    write_json(FISHER_SUMMARY, {"mode": fp.mode, "count": count, "examples": n, "matrices": summary(fisher, mats)})
+    log.info("wrote %s (count %d)", FISHER, count)
 
 
 if __name__ == "__main__":
-    run_stage("fisher", __doc__, ["fisher.mode", "fisher.batch_size", "fisher.max_samples", "finetune.max_length"], main)
+    run_stage("fisher", __doc__, KEYS, main)

@@ -6,9 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from fisvd.allocate import AllocationError, Matrix, allocate, matrix_stats, min_ratio, ranks_for_tau, report, total_size
+from fisvd.allocate import (METHODS, AllocationError, Matrix, allocate as _allocate, equivalent_uniform_rank,
+                            matrix_stats, min_ratio, ranks_for_tau, report, total_size)
 
-BUDGETED = ["uniform_rank", "uniform_ratio", "energy", "random", "inter_layer_fi", "max_fi"]
+CONTROLS = ["uniform_rank", "uniform_ratio"]
+FILLED = ["energy", "random", "inter_layer_fi", "max_fi"]
+# test options per method (the product's defaults live in params.yaml alone)
+OPTS = {"fi_retention": dict(tau=0.95, calibrate=True), "inter_layer_fi": dict(score="total", alpha=1.0, r_min=1),
+        "max_fi": dict(objective="total"), "random": dict(seed=1)}
+
+
+def allocate(method, mats, budget=None, rank_multiple=1, **kw):
+    return _allocate(method, mats, budget=budget, rank_multiple=rank_multiple, **{**OPTS.get(method, {}), **kw})
+
+
+def test_every_registered_method_is_tested_here():
+    assert set(METHODS.names()) == set(CONTROLS + FILLED + ["fi_retention"])
+    assert set(METHODS.with_params()) == set(OPTS)
 
 
 def synthetic(shapes, seed=0):
@@ -70,7 +84,7 @@ def test_fixed_tau_is_smallest_rank_reaching_tau_and_monotone():
     mats = synthetic(SMALL, 3)
     prev = -1
     for tau in np.linspace(0.05, 1.0, 40):
-        ranks, info = allocate("fi_retention", mats, tau=float(tau))
+        ranks, info = allocate("fi_retention", mats, tau=float(tau), calibrate=False)
         for M, r in zip(mats, ranks):
             brute = next((k for k in range(1, M.rbar) if M.cum_g[k - 1] >= tau - 1e-12), M.rbar)
             assert r == brute
@@ -82,12 +96,12 @@ def test_fixed_tau_is_smallest_rank_reaching_tau_and_monotone():
 
 
 @pytest.mark.parametrize("k", [1, 16])
-@pytest.mark.parametrize("method", BUDGETED + ["fi_retention"])
+@pytest.mark.parametrize("method", FILLED + ["fi_retention"])
 @pytest.mark.parametrize("p", [0.2, 0.45, 0.7, 0.95])
 def test_budget_met_from_below_within_one_step(method, p, k):
     mats = synthetic([(384, 384)] * 4 + [(1536, 384), (384, 1536)] * 2, seed=5)
     B = math.floor(p * dense_total(mats) + 1e-6)
-    ranks, _ = allocate(method, mats, budget=p, calibrate=True, seed=1, rank_multiple=k)
+    ranks, _ = allocate(method, mats, budget=p, rank_multiple=k)
     used = total_size(mats, ranks)
     assert used <= B
     # one step = k ranks more (or the jump to dense when fewer than k remain below r̄)
@@ -127,20 +141,14 @@ def test_aligned_calibrated_fi_retention_equals_max_min(k, p):
 def test_aligned_fixed_tau_rounds_up_to_the_next_multiple():
     mats = synthetic(ALIGNED_SMALL, seed=4)
     for tau in np.linspace(0.1, 0.99, 12):
-        exact, _ = allocate("fi_retention", mats, tau=float(tau))
-        aligned, _ = allocate("fi_retention", mats, tau=float(tau), rank_multiple=4)
+        exact, _ = allocate("fi_retention", mats, tau=float(tau), calibrate=False)
+        aligned, _ = allocate("fi_retention", mats, tau=float(tau), calibrate=False, rank_multiple=4)
         for M, r1, r4 in zip(mats, exact, aligned):
             want = M.rbar if r1 == M.rbar or math.ceil(r1 / 4) * 4 >= M.rbar else math.ceil(r1 / 4) * 4
             assert r4 == want and M.rho(r4) >= tau - 1e-12
 
 
-def test_aligned_uniform_ratio_and_rank_multiple_larger_than_break_even():
-    mats = synthetic([(384, 384), (1536, 384), (384, 1536)])
-    ranks, _ = allocate("uniform_ratio", mats, budget=0.25, rank_multiple=16)
-    for M, r in zip(mats, ranks):  # ⌊0.25·r̄⌋ = 48, 76, 76 → 48, 64, 64, then leftover in steps of 16
-        base = math.floor(0.25 * M.rbar) // 16 * 16
-        assert r % 16 == 0 and base <= r <= base + 16
-    assert ranks[1:] != [64, 64]  # the 2 × 12 ranks floored away are spent again
+def test_rank_multiple_larger_than_break_even_means_dense():
     tiny = synthetic([(32, 32), (64, 32)])                              # r̄ = 16, 21
     assert allocate("uniform_ratio", tiny, budget=1.0, rank_multiple=32)[0] == [16, 21]
     with pytest.raises(AllocationError, match="minimum reachable kept ratio 1.0000"):
@@ -149,28 +157,64 @@ def test_aligned_uniform_ratio_and_rank_multiple_larger_than_break_even():
         allocate("max_fi", tiny, budget=0.9, rank_multiple=0)
 
 
-def test_uniform_ratio_is_floor_of_p_rbar_plus_leftover():
-    mats = synthetic([(384, 384), (1536, 384), (384, 1536), (300, 200)])
-    ranks, _ = allocate("uniform_ratio", mats, budget=0.5)
-    for M, r in zip(mats, ranks):
-        assert math.floor(0.5 * M.rbar) <= r <= math.floor(0.5 * M.rbar) + 1
+MINILM = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]                 # one MiniLM layer: r̄ = 192 ×4, 307 ×2
 
 
-def test_uniform_rank_is_largest_common_rank():
-    mats = synthetic([(384, 384), (1536, 384)])
-    ranks, info = allocate("uniform_rank", mats, budget=0.4)
+@pytest.mark.parametrize("k", [1, 16])
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.81, 0.95])
+def test_uniform_ratio_is_exactly_floor_p_rbar(p, k):
+    mats = synthetic(MINILM * 2 + [(300, 200)], seed=3)
+    ranks, _ = allocate("uniform_ratio", mats, budget=p, rank_multiple=k)
+    for M, r in zip(mats, ranks):                                     # no leftover fill: the definition
+        want = math.floor(p * M.rbar)
+        want = max(k if k < M.rbar else M.rbar, want - want % k)
+        assert r == want, (M.m, M.n, r, want)
+
+
+@pytest.mark.parametrize("k", [1, 16])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.81, 0.9])
+def test_uniform_rank_is_one_rank_for_all_dense_above_break_even(p, k):
+    mats = synthetic(MINILM * 2, seed=3)
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    ranks, info = allocate("uniform_rank", mats, budget=p, rank_multiple=k)
     r = info["uniform_rank"]
-    assert total_size(mats, [r, r]) <= 0.4 * dense_total(mats) < total_size(mats, [r + 1, r + 1])
+    assert r % k == 0
+    assert ranks == [M.rbar if r >= M.rbar else r for M in mats]       # the same rank everywhere, no fill
+    assert total_size(mats, ranks) <= B
+    assert total_size(mats, [M.rbar if r + k >= M.rbar else r + k for M in mats]) > B  # the largest such r
+
+
+def test_uniform_rank_keeps_attention_dense_at_high_budget():
+    mats = synthetic(MINILM, seed=1)        # p = 0.81: (589824 + 3840 r) / 1769472 ≤ 0.81 → r = 219 ≥ 192
+    ranks, info = allocate("uniform_rank", mats, budget=0.81)
+    assert info["uniform_rank"] == 219 and ranks == [192] * 4 + [219, 219]
+
+
+def test_equivalent_uniform_rank_counts_break_even():
+    mats = synthetic(MINILM * 6)
+    at = lambda r: total_size(mats, [min(r, M.rbar) for M in mats])
+    kept = round(0.81297 * dense_total(mats))   # the committed fi_retention τ = 0.95 allocation's p
+    assert at(221) <= kept < at(222)                                   # attention dense, FFN rank 221
+    assert equivalent_uniform_rank(mats, kept) == 221                  # not kept / Σ(m+n) = 208.1
+    assert equivalent_uniform_rank(mats, at(221)) == 221
+    assert equivalent_uniform_rank(mats, at(221) - 1) == 220 and equivalent_uniform_rank(mats, at(222) - 1) == 221
+    rng = np.random.default_rng(0)
+    small = synthetic(SMALL)
+    for kept in rng.integers(1, dense_total(small) + 1, 50):           # brute force over every r
+        want = max([r for r in range(1, 13) if total_size(small, [min(r, M.rbar) for M in small]) <= kept],
+                   default=0)
+        assert equivalent_uniform_rank(small, int(kept)) == want
+    assert report(small, [M.rbar for M in small], 10**4)["totals"]["equivalent_uniform_rank"] == 10
 
 
 def test_inter_layer_fi_follows_scores():
     mats = synthetic([(384, 384)] * 3, seed=2)
     for M, s in zip(mats, [1.0, 4.0, 9.0]):
         M.fisher_total = s
-    ranks, _ = allocate("inter_layer_fi", mats, budget=0.4, score="total", alpha=1.0)
+    ranks, _ = allocate("inter_layer_fi", mats, budget=0.4)
     assert ranks[0] < ranks[1] < ranks[2]
     assert ranks[2] / ranks[0] == pytest.approx(9.0, rel=0.1)
-    flat, _ = allocate("inter_layer_fi", mats, budget=0.4, score="total", alpha=1e-9)
+    flat, _ = allocate("inter_layer_fi", mats, budget=0.4, alpha=1e-9)
     assert max(flat) - min(flat) <= 1
 
 

@@ -118,7 +118,31 @@ def test_finetune_unknown_model_exits_2_without_output(tmp_path):
     assert not (tmp_path / "data" / "model").exists() and not (tmp_path / "metrics" / "finetune").exists()
 
 
-def test_stage_inputs_missing_exit_2(tmp_path):
+@pytest.mark.parametrize("stage,present,missing,producer", [
+    ("finetune", [], "data/prepared", "prepare"),
+    ("fisher", [], "data/prepared", "prepare"),
+    ("fisher", ["data/prepared"], "data/model", "finetune"),
+    ("allocate", [], "data/model", "finetune"),
+    ("allocate", ["data/model"], "data/fisher.safetensors", "fisher"),
+    ("compress", ["data/model", "data/fisher.safetensors"], "metrics/allocate/ranks.json", "allocate"),
+    ("evaluate", ["data/prepared", "data/model"], "data/compressed", "compress"),
+])
+def test_missing_input_exits_2_before_touching_outputs_or_the_hub(tmp_path, stage, present, missing, producer):
+    from fisvd.paths import STAGES
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    line = one_error_line(run_stage("fisher", tmp_path, {}))
-    assert "data/prepared/meta.json" in line and "dvc repro prepare" in line
+    for path in present:                       # inputs that exist (content irrelevant: checked first)
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).mkdir() if "." not in path.rsplit("/", 1)[-1] else (tmp_path / path).write_text("x")
+    outs = {}
+    for path in STAGES[stage][1]:              # tracked outputs of an earlier run must survive
+        out = tmp_path / path / "old.json" if "." not in path.rsplit("/", 1)[-1] else tmp_path / path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text('{"old": 1}')
+        outs[out] = out.read_text()
+    # no HF_HUB_OFFLINE: a hub request would go to a closed loopback port and fail with another message
+    res = run_stage(stage, tmp_path, {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
+    line = one_error_line(res)
+    assert line == (f"error: invalid input: {missing}: missing input of stage {stage}; "
+                    f"run `dvc repro {producer}` first")
+    assert "Traceback" not in res.stderr and "huggingface" not in res.stderr.lower()
+    assert all(p.read_text() == text for p, text in outs.items())

@@ -1,11 +1,16 @@
 """GLUE loading: the real TSVs in ../shared (row counts and labels vs SOURCES.md), the HF path's
-conversion, subsets, and malformed-file errors."""
+conversion, MNLI's two dev splits (synthetic folder, fake hub), machine-independent manifests,
+prepared folders, subsets, and malformed-file errors."""
 import re
 
 import pytest
 
-from fisvd.data import TASKS, DataError, hf_to_rows, load_local, read_tsv, resolve_glue_dir, subset
-from conftest import SHARED_GLUE, write_mrpc
+import json
+import shutil
+
+from fisvd.data import (TASKS, DataError, dev_splits, hf_to_rows, load_hf, load_local, load_prepared,
+                        read_tsv, resolve_glue_dir, sha256_file, splits_of, subset, write_jsonl)
+from conftest import SHARED_GLUE, write_mnli, write_mrpc
 
 FOLDER_TO_TASK = {spec.folder: name for name, spec in TASKS.items()}
 
@@ -130,3 +135,114 @@ def test_glue_dir_resolution(tmp_path, monkeypatch):
     assert resolve_glue_dir(project) is None
     (tmp_path / "shared" / "data" / "glue").mkdir(parents=True)
     assert resolve_glue_dir(project) == tmp_path / "shared" / "data" / "glue"
+
+
+def test_dev_splits_and_splits_of():
+    for task in TASKS:
+        want = ("dev", "dev_mm") if task == "mnli" else ("dev",)
+        assert dev_splits(task) == want and splits_of(task) == ("train", *want)
+    assert TASKS["mnli"].dev_file == "dev_matched.tsv" and TASKS["rte"].dev_file == "dev.tsv"
+    with pytest.raises(DataError, match="unknown GLUE task 'foo'"):
+        splits_of("foo")
+
+
+def test_load_local_mnli_matched_and_mismatched(tmp_path):
+    write_mnli(tmp_path, n_train=6, n_dev=4, n_dev_mm=5)
+    splits, manifest = load_local("mnli", tmp_path)
+    assert tuple(splits) == ("train", "dev", "dev_mm")
+    assert [len(splits[s]) for s in splits] == [6, 4, 5]
+    assert splits["dev"][1] == {"text_a": "dev_matched premise 1", "text_b": "hypothesis 1", "label": 1}
+    assert splits["dev_mm"][2] == {"text_a": "dev_mismatched premise 2", "text_b": "hypothesis 2", "label": 2}
+    assert [r["label"] for r in splits["dev_mm"]] == [0, 1, 2, 0, 1]
+    assert manifest == {"type": "local_tsv", "files": {
+        s: {"path": f"MNLI/{f}", "sha256": sha256_file(tmp_path / "MNLI" / f)}
+        for s, f in (("train", "train.tsv"), ("dev", "dev_matched.tsv"), ("dev_mm", "dev_mismatched.tsv"))}}
+
+
+def test_load_local_mnli_missing_mismatched_names_the_path(tmp_path):
+    write_mnli(tmp_path)
+    (tmp_path / "MNLI" / "dev_mismatched.tsv").unlink()
+    with pytest.raises(DataError) as err:
+        load_local("mnli", tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "MNLI" / "dev_mismatched.tsv") in msg and "file not found" in msg
+    assert "{train.tsv,dev_matched.tsv,dev_mismatched.tsv}" in msg
+
+
+@pytest.mark.parametrize("task,write", [("mrpc", write_mrpc), ("mnli", write_mnli)])
+def test_manifest_has_no_machine_path(tmp_path, task, write):
+    """Two copies of one GLUE folder at different absolute paths give identical manifests."""
+    a = write(tmp_path / "clone_a" / "glue")
+    b = tmp_path / "elsewhere" / "deeper" / "glue"
+    shutil.copytree(a, b)
+    _, man_a = load_local(task, a)
+    _, man_b = load_local(task, b)
+    assert man_a == man_b
+    text = json.dumps(man_a)
+    assert str(tmp_path) not in text and "glue_dir" not in man_a
+    assert set(man_a["files"]) == set(splits_of(task))
+    assert all(not f["path"].startswith("/") and len(f["sha256"]) == 64 for f in man_a["files"].values())
+
+
+class FakeSplit(list):
+    """Stands in for a `datasets.Dataset` split: iterable of dicts, `.info.version`, `._fingerprint`."""
+    def __init__(self, rows, fingerprint):
+        super().__init__(rows)
+        self._fingerprint = fingerprint
+        self.info = type("Info", (), {"version": "1.0.0"})()
+
+
+def fake_load_dataset(calls):
+    def load_dataset(path, config):
+        calls.append((path, config))
+        if config == "mnli":
+            ex = lambda tag, i: {"premise": f"{tag} p{i}", "hypothesis": f"h{i}", "label": i % 3, "idx": i}
+            names = {"train": 3, "validation_matched": 2, "validation_mismatched": 4,
+                     "test_matched": 1, "test_mismatched": 1}
+        else:
+            ex = lambda tag, i: {"sentence1": f"{tag} a{i}", "sentence2": f"b{i}", "label": i % 2, "idx": i}
+            names = {"train": 3, "validation": 2, "test": 1}
+        return {n: FakeSplit([ex(n, i) for i in range(k)], f"fp-{n}") for n, k in names.items()}
+    return load_dataset
+
+
+def test_load_hf_mnli_returns_both_dev_splits(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset(calls))
+    splits, manifest = load_hf("mnli")
+    assert calls == [("nyu-mll/glue", "mnli")]
+    assert tuple(splits) == ("train", "dev", "dev_mm")
+    assert [len(splits[s]) for s in splits] == [3, 2, 4]
+    assert splits["dev_mm"][3] == {"text_a": "validation_mismatched p3", "text_b": "h3", "label": 0}
+    assert splits["dev"][1] == {"text_a": "validation_matched p1", "text_b": "h1", "label": 1}
+    assert manifest["fingerprint"] == {"train": "fp-train", "dev": "fp-validation_matched",
+                                       "dev_mm": "fp-validation_mismatched"}
+    assert manifest["revision"] == "1.0.0" and manifest["config"] == "mnli"
+
+    splits, manifest = load_hf("mrpc")
+    assert tuple(splits) == ("train", "dev") and len(splits["dev"]) == 2
+    assert manifest["fingerprint"] == {"train": "fp-train", "dev": "fp-validation"}
+
+
+def test_load_prepared_returns_every_split_in_meta(tmp_path):
+    write_mnli(tmp_path / "glue")
+    splits, _ = load_local("mnli", tmp_path / "glue")
+    out = tmp_path / "prepared"
+    out.mkdir()
+    for s, rows in splits.items():
+        write_jsonl(rows, out / f"{s}.jsonl")
+    meta = {"task": "mnli", "rows": {s: len(r) for s, r in splits.items()}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    got_meta, got = load_prepared(out)
+    assert got_meta == meta and got == splits and tuple(got) == ("train", "dev", "dev_mm")
+
+    # an older two-split folder still loads (only what its meta lists)
+    (out / "meta.json").write_text(json.dumps({"task": "mnli", "rows": {"train": 6, "dev": 4}}))
+    assert tuple(load_prepared(out)[1]) == ("train", "dev")
+
+    (out / "meta.json").write_text(json.dumps(meta))
+    (out / "dev_mm.jsonl").unlink()
+    with pytest.raises(DataError) as err:
+        load_prepared(out)
+    assert str(out / "dev_mm.jsonl") in str(err.value) and "'dev_mm'" in str(err.value)

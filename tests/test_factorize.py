@@ -91,13 +91,28 @@ def test_tfwsvd_converges_to_same_value_from_different_inits():
     assert max(vals) - min(vals) <= 1e-4 * min(vals)
 
 
+def test_every_registered_factorisation_is_tested_here():
+    """svd / fwsvd / tfwsvd here; whiten / kfac (two-sided statistics) in tests/test_twosided.py."""
+    from fisvd.factorize import FACTORISATIONS
+    assert FACTORISATIONS.names() == ("svd", "fwsvd", "tfwsvd", "whiten", "kfac")
+    assert FACTORISATIONS.with_params() == ("tfwsvd", "whiten", "kfac")
+    assert [FACTORISATIONS[m].needs for m in FACTORISATIONS.names()] == [
+        (), ("fisher",), ("fisher",), ("cov_x",), ("cov_x", "cov_g")]
+    with pytest.raises(ValueError, match="needs a Fisher"):
+        factorize("fwsvd", rand(4, 4), None, 1)
+    with pytest.raises(ValueError, match="needs a Fisher"):
+        factorize("fwsvd", rand(4, 4), {"cov_x": torch.eye(4)}, 1)
+    with pytest.raises(TypeError):
+        factorize("tfwsvd", rand(4, 4), torch.ones(4, 4), 1)          # its options have no defaults
+
+
 @pytest.mark.parametrize("method", ["svd", "fwsvd", "tfwsvd"])
 @pytest.mark.parametrize("r", [1, 4])  # 4 = break-even of 8x8 (64/16)
 def test_zero_fisher_columns_and_edge_ranks_stay_finite(method, r):
     W = rand(8, 8, seed=5).float()
     F = torch.rand(8, 8, generator=torch.Generator().manual_seed(6))
     F[:, :3] = 0.0
-    A, B = factorize(method, W, F, r)
+    A, B = factorize(method, W, F, r, **({"max_iters": 3, "tol": 1e-4} if method == "tfwsvd" else {}))
     assert A.shape == (8, r) and B.shape == (r, 8) and A.dtype == torch.float32
     assert torch.isfinite(A).all() and torch.isfinite(B).all()
 
@@ -107,7 +122,7 @@ def test_all_zero_fisher_is_finite_and_falls_back_to_svd():
     A, B = fwsvd(W, torch.zeros_like(W), 2)
     As, Bs = svd(W, 2)
     assert torch.allclose(A @ B, As @ Bs, atol=1e-10)
-    assert torch.isfinite(tfwsvd(W, torch.zeros_like(W), 2)[0]).all()
+    assert torch.isfinite(tfwsvd(W, torch.zeros_like(W), 2, max_iters=3, tol=1e-4)[0]).all()
 
 
 def test_scale_floor_and_orientation():

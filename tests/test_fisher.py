@@ -118,3 +118,19 @@ def test_bad_fisher_files(tmp_path, bad, needle):
         p.write_bytes(p.read_bytes()[:20])
     with pytest.raises(FisherError, match=needle):
         load_fisher(p)
+
+
+def test_summary_rows_are_looked_up_by_name_not_position():
+    """Safetensors reads tensors back in alphabetical order (attention.output.dense < attention.self.query):
+    zipping model-ordered matrices with that order mislabelled every row."""
+    from fisvd.fisher import summary
+    from fisvd.models import compressible_linears
+    mats = compressible_linears(tiny_bert())
+    fisher = {m.name: torch.full(m.shape, float(i + 1)) for i, m in enumerate(mats)}
+    alphabetical = dict(sorted(fisher.items()))
+    assert list(alphabetical) != [m.name for m in mats]
+    rows = summary(alphabetical, mats)
+    assert list(rows) == [m.name for m in mats]
+    for i, m in enumerate(mats):
+        assert rows[m.name]["total"] == (i + 1) * m.shape[0] * m.shape[1]
+        assert (rows[m.name]["layer"], rows[m.name]["type"]) == (m.layer, m.type)

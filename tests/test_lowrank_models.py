@@ -8,7 +8,8 @@ from torch import nn
 
 from fisvd.evaluate import kept_ratio
 from fisvd.factorize import svd
-from fisvd.lowrank import CompressedModelError, LowRankLinear, apply_lowrank, load_compressed, save_compressed
+from fisvd.lowrank import (WEIGHTS_FILE, CompressedModelError, LowRankLinear, apply_lowrank, load_compressed,
+                           save_compressed)
 from fisvd.models import compressible_linears, find_blocks
 from conftest import tiny_bert
 
@@ -124,13 +125,13 @@ def test_save_load_round_trip_is_bit_exact_and_never_dense(tmp_path, monkeypatch
 def test_no_pickle_in_compressed_dir(tmp_path):
     save_compressed(compressed_bert(), tmp_path)
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
-    assert (tmp_path / "model.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # not a pickle
+    assert (tmp_path / WEIGHTS_FILE).read_bytes()[:8] != b"\x80\x02\x8a\x0a"  # not a pickle
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing_ranks", "bad_rank", "unknown_module"])
 def test_corrupt_compressed_dir_raises(tmp_path, damage):
     save_compressed(compressed_bert(), tmp_path)
-    w = tmp_path / "model.safetensors"
+    w = tmp_path / WEIGHTS_FILE
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     if damage == "truncate":
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
@@ -146,6 +147,41 @@ def test_corrupt_compressed_dir_raises(tmp_path, damage):
         (tmp_path / "ranks.json").write_text(json.dumps(ranks))
     with pytest.raises(CompressedModelError):
         load_compressed(tmp_path)
+
+
+def test_hf_from_pretrained_refuses_compressed_dir_but_load_compressed_works(tmp_path, minilm_tokenizer):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model = tiny_bert(num_labels=2, vocab_size=minilm_tokenizer.vocab_size)
+    names = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"]
+    apply_lowrank(model, {n: svd(model.get_submodule(n).weight.detach(), 3) for n in names})
+    save_compressed(model, tmp_path, minilm_tokenizer)
+    assert WEIGHTS_FILE == "lowrank.safetensors" and (tmp_path / WEIGHTS_FILE).is_file()
+    assert (tmp_path / "config.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    # HF must not "load" the directory and silently re-initialise the factorised Linears at random
+    hf_model = None
+    with pytest.raises(OSError) as err:
+        hf_model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert hf_model is None
+    assert "no file named model.safetensors" in str(err.value) and str(tmp_path) in str(err.value)
+    # ... while fisvd's loader reproduces the in-memory model exactly, and the tokenizer still loads
+    loaded = load_compressed(tmp_path)
+    assert sorted(n for n, m in loaded.named_modules() if isinstance(m, LowRankLinear)) == sorted(names)
+    enc = AutoTokenizer.from_pretrained(tmp_path)(["a cat sees the dog", "the red car"], padding=True,
+                                                 return_tensors="pt")
+    assert enc["input_ids"].tolist() == minilm_tokenizer(["a cat sees the dog", "the red car"],
+                                                         padding=True)["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, loaded(**enc).logits)
+
+
+def test_old_layout_compressed_dir_names_the_expected_file(tmp_path):
+    save_compressed(compressed_bert(), tmp_path)
+    (tmp_path / WEIGHTS_FILE).rename(tmp_path / "model.safetensors")  # layout written before WEIGHTS_FILE
+    with pytest.raises(CompressedModelError, match=f"{WEIGHTS_FILE}: missing.*old layout.*dvc repro compress"):
+        load_compressed(tmp_path)
+    save_compressed(compressed_bert(), tmp_path)  # re-saving drops the stale HF-loadable file
+    assert not (tmp_path / "model.safetensors").exists()
+    load_compressed(tmp_path)
 
 
 def test_find_blocks_requires_repeated_linear_blocks():

@@ -5,7 +5,9 @@ import sys
 import pytest
 import yaml
 
-from fisvd.params import ParamError, Params, load_params, parse_params
+import dataclasses
+
+from fisvd.params import ParamError, Params, flat_keys, load_params, parse_params, registries
 from conftest import ROOT
 
 
@@ -13,14 +15,33 @@ def defaults() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def test_shipped_params_are_valid_and_match_dataclass_defaults():
+def test_shipped_params_are_valid_and_the_only_home_of_defaults():
     p = load_params(ROOT / "params.yaml")
-    assert p == Params(), "params.yaml and the dataclass defaults must agree"
+    assert isinstance(p, Params) and p.allocate.opts("max_fi").objective in ("total", "layerwise")
+    classes = [Params] + [f.type for f in dataclasses.fields(Params)]
+    classes += [e.params for r in registries().values() for e in map(r.__getitem__, r.with_params())]
+    for cls in classes:
+        cls = cls if isinstance(cls, type) else eval(cls, vars(__import__("fisvd.params").params))
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, \
+                f"{cls.__name__}.{f.name} has a default; defaults live in params.yaml alone"
+
+
+@pytest.mark.parametrize("key", flat_keys(yaml.safe_load((ROOT / "params.yaml").read_text())))
+def test_every_key_is_required(key):
+    raw = defaults()
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    del node[leaf]
+    with pytest.raises(ParamError, match=f"^{key.replace('.', '[.]')}: missing key"):
+        parse_params(raw)
 
 
 @pytest.mark.parametrize("path,value,needle", [
-    (("allocate", "fi_retention"), 0.0, "allocate.fi_retention"),
-    (("allocate", "fi_retention"), 1.5, "(0, 1]"),
+    (("allocate", "fi_retention", "tau"), 0.0, "allocate.fi_retention.tau"),
+    (("allocate", "fi_retention", "tau"), 1.5, "(0, 1]"),
     (("allocate", "budget"), -0.1, "allocate.budget"),
     (("allocate", "budget"), 0, "allocate.budget"),
     (("allocate", "rank_multiple"), 0, "allocate.rank_multiple"),
@@ -29,22 +50,29 @@ def test_shipped_params_are_valid_and_match_dataclass_defaults():
     (("finetune", "batch_size"), -4, "finetune.batch_size"),
     (("fisher", "batch_size"), 0, "fisher.batch_size"),
     (("data", "task"), "mrcp", "cola, sst2, mrpc"),
-    (("allocate", "method"), "fisher", "uniform_rank"),
+    (("allocate", "method"), "fisher", "uniform_rank, uniform_ratio, energy, random, inter_layer_fi"),
     (("compress", "method"), "pca", "svd, fwsvd, tfwsvd"),
+    (("compress", "tfwsvd", "tol"), 1.5, "[0, 1)"),
+    (("compress", "tfwsvd", "max_iters"), -1, ">= 0"),
+    (("allocate", "random", "seed"), "x", "expected an integer"),
     (("fisher", "mode"), "exact", "per_batch, per_sample"),
-    (("allocate", "score"), "mean", "total, density, energy"),
-    (("allocate", "objective"), "sum", "total, layerwise"),
+    (("allocate", "inter_layer_fi", "score"), "mean", "total, density, energy"),
+    (("allocate", "inter_layer_fi", "r_min"), 0, ">= 1"),
+    (("allocate", "inter_layer_fi", "alpha"), float("nan"), "finite"),
+    (("allocate", "max_fi", "objective"), "sum", "total, layerwise"),
     (("finetune", "learning_rate"), "fast", "finetune.learning_rate"),
     (("finetune", "epochs"), 2.5, "expected an integer"),
-    (("allocate", "calibrate"), "yes", "true or false"),
+    (("allocate", "fi_retention", "calibrate"), "yes", "true or false"),
     (("finetune", "epochs"), True, "expected an integer"),
-    (("allocate", "alpha"), float("nan"), "allocate.alpha"),
     (("model", "name"), "", "model.name"),
     (("data", "max_train_samples"), 0, "data.max_train_samples"),
 ])
 def test_bad_values_name_the_key(path, value, needle):
     raw = defaults()
-    raw[path[0]][path[1]] = value
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
     with pytest.raises(ParamError) as err:
         parse_params(raw)
     msg = str(err.value)
@@ -53,6 +81,9 @@ def test_bad_values_name_the_key(path, value, needle):
 
 @pytest.mark.parametrize("mutate,needle", [
     (lambda r: r["allocate"].update(fi_retension=0.9), "allocate.fi_retension: unknown key"),
+    (lambda r: r["allocate"]["fi_retention"].update(tau2=0.9), "allocate.fi_retention.tau2: unknown key"),
+    (lambda r: r["allocate"].update(calibrate=True), "allocate.calibrate: unknown key; allowed keys under "
+     "allocate: method, budget, rank_multiple, random, inter_layer_fi, fi_retention, max_fi"),
     (lambda r: r.update(allocation={}), "allocation: unknown key"),
     (lambda r: r["compress"]["tfwsvd"].update(iters=3), "compress.tfwsvd.iters: unknown key"),
     (lambda r: r.update(fisher=[1, 2]), "fisher: expected a mapping"),
@@ -68,6 +99,7 @@ def test_scientific_notation_and_ints_are_accepted_for_floats():
     raw = defaults()
     raw["finetune"]["learning_rate"] = 1
     raw["allocate"]["budget"] = 1
+    raw["allocate"]["fi_retention"]["tau"] = 1
     p = parse_params(raw)
     assert p.finetune.learning_rate == 1.0 and isinstance(p.allocate.budget, float)
 
@@ -75,16 +107,24 @@ def test_scientific_notation_and_ints_are_accepted_for_floats():
 @pytest.mark.parametrize("stage", ["prepare", "finetune", "fisher", "allocate", "compress", "evaluate"])
 def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, stage):
     raw = defaults()
-    raw["allocate"]["fi_retention"] = 2.0
+    raw["allocate"]["fi_retention"]["tau"] = 2.0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, capture_output=True,
                          text=True, env={"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "PATH": "/usr/bin:/bin"})
     assert res.returncode == 2, res.stderr
     lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "allocate.fi_retention" in lines[0] and "(0, 1]" in lines[0]
+    assert len(lines) == 1 and "allocate.fi_retention.tau" in lines[0] and "(0, 1]" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_help_explains_stage_and_keys():
-    res = subprocess.run([sys.executable, "-m", "stages.allocate", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0 and "allocate.*" in res.stdout and "ranks.json" in res.stdout
+@pytest.mark.parametrize("stage,section", [("allocate", "allocate"), ("compress", "compress")])
+def test_help_lists_every_registered_method_with_its_keys(stage, section):
+    res = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = " ".join(res.stdout.split())
+    registry = registries()[section]
+    for name in registry.names():
+        entry = registry[name]
+        assert f"{name} {' '.join(entry.help.split())}" in out
+        assert all(k in out for k in entry.keys(section))
+    assert "ranks.json" in out or "compressed" in out

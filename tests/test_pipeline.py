@@ -86,6 +86,19 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert len(ranks["matrices"]) == 12 and ranks["totals"]["method"] == "fi_retention"
     manifest = json.loads((repo / "metrics/prepare/data.json").read_text())
     assert manifest["rows"] == {"train": 40, "dev": 16} and len(manifest["source"]["files"]["train"]["sha256"]) == 64
+    assert str(repo.parent) not in json.dumps(manifest)              # no machine path in a tracked file
+    from fisvd.fisher import load_fisher                             # summary rows looked up by name
+    fisher, _ = load_fisher(repo / "data/fisher.safetensors")
+    summary = json.loads((repo / "metrics/fisher/summary.json").read_text())["matrices"]
+    assert list(summary) == [row["name"] for row in ranks["matrices"]]  # model order
+    for name, row in summary.items():
+        assert row["total"] == pytest.approx(float(fisher[name].double().sum()), rel=1e-9)
+        assert row["type"] == {"query": "q", "key": "k", "value": "v"}.get(name.rsplit(".", 1)[-1], row["type"])
+    live = json.loads((repo / "metrics/finetune/metrics.json").read_text())
+    assert "runtime" not in json.dumps(live) and "per_second" not in json.dumps(live)
+    assert not list((repo / "metrics/finetune/plots").rglob("*runtime*"))
+    assert json.loads((repo / "metrics/finetune/runtime.json").read_text())["train_runtime"] > 0
+    assert metrics["constant_score"] > 0 and "margin_kept" in metrics and "pct_of_dense" in metrics
 
     git(repo, "add", "-A")
     status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True, text=True).stdout
@@ -98,7 +111,7 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
 
     assert reproduce(repo) == []  # nothing changed: nothing runs
 
-    set_param(repo, "allocate.fi_retention", 0.8)
+    set_param(repo, "allocate.fi_retention.tau", 0.8)
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
     new = json.loads((repo / "metrics/allocate/ranks.json").read_text())
     assert new["totals"]["kept_ratio"] <= ranks["totals"]["kept_ratio"]
@@ -106,6 +119,9 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     set_param(repo, "allocate.method", "uniform_ratio")
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
     assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["kept_ratio"] <= 0.5
+
+    set_param(repo, "allocate.max_fi.objective", "layerwise")    # another method's section: a param dep
+    assert reproduce(repo) == ["allocate"]                       # same ranks.json bytes: compress skipped
 
     set_param(repo, "allocate.rank_multiple", 4)
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
@@ -117,6 +133,9 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
 
     set_param(repo, "compress.method", "svd")
     assert reproduce(repo) == ["compress", "evaluate"]
+    from transformers import AutoModelForSequenceClassification
+    with pytest.raises(OSError, match="model.safetensors"):     # not mistaken for a dense HF checkpoint
+        AutoModelForSequenceClassification.from_pretrained(repo / "data/compressed")
 
     set_param(repo, "evaluate.latency_batches", 3)
     assert reproduce(repo) == ["evaluate"]
@@ -184,6 +203,13 @@ def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project):
     assert (repo / "data/fisher.safetensors").read_bytes() == fisher
     assert (repo / "metrics/evaluate/metrics.json").read_text() == metrics
     assert (repo / "metrics/allocate/ranks.json").read_text() == ranks
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "run")
+    with Repo(str(repo)) as r:  # a forced re-run changes no tracked file except run-time figures
+        r.reproduce(force=True)
+    changed = {line[3:] for line in subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                                                   text=True).stdout.splitlines()}
+    assert changed <= {"metrics/evaluate/latency.json", "metrics/finetune/runtime.json"}, changed
 
 
 def _find_runs(node, out):
@@ -192,7 +218,7 @@ def _find_runs(node, out):
         data = node.get("data")
         if isinstance(data, dict) and "params" in data and "metrics" in data and data.get("name") != "workspace":
             try:
-                tau = data["params"]["params.yaml"]["data"]["allocate"]["fi_retention"]
+                tau = data["params"]["params.yaml"]["data"]["allocate"]["fi_retention"]["tau"]
                 out.append((tau, data["metrics"]["metrics/evaluate/metrics.json"]["data"]))
             except (KeyError, TypeError):
                 pass
@@ -211,7 +237,7 @@ def test_queued_experiments_with_two_workers_equal_serial_runs(project):
     git(repo, "commit", "-qm", "baseline")
     taus = (0.6, 0.8)
     for tau in taus:
-        subprocess.run(dvc + ["exp", "run", "--queue", "-S", f"allocate.fi_retention={tau}"], cwd=repo, check=True,
+        subprocess.run(dvc + ["exp", "run", "--queue", "-S", f"allocate.fi_retention.tau={tau}"], cwd=repo, check=True,
                        capture_output=True)
     subprocess.run(dvc + ["queue", "start", "-j", "2"], cwd=repo, check=True, capture_output=True)
     t0 = time.time()
@@ -228,6 +254,7 @@ def test_queued_experiments_with_two_workers_equal_serial_runs(project):
     queued = {tau: m for tau, m in runs if tau in taus}
     assert set(queued) == set(taus), runs
     for tau in taus:  # the same experiments run serially in the workspace
-        set_param(repo, "allocate.fi_retention", tau)
+        set_param(repo, "allocate.fi_retention.tau", tau)
         reproduce(repo)
-        assert json.loads((repo / "metrics/evaluate/metrics.json").read_text()) == queued[tau]
+        serial = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
+        assert {k: v for k, v in serial.items() if v is not None} == queued[tau]  # exp show drops nulls

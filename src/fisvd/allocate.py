@@ -8,19 +8,22 @@ method below picks from that set (k = 16 suits AVX-512 fp32 GEMMs, 8 GPU tensor 
 Spectra: g_ℓ,k = σ_k(W_ℓ diag(s_ℓ))² (FWSVD-weighted; s = 1 for `energy`), computed once per
 matrix; FI retained ρ_ℓ(r) = Σ_{k≤r} g_ℓ,k / Σ_k g_ℓ,k, and ρ = 1 when dense.
 
-Methods (all but `fi_retention` with a fixed τ meet p from below):
-- uniform_rank   one rank for all, the largest meeting p.
-- uniform_ratio  r_ℓ = ⌊p·r̄_ℓ⌋.
-- energy         smallest r with unweighted energy ≥ τ, τ bisected to meet p (control).
-- random         seeded U(0,1) shares × r̄, scale bisected to meet p (control).
+Methods (one registry entry each, `METHODS`; all but `fi_retention` with a fixed τ take a budget p):
+- uniform_rank   control: one rank for all (dense where ≥ r̄), the largest meeting p. No fill.
+- uniform_ratio  control: r_ℓ = ⌊p·r̄_ℓ⌋ (aligned down). No fill.
+- energy         control: smallest r with unweighted energy ≥ τ, τ bisected to meet p.
+- random         control: seeded U(0,1) shares × r̄, scale bisected to meet p.
 - inter_layer_fi parameters ∝ Φ_ℓ^α, Φ = Σ F (total), Σ F/(mn) (density) or Σ F ⊙ W² (energy);
                  scale bisected to meet p; ranks clipped to [r_min, r̄].
 - fi_retention   r_ℓ = min{r : ρ_ℓ(r) ≥ τ}; τ fixed, or (calibrate) the largest τ meeting p, which
                  is exactly the max-min ρ solution (searched over the finite set of ρ values).
 - max_fi         maximise Σ_ℓ Σ_{k≤r_ℓ} g (total) or Σ_ℓ ρ_ℓ(r_ℓ) (layerwise) under p: exact
                  knapsack DP on the gcd cost unit when small enough, else greedy by gain/(m+n).
-After a budgeted method, leftover budget is spent one rank step (k) at a time by the method's own
+The controls are exactly their definitions and report the p they reach, which may sit below the
+target. The other budgeted methods spend leftover budget one rank step (k) at a time by their own
 priority until no step fits, so p is met from below within one step of the cheapest matrix.
+Equivalent uniform rank (ranks.json): the uniform_rank rank whose kept params are ≤ the achieved
+ones, break-even included.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ import torch
 
 from .errors import AllocationError
 from .factorize import fwsvd_scale, spectrum
+from .params import at_least, choice, positive, unit
+from .registry import Registry
 
 
 
@@ -122,7 +127,9 @@ def min_ratio(mats: list[Matrix]) -> float:
     return total_size(mats, [M.rmin for M in mats]) / sum(M.dense_size for M in mats)
 
 
-def _budget(mats: list[Matrix], p: float) -> int:
+def _budget(mats: list[Matrix], p: float | None) -> int:
+    if p is None:
+        raise AllocationError("allocate.budget: this method needs a budget p in (0, 1]")
     pmin = min_ratio(mats)
     if p < pmin - 1e-12:
         raise AllocationError(f"allocate.budget: {p} is below the minimum reachable kept ratio "
@@ -235,15 +242,148 @@ def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int =
     return ranks
 
 
-def allocate(method: str, mats: list[Matrix], rank_multiple: int = 1, **kw) -> tuple[list[int], dict]:
+METHODS = Registry("allocate")
+
+
+@dataclass(frozen=True)
+class FiRetentionParams:
+    tau: float          # share of each matrix's FWSVD spectrum kept (fixed-τ mode)
+    calibrate: bool     # bisect τ to meet the budget instead (= max-min retained FI)
+
+    def validate(self, key: str) -> None:
+        unit(f"{key}.tau", self.tau)
+
+
+@dataclass(frozen=True)
+class InterLayerFiParams:
+    score: str          # total | density | energy
+    alpha: float        # parameters ∝ score^α
+    r_min: int          # smallest rank
+
+    def validate(self, key: str) -> None:
+        choice(f"{key}.score", self.score, ("total", "density", "energy"))
+        positive(f"{key}.alpha", self.alpha)
+        at_least(f"{key}.r_min", self.r_min, 1)
+
+
+@dataclass(frozen=True)
+class MaxFiParams:
+    objective: str      # total | layerwise
+
+    def validate(self, key: str) -> None:
+        choice(f"{key}.objective", self.objective, ("total", "layerwise"))
+
+
+@dataclass(frozen=True)
+class RandomParams:
+    seed: int
+
+    def validate(self, key: str) -> None:
+        pass
+
+
+@METHODS.register("uniform_rank", help="control: one rank r for every matrix (dense where r >= break-even), "
+                  "the largest r meeting p; no leftover fill")
+def uniform_rank(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
+    B = _budget(mats, p)
+    k = mats[0].step
+    top = max(min(M.m, M.n) for M in mats)
+    ok = [r for r in range(k, top + k, k) if total_size(mats, [M.floor(r) for M in mats]) <= B]
+    r0 = ok[-1] if ok else k
+    return [M.floor(r0) for M in mats], {"uniform_rank": r0}
+
+
+@METHODS.register("uniform_ratio", help="control: r = floor(p * break-even rank) for every matrix; no fill")
+def uniform_ratio(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
+    _budget(mats, p)
+    return [M.floor(math.floor(p * M.rbar + 1e-9)) for M in mats], {}
+
+
+@METHODS.register("energy", help="control: smallest r with unweighted energy >= tau, tau bisected to meet p")
+def energy(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
+    return _calibrated_tau(mats, p, weighted=False)
+
+
+@METHODS.register("random", params=RandomParams, help="control: seeded random shares of break-even, "
+                  "scaled to meet p")
+def random_ranks(mats: list[Matrix], p: float, opts: RandomParams) -> tuple[list[int], dict]:
+    B = _budget(mats, p)
+    rng = _random.Random(opts.seed)
+    shares = [rng.random() for _ in mats]
+    ranks = _bisect_scale(mats, lambda c: [M.floor(math.floor(c * u * M.rbar)) for M, u in zip(mats, shares)], B)
+    return _fill(mats, ranks, B, lambda i, r: shares[i] * mats[i].rbar - r), {}
+
+
+@METHODS.register("inter_layer_fi", params=InterLayerFiParams, help="thesis M1: parameters proportional to a "
+                  "layer Fisher score^alpha, scaled to meet p")
+def inter_layer_fi(mats: list[Matrix], p: float, opts: InterLayerFiParams) -> tuple[list[int], dict]:
+    B = _budget(mats, p)
+    raw = {"total": [M.fisher_total for M in mats],
+           "density": [M.fisher_total / M.dense_size for M in mats],
+           "energy": [M.fisher_energy for M in mats]}[opts.score]
+    top = max(raw)
+    if not top > 0:
+        raise AllocationError("inter_layer_fi: every matrix has zero Fisher score")
+    w = [(s / top) ** opts.alpha for s in raw]
+    if opts.r_min > min(M.rbar for M in mats):
+        raise AllocationError(f"allocate.inter_layer_fi.r_min: {opts.r_min} exceeds the smallest break-even rank "
+                              f"{min(M.rbar for M in mats)}")
+    lows = [M.ceil(opts.r_min) for M in mats]
+    if total_size(mats, lows) > B:
+        raise AllocationError(f"allocate.inter_layer_fi.r_min: {opts.r_min} everywhere already exceeds "
+                              f"budget {p}")
+    ranks = _bisect_scale(mats, lambda c: [M.floor(max(lo, math.floor(c * wi / (M.m + M.n))))
+                                           for M, wi, lo in zip(mats, w, lows)], B)
+    return _fill(mats, ranks, B, lambda i, r: w[i] / (r + 1)), {}
+
+
+@METHODS.register("fi_retention", params=FiRetentionParams, help="thesis M2: smallest r with retained FI "
+                  ">= tau per matrix; tau fixed, or calibrated to meet p (max-min retained FI)")
+def fi_retention(mats: list[Matrix], p: float, opts: FiRetentionParams) -> tuple[list[int], dict]:
+    if not opts.calibrate:
+        return ranks_for_tau(mats, opts.tau), {"tau": opts.tau}
+    return _calibrated_tau(mats, p, weighted=True)
+
+
+@METHODS.register("max_fi", params=MaxFiParams, help="thesis M3: maximise total (or per-matrix-ratio) "
+                  "retained FI under p, exact knapsack")
+def max_fi(mats: list[Matrix], p: float, opts: MaxFiParams) -> tuple[list[int], dict]:
+    B = _budget(mats, p)
+    ranks = _max_fi_dp(mats, B, opts.objective)
+    info = {"solver": "dp" if ranks is not None else "greedy"}
+    if ranks is None:
+        ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _gain(mats[i], r, opts.objective)
+                      / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
+    return ranks, info
+
+
+def _calibrated_tau(mats: list[Matrix], p: float, weighted: bool) -> tuple[list[int], dict]:
+    """Largest τ whose per-matrix ranks meet p (= max-min retained share), then leftover fill."""
+    B = _budget(mats, p)
+    cum = (lambda M: M.cum_g) if weighted else (lambda M: M.cum_e)
+    cands = sorted({float(c) for M in mats for c in cum(M)[: M.rbar - 1]} | {1.0})
+    found = _largest_feasible(cands, lambda t: (rk := ranks_for_tau(mats, t, weighted), total_size(mats, rk)), B)
+    tau_c, ranks = found if found is not None else (0.0, [M.rmin for M in mats])
+    return _fill(mats, ranks, B, lambda i, r: -float(cum(mats[i])[r - 1])), {"tau": tau_c}
+
+
+def allocate(method: str, mats: list[Matrix], *, budget: float | None, rank_multiple: int, opts=None,
+             **kw) -> tuple[list[int], dict]:
     """Ranks per matrix, each an allowed rank (a multiple of rank_multiple below r̄, or r̄ = dense),
     and info (e.g. the calibrated τ, the solver used).
 
-    Keywords: budget (p), tau, calibrate, score, alpha, r_min, objective, seed (see module doc)."""
+    `opts` is the method's params dataclass (`METHODS[method].params`), or give its fields as
+    keywords (`allocate("max_fi", mats, budget=0.5, rank_multiple=1, objective="total")`)."""
+    entry = METHODS[method]
     if not isinstance(rank_multiple, int) or rank_multiple < 1:
         raise AllocationError(f"allocate.rank_multiple: {rank_multiple!r} must be an integer >= 1")
+    if opts is None and entry.params is not None:
+        opts = entry.params(**kw)
+        opts.validate(f"allocate.{method}")
+    elif kw:
+        raise TypeError(f"{method}: unexpected options {sorted(kw)}")
     mats = [M if M.step == rank_multiple else dataclasses.replace(M, step=rank_multiple) for M in mats]
-    ranks, info = _allocate(method, mats, **kw)
+    ranks, info = entry.fn(mats, budget, opts)
     ranks = [min(max(1, r), M.rbar) for M, r in zip(mats, ranks)]
     bad = [M.name for M, r in zip(mats, ranks) if r < M.rbar and r % M.step]
     if bad:  # every method picks allowed ranks; this guards the invariant the tests rely on
@@ -251,69 +391,12 @@ def allocate(method: str, mats: list[Matrix], rank_multiple: int = 1, **kw) -> t
     return ranks, info
 
 
-def _allocate(method: str, mats: list[Matrix], *, budget: float = 0.5, tau: float = 0.95,
-              calibrate: bool = False, score: str = "total", alpha: float = 1.0, r_min: int = 1,
-              objective: str = "total", seed: int = 0) -> tuple[list[int], dict]:
-    info: dict = {}
-    if method == "fi_retention" and not calibrate:
-        info["tau"] = tau
-        return ranks_for_tau(mats, tau), info
-    B = _budget(mats, budget)
-    if method == "uniform_ratio":
-        ranks = [M.floor(math.floor(budget * M.rbar + 1e-9)) for M in mats]
-        if total_size(mats, ranks) > B:
-            raise AllocationError(f"allocate.budget: {budget} cannot be met with uniform_ratio")
-        return _fill(mats, ranks, B, lambda i, r: budget * mats[i].rbar - r), info
-    if method == "uniform_rank":
-        k = mats[0].step
-        top = max(min(M.m, M.n) for M in mats)
-        ok = [r for r in range(k, top + 1, k) if total_size(mats, [M.floor(r) for M in mats]) <= B]
-        r0 = ok[-1] if ok else k
-        ranks = [M.floor(r0) for M in mats]
-        info["uniform_rank"] = r0
-        return _fill(mats, ranks, B, lambda i, r: -r), info
-    if method in ("fi_retention", "energy"):
-        weighted = method == "fi_retention"
-        cands = sorted({float(c) for M in mats for c in (M.cum_g if weighted else M.cum_e)[: M.rbar - 1]} | {1.0})
-        found = _largest_feasible(cands, lambda t: (rk := ranks_for_tau(mats, t, weighted), total_size(mats, rk)), B)
-        if found is None:
-            tau_c, ranks = 0.0, [M.rmin for M in mats]
-        else:
-            tau_c, ranks = found
-        info["tau"] = tau_c
-        cum = (lambda M: M.cum_g) if weighted else (lambda M: M.cum_e)
-        return _fill(mats, ranks, B, lambda i, r: -float(cum(mats[i])[r - 1])), info
-    if method == "random":
-        rng = _random.Random(seed)
-        shares = [rng.random() for _ in mats]
-        ranks = _bisect_scale(mats, lambda c: [M.floor(math.floor(c * u * M.rbar))
-                                               for M, u in zip(mats, shares)], B)
-        return _fill(mats, ranks, B, lambda i, r: shares[i] * mats[i].rbar - r), info
-    if method == "inter_layer_fi":
-        raw = {"total": [M.fisher_total for M in mats],
-               "density": [M.fisher_total / M.dense_size for M in mats],
-               "energy": [M.fisher_energy for M in mats]}[score]
-        top = max(raw)
-        if not top > 0:
-            raise AllocationError("inter_layer_fi: every matrix has zero Fisher score")
-        w = [(s / top) ** alpha for s in raw]
-        if r_min > min(M.rbar for M in mats):
-            raise AllocationError(f"allocate.r_min: {r_min} exceeds the smallest break-even rank "
-                                  f"{min(M.rbar for M in mats)}")
-        lows = [M.ceil(r_min) for M in mats]
-        if total_size(mats, lows) > B:
-            raise AllocationError(f"allocate.r_min: {r_min} everywhere already exceeds budget {budget}")
-        ranks = _bisect_scale(mats, lambda c: [M.floor(max(lo, math.floor(c * wi / (M.m + M.n))))
-                                               for M, wi, lo in zip(mats, w, lows)], B)
-        return _fill(mats, ranks, B, lambda i, r: w[i] / (r + 1)), info
-    if method == "max_fi":
-        ranks = _max_fi_dp(mats, B, objective)
-        info["solver"] = "dp" if ranks is not None else "greedy"
-        if ranks is None:
-            ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _gain(mats[i], r, objective)
-                          / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
-        return ranks, info
-    raise AllocationError(f"allocate.method: unknown {method!r}")
+def equivalent_uniform_rank(mats: list[Matrix], kept: int) -> int:
+    """The uniform_rank allocation's rank with at most `kept` params: the largest r whose ranks
+    (r, or dense where r ≥ r̄) keep ≤ `kept` (break-even included; 0 if even rank 1 is larger)."""
+    top = max(min(M.m, M.n) for M in mats)
+    sizes = [total_size(mats, [min(r, M.rbar) for M in mats]) for r in range(1, top + 1)]
+    return int(np.searchsorted(np.asarray(sizes), kept, side="right"))
 
 
 def report(mats: list[Matrix], ranks: list[int], total_model_params: int) -> dict:
@@ -334,7 +417,7 @@ def report(mats: list[Matrix], ranks: list[int], total_model_params: int) -> dic
         "compressible_params_kept": kept,
         "total_params_dense": total_model_params,
         "total_params": total_model_params - dense_total + kept,
-        "equivalent_uniform_rank": round(kept / sum(M.m + M.n for M in mats), 2),
+        "equivalent_uniform_rank": equivalent_uniform_rank(mats, kept),
         "num_dense": sum(r["dense"] for r in rows),
         "min_fi_retained": round(min(M.rho(r) for M, r in zip(mats, ranks)), 6),
     }}

@@ -1,9 +1,10 @@
 """Shared stage runner: `--help`, logging, fail-fast validation and exit codes.
 
 `run_stage(name, doc, keys, main)` parses `--help` / `--params`, loads and validates params.yaml
-(exit 2 with one line naming the key on a bad value), then calls `main(params)`. Any expected
-input error (`fisvd.errors.InputError`: bad data, model, Fisher, ranks or compressed files) also
-exits 2 with one line; stages validate before they write anything.
+(exit 2 with one line naming the key on a bad value), checks the stage's pipeline inputs
+(`fisvd.paths.require`: exit 2 naming the missing path and the stage to run), then calls
+`main(params)`. Any expected input error (`fisvd.errors.InputError`: bad data, model, Fisher,
+ranks or compressed files) also exits 2 with one line; stages validate before they write anything.
 """
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from typing import Callable
 
 from .errors import InputError, ParamError
 from .params import Params, load_params
+from .paths import STAGES, require
 
 
-def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], None]) -> None:
+def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], None], methods: str = "") -> None:
+    ins, outs = STAGES[name]
     parser = argparse.ArgumentParser(
         prog=f"python -m stages.{name}", description=doc,
-        epilog="params.yaml keys read by this stage: " + ", ".join(keys),
+        epilog=(f"methods:\n{methods}\n\n" if methods else "")
+        + "params.yaml keys read by this stage: " + ", ".join(keys)
+        + f"\ninputs: {', '.join(ins) or '(GLUE source)'}\noutputs: {', '.join(outs)}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args()
@@ -28,6 +33,7 @@ def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], Non
                         format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
     try:
         params = load_params(args.params)
+        require(name)
         main(params)
     except InputError as exc:
         kind = "invalid parameter" if isinstance(exc, ParamError) else "invalid input"

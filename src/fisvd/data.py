@@ -1,9 +1,13 @@
 """GLUE loading: official TSVs (offline) or `nyu-mll/glue` via `datasets`, to one schema.
 
 Every example becomes `{"text_a": str, "text_b": str | None, "label": int | float}` with GLUE's
-label ids (the ids of HF `nyu-mll/glue`), in file order; STS-B labels are float scores in [0, 5];
-MNLI's dev split is `dev_matched`. TSVs are read with quoting off (GLUE text has stray `"`),
-MRPC's UTF-8 byte-order mark is stripped and CoLA's header-less files are read by position.
+label ids (the ids of HF `nyu-mll/glue`), in file order; STS-B labels are float scores in [0, 5].
+Splits (`splits_of`): `train` plus the task's dev splits (`dev_splits`): `dev` for every task;
+MNLI has two, `dev` = dev_matched.tsv (HF `validation_matched`) and `dev_mm` = dev_mismatched.tsv
+(HF `validation_mismatched`). The source manifest names files relative to the GLUE folder (plus
+their sha256), never an absolute machine path, so it is identical on every clone. TSVs are read
+with quoting off (GLUE text has stray `"`), MRPC's UTF-8 byte-order mark is stripped and CoLA's
+header-less files are read by position.
 
 Source resolution (`resolve_glue_dir`): env `GLUE_DIR` if set, else `../shared/data/glue` beside
 the project when present, else the HF hub.
@@ -26,11 +30,15 @@ csv.field_size_limit(1 << 24)
 
 
 
+DEV = (("dev", "dev.tsv", "validation"),)
+MNLI_DEV = (("dev", "dev_matched.tsv", "validation_matched"),
+            ("dev_mm", "dev_mismatched.tsv", "validation_mismatched"))
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str                     # our id (params data.task)
     folder: str                   # GLUE folder name
-    dev_file: str                 # dev TSV (MNLI: matched)
     text_a: str | int             # TSV column (header name, or index when header-less)
     text_b: str | int | None
     label: str | int
@@ -38,31 +46,61 @@ class TaskSpec:
     num_labels: int = 2
     header: bool = True
     hf_text: tuple[str, Optional[str]] = ("sentence1", "sentence2")
-    hf_dev: str = "validation"
+    dev: tuple[tuple[str, str, str], ...] = DEV   # (split, TSV file, HF split) per dev split
 
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
+    @property
+    def dev_file(self) -> str:
+        """The main dev split's TSV (MNLI: matched)."""
+        return self.dev[0][1]
+
+    @property
+    def hf_dev(self) -> str:
+        return self.dev[0][2]
+
+    @property
+    def files(self) -> dict[str, str]:
+        """split -> TSV file name inside the task folder."""
+        return {"train": "train.tsv", **{s: f for s, f, _ in self.dev}}
+
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("cola", "CoLA", "dev.tsv", 3, None, 1, header=False, hf_text=("sentence", None)),
-    TaskSpec("sst2", "SST-2", "dev.tsv", "sentence", None, "label", hf_text=("sentence", None)),
-    TaskSpec("mrpc", "MRPC", "dev.tsv", "#1 String", "#2 String", "Quality"),
-    TaskSpec("stsb", "STS-B", "dev.tsv", "sentence1", "sentence2", "score", num_labels=1),
-    TaskSpec("qqp", "QQP", "dev.tsv", "question1", "question2", "is_duplicate",
+    TaskSpec("cola", "CoLA", 3, None, 1, header=False, hf_text=("sentence", None)),
+    TaskSpec("sst2", "SST-2", "sentence", None, "label", hf_text=("sentence", None)),
+    TaskSpec("mrpc", "MRPC", "#1 String", "#2 String", "Quality"),
+    TaskSpec("stsb", "STS-B", "sentence1", "sentence2", "score", num_labels=1),
+    TaskSpec("qqp", "QQP", "question1", "question2", "is_duplicate",
              hf_text=("question1", "question2")),
-    TaskSpec("mnli", "MNLI", "dev_matched.tsv", "sentence1", "sentence2", "gold_label",
+    TaskSpec("mnli", "MNLI", "sentence1", "sentence2", "gold_label",
              labels=("entailment", "neutral", "contradiction"), num_labels=3,
-             hf_text=("premise", "hypothesis"), hf_dev="validation_matched"),
-    TaskSpec("qnli", "QNLI", "dev.tsv", "question", "sentence", "label",
+             hf_text=("premise", "hypothesis"), dev=MNLI_DEV),
+    TaskSpec("qnli", "QNLI", "question", "sentence", "label",
              labels=("entailment", "not_entailment"), hf_text=("question", "sentence")),
-    TaskSpec("rte", "RTE", "dev.tsv", "sentence1", "sentence2", "label",
+    TaskSpec("rte", "RTE", "sentence1", "sentence2", "label",
              labels=("entailment", "not_entailment")),
-    TaskSpec("wnli", "WNLI", "dev.tsv", "sentence1", "sentence2", "label"),
+    TaskSpec("wnli", "WNLI", "sentence1", "sentence2", "label"),
 ]}
 
-SPLITS = ("train", "dev")
+SPLITS = ("train", "dev")   # the splits every task has; a task's full list is splits_of(task)
+
+
+def _spec(task: str) -> TaskSpec:
+    if task not in TASKS:
+        raise DataError(f"unknown GLUE task {task!r}; one of {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def dev_splits(task: str) -> tuple[str, ...]:
+    """The task's dev split names: ("dev",), or ("dev", "dev_mm") for MNLI."""
+    return tuple(s for s, _, _ in _spec(task).dev)
+
+
+def splits_of(task: str) -> tuple[str, ...]:
+    """All split names of a task: ("train", *dev_splits(task))."""
+    return ("train", *dev_splits(task))
 
 
 def resolve_glue_dir(project_root: str | Path = ".") -> Optional[Path]:
@@ -110,7 +148,7 @@ def read_tsv(spec: TaskSpec, path: Path) -> list[dict]:
     """Read one GLUE TSV into our schema; raises DataError naming the path on any problem."""
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected GLUE layout <GLUE_DIR>/{spec.folder}/"
-                        f"{{train.tsv,{spec.dev_file}}})")
+                        f"{{{','.join(spec.files.values())}}})")
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if spec.header:
@@ -143,15 +181,17 @@ def read_tsv(spec: TaskSpec, path: Path) -> list[dict]:
 
 
 def load_local(task: str, glue_dir: Path) -> tuple[dict[str, list[dict]], dict]:
-    """Load train/dev of `task` from a GLUE TSV folder; returns (splits, source manifest)."""
-    spec = TASKS[task]
+    """Load every split (`splits_of(task)`) of `task` from a GLUE TSV folder; returns (splits,
+    source manifest). The manifest holds each file's path relative to the GLUE folder and its
+    sha256 only (no absolute path), so two copies of one folder give identical manifests."""
+    spec = _spec(task)
     folder = Path(glue_dir) / spec.folder
     if not folder.is_dir():
         raise DataError(f"{folder}: task folder not found in GLUE_DIR {glue_dir}")
-    files = {"train": folder / "train.tsv", "dev": folder / spec.dev_file}
+    files = {s: folder / name for s, name in spec.files.items()}
     splits = {s: read_tsv(spec, p) for s, p in files.items()}
-    manifest = {"type": "local_tsv", "glue_dir": str(Path(glue_dir).resolve()),
-                "files": {s: {"path": str(p.relative_to(glue_dir)), "sha256": sha256_file(p)}
+    manifest = {"type": "local_tsv",
+                "files": {s: {"path": f"{spec.folder}/{p.name}", "sha256": sha256_file(p)}
                           for s, p in files.items()}}
     return splits, manifest
 
@@ -167,21 +207,26 @@ def hf_to_rows(spec: TaskSpec, dataset) -> list[dict]:
 
 
 def load_hf(task: str) -> tuple[dict[str, list[dict]], dict]:
-    """Load train/dev of `task` from the HF hub dataset nyu-mll/glue."""
+    """Load every split (`splits_of(task)`) of `task` from the HF hub dataset nyu-mll/glue."""
     import datasets
 
-    spec = TASKS[task]
+    spec = _spec(task)
     try:
         ds = datasets.load_dataset("nyu-mll/glue", task)
     except Exception as exc:  # offline, hub down, ...
         raise DataError(f"nyu-mll/glue/{task}: could not load from the HF hub ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); set GLUE_DIR to a local GLUE "
                         f"TSV folder to work offline") from None
-    splits = {"train": hf_to_rows(spec, ds["train"]), "dev": hf_to_rows(spec, ds[spec.hf_dev])}
+    hf_split = {"train": "train", **{s: h for s, _, h in spec.dev}}
+    missing = [h for h in hf_split.values() if h not in ds]
+    if missing:
+        raise DataError(f"nyu-mll/glue/{task}: split(s) {', '.join(missing)} not in the hub dataset "
+                        f"(it has {', '.join(ds)})")
+    splits = {s: hf_to_rows(spec, ds[h]) for s, h in hf_split.items()}
     info = ds["train"].info
     manifest = {"type": "hf_hub", "dataset": "nyu-mll/glue", "config": task,
                 "revision": getattr(info, "version", None) and str(info.version),
-                "fingerprint": {"train": ds["train"]._fingerprint, "dev": ds[spec.hf_dev]._fingerprint}}
+                "fingerprint": {s: ds[h]._fingerprint for s, h in hf_split.items()}}
     return splits, manifest
 
 
@@ -215,13 +260,25 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def load_prepared(data_dir: str | Path) -> tuple[dict, dict[str, list[dict]]]:
-    """Read the prepare stage's output: (meta, {"train": rows, "dev": rows})."""
+    """Read the prepare stage's output: (meta, {split: rows}) for every split that meta.json lists
+    in `meta["rows"]` (e.g. train, dev, and MNLI's dev_mm); a meta without `rows` means SPLITS."""
     data_dir = Path(data_dir)
     meta_path = data_dir / "meta.json"
     if not meta_path.is_file():
         raise DataError(f"{meta_path}: not found; run `dvc repro prepare` first")
-    meta = json.loads(meta_path.read_text())
-    return meta, {s: read_jsonl(data_dir / f"{s}.jsonl") for s in SPLITS}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc}); re-run `dvc repro prepare`") from None
+    names = list(meta.get("rows") or SPLITS)
+    out = {}
+    for s in names:
+        path = data_dir / f"{s}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: not found but {meta_path} lists split {s!r}; "
+                            f"re-run `dvc repro prepare`")
+        out[s] = read_jsonl(path)
+    return meta, out
 
 
 def tokenize(tokenizer, rows: list[dict], max_length: int, with_labels: bool = True) -> list[dict]:

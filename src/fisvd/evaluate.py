@@ -2,13 +2,16 @@
 
 `predict` runs the dev split in fixed order (bf16 autocast on CUDA, fp32 on CPU) and returns logits;
 `latency_ms` is the median wall time of one forward pass of each model on a [batch, length] batch
-of real token ids (warm-up first), on CPU unless a device is given; the models are timed in
-interleaved rounds (dense, compressed, dense, …) by `interleaved_ms`, so a change in machine load
-during the measurement hits both alike instead of biasing their ratio. `kept_ratio` recounts
-p = Σ size / Σ m n from the modules themselves (methods.md §5), independently of ranks.json.
+of real token ids (warm-up first), on CPU unless a device is given; `latency_batch` builds that batch
+with only the inputs `model_inputs(model)` finds in the forward's signature (no token_type_ids for
+DistilBERT or MPNet). The models are timed in interleaved rounds (dense, compressed, dense, …) by
+`interleaved_ms`, so a change in machine load during the measurement hits both alike instead of
+biasing their ratio. `kept_ratio` recounts p = Σ size / Σ m n from the modules themselves
+(methods.md §5), independently of ranks.json.
 """
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from typing import Callable
@@ -32,14 +35,40 @@ def predict(model: nn.Module, batches, device: torch.device) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def latency_batch(features: list[dict], batch_size: int, length: int) -> dict[str, torch.Tensor]:
-    """A [batch_size, length] batch from real token ids (examples repeated and concatenated)."""
+LATENCY_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The latency-batch inputs `model.forward` names: input_ids, attention_mask, and token_type_ids
+    only where the forward has that parameter (BERT, RoBERTa, ELECTRA; not DistilBERT or MPNet).
+    A `**kwargs` catch-all does not count as accepting token_type_ids."""
+    params = inspect.signature(model.forward).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    missing = [n for n in LATENCY_INPUTS[:2] if n not in named]
+    if missing:
+        raise TypeError(f"{type(model).__name__}.forward takes no {', '.join(missing)}; "
+                        f"not a sequence-classification encoder")
+    return tuple(n for n in LATENCY_INPUTS if n in named)
+
+
+def latency_batch(features: list[dict], batch_size: int, length: int,
+                  input_names: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
+    """A [batch_size, length] batch from real token ids (examples repeated and concatenated), with
+    exactly the tensors in `input_names` (use `model_inputs(model)`): input_ids, attention_mask
+    (all ones) and/or token_type_ids (all zeros)."""
+    unknown = [n for n in input_names if n not in LATENCY_INPUTS]
+    if unknown or "input_ids" not in input_names:
+        raise ValueError(f"input_names {tuple(input_names)!r}: must include input_ids and name only "
+                         f"{', '.join(LATENCY_INPUTS)}")
     ids = [t for f in features for t in f["input_ids"]]
+    if not ids:
+        raise ValueError("latency_batch: no token ids in features")
     need = batch_size * length
-    ids = (ids * (need // max(len(ids), 1) + 1))[:need]
+    ids = (ids * (need // len(ids) + 1))[:need]
     input_ids = torch.tensor(ids, dtype=torch.long).view(batch_size, length)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "token_type_ids": torch.zeros_like(input_ids)}
+    make = {"input_ids": lambda: input_ids, "attention_mask": lambda: torch.ones_like(input_ids),
+            "token_type_ids": lambda: torch.zeros_like(input_ids)}
+    return {n: make[n]() for n in input_names}
 
 
 @torch.inference_mode()

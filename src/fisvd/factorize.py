@@ -10,11 +10,32 @@
             stops when the relative decrease < tol or after max_iters; returns the best iterate,
             so it never ends above FWSVD.
 
-All functions are pure: tensors in, (A, B) out, in the dtype of W, on W's device.
+Two-sided, data-aware (methods.md §4b; closed form, one SVD; Σx = Σ_t x_t x_tᵀ (n×n) and
+Σg = Σ_t g_t g_tᵀ (m×m) from `fisvd.stats`, damped M + α·mean(diag M)·I, lower Cholesky M = L Lᵀ):
+- `whiten`: T = W L_x, W_r = SVD_r(T) L_x⁻¹; A = U_r S_r, B = V_rᵀ L_x⁻¹ (SVD-LLM, DRONE).
+            Minimises Σ_t ‖ΔW x_t‖² = tr(ΔW Σx ΔWᵀ).
+- `kfac`:   T = L_gᵀ W L_x, W_r = L_g⁻ᵀ SVD_r(T) L_x⁻¹; A = L_g⁻ᵀ U_r S_r, B = V_rᵀ L_x⁻¹ (GFWSVD with
+            K-FAC factors). Minimises tr(ΔWᵀ Σg ΔW Σx) = ‖L_gᵀ ΔW L_x‖²_F, optimum Σ_{k>r} s_k(T)².
+            `L_g W L_x` (no transpose) is a published mistake: it is only right when L_g is diagonal.
+Inverses are triangular solves, never explicit; all in float64.
+
+All functions are pure: tensors in, (A, B) out, in the dtype of W, on W's device. Each
+factorisation is one entry of the registry `FACTORISATIONS` (its options, if any, a params
+dataclass read from `compress.<name>`; `needs` the statistics it reads) called as
+`fn(W, stats, r, opts)` with `stats` a dict such as {"fisher": F} or {"cov_x": Σx, "cov_g": Σg};
+`factorize(name, W, stats, r, opts)` dispatches through it. `whitened(name, W, stats, opts)` is the
+matrix T whose singular values define the method's spectrum (s_k(T)² for rank allocation).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from .params import at_least
+from .errors import ParamError
+from .registry import Registry
+from .stats import damped_cholesky
 
 EPS = 1e-6
 
@@ -111,7 +132,7 @@ def _solve_side(Fw: torch.Tensor, FW: torch.Tensor, X: torch.Tensor, chunk: int,
     return out
 
 
-def tfwsvd(W: torch.Tensor, F: torch.Tensor, r: int, max_iters: int = 20, tol: float = 1e-4,
+def tfwsvd(W: torch.Tensor, F: torch.Tensor, r: int, max_iters: int, tol: float,
            init: tuple[torch.Tensor, torch.Tensor] | None = None, chunk: int = 256,
            history: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted ALS from FWSVD (or `init`); appends the objective per iteration to `history`."""
@@ -145,14 +166,166 @@ def tfwsvd(W: torch.Tensor, F: torch.Tensor, r: int, max_iters: int = 20, tol: f
     return best[1].to(W.dtype), best[2].to(W.dtype)
 
 
-def factorize(method: str, W: torch.Tensor, F: torch.Tensor | None, r: int, **kw):
-    """Dispatch by name: svd | fwsvd | tfwsvd."""
-    if method == "svd":
-        return svd(W, r)
-    if F is None:
-        raise ValueError(f"{method} needs a Fisher tensor")
-    if method == "fwsvd":
-        return fwsvd(W, F, r)
-    if method == "tfwsvd":
-        return tfwsvd(W, F, r, **kw)
-    raise ValueError(f"unknown factorisation {method!r}; choose svd, fwsvd or tfwsvd")
+def _check_cov(W: torch.Tensor, M: torch.Tensor, kind: str, d: int) -> None:
+    if tuple(M.shape) != (d, d):
+        raise ValueError(f"{kind} shape {tuple(M.shape)} != ({d}, {d}) for weight shape {tuple(W.shape)}")
+
+
+def whiten(W: torch.Tensor, cov_x: torch.Tensor, r: int, alpha_x: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = U_r S_r, B = V_rᵀ L_x⁻¹ from the SVD of T = W L_x (L_x: damped Cholesky of Σx)."""
+    _check_rank(W, r)
+    _check_cov(W, cov_x, "cov_x", W.shape[1])
+    Lx = damped_cholesky(cov_x.to(W.device), alpha_x)
+    A, V = _truncated(W.double() @ Lx, r)
+    B = torch.linalg.solve_triangular(Lx, V, upper=False, left=False)        # B L_x = V_rᵀ
+    return A.to(W.dtype), B.to(W.dtype)
+
+
+def kfac(W: torch.Tensor, cov_x: torch.Tensor, cov_g: torch.Tensor, r: int, alpha_x: float,
+         alpha_g: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = L_g⁻ᵀ U_r S_r, B = V_rᵀ L_x⁻¹ from the SVD of T = L_gᵀ W L_x."""
+    _check_rank(W, r)
+    _check_cov(W, cov_x, "cov_x", W.shape[1])
+    _check_cov(W, cov_g, "cov_g", W.shape[0])
+    Lx = damped_cholesky(cov_x.to(W.device), alpha_x)
+    Lg = damped_cholesky(cov_g.to(W.device), alpha_g)
+    US, V = _truncated(Lg.T @ W.double() @ Lx, r)
+    A = torch.linalg.solve_triangular(Lg.T, US, upper=True)                  # L_gᵀ A = U_r S_r
+    B = torch.linalg.solve_triangular(Lx, V, upper=False, left=False)        # B L_x = V_rᵀ
+    return A.to(W.dtype), B.to(W.dtype)
+
+
+FACTORISATIONS = Registry("compress")
+_WHITENED = {}   # method → fn(W, stats, opts) -> T (float64): the matrix whose spectrum the method truncates
+
+
+def _spectrum_of(name: str):
+    def deco(fn):
+        _WHITENED[name] = fn
+        return fn
+    return deco
+
+
+@dataclass(frozen=True)
+class TfwsvdParams:
+    max_iters: int      # weighted-ALS sweeps after the FWSVD start
+    tol: float          # stop when the relative objective decrease is below this
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.max_iters", self.max_iters, 0)
+        if not 0.0 <= self.tol < 1.0:
+            raise ParamError(f"{key}.tol: {self.tol!r} is out of range; allowed values are in [0, 1)")
+
+
+@dataclass(frozen=True)
+class WhitenParams:
+    alpha_x: float      # damping of Σx: + alpha_x · mean(diag Σx) · I
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.alpha_x", self.alpha_x, 0)
+
+
+@dataclass(frozen=True)
+class KfacParams:
+    alpha_x: float      # damping of Σx: + alpha_x · mean(diag Σx) · I
+    alpha_g: float      # damping of Σg: + alpha_g · mean(diag Σg) · I
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.alpha_x", self.alpha_x, 0)
+        at_least(f"{key}.alpha_g", self.alpha_g, 0)
+
+
+@FACTORISATIONS.register("svd", help="plain truncated SVD (Frobenius optimum)")
+def _svd(W, stats, r, opts):
+    return svd(W, r)
+
+
+@_spectrum_of("svd")
+def _svd_T(W, stats, opts):
+    return W.double()
+
+
+@FACTORISATIONS.register("fwsvd", needs=("fisher",), help="Fisher-weighted SVD: columns scaled by "
+                         "sqrt(sum_i F_ij) (Hsu et al. 2022)")
+def _fwsvd(W, stats, r, opts):
+    return fwsvd(W, stats["fisher"], r)
+
+
+@_spectrum_of("fwsvd")
+@_spectrum_of("tfwsvd")     # no closed-form spectrum: its FWSVD start's
+def _fwsvd_T(W, stats, opts):
+    _check_fisher(W, stats["fisher"])
+    return W.double() * fwsvd_scale(stats["fisher"]).to(W.device)[None, :]
+
+
+@FACTORISATIONS.register("tfwsvd", params=TfwsvdParams, needs=("fisher",), help="element-wise Fisher-"
+                         "weighted low rank by weighted ALS from FWSVD (Hua et al. 2022)")
+def _tfwsvd(W, stats, r, opts: TfwsvdParams):
+    return tfwsvd(W, stats["fisher"], r, max_iters=opts.max_iters, tol=opts.tol)
+
+
+@FACTORISATIONS.register("whiten", params=WhitenParams, needs=("cov_x",), help="input-whitened SVD: "
+                         "SVD of W L_x, Sigma_x = L_x L_x^T (SVD-LLM, DRONE)")
+def _whiten(W, stats, r, opts: WhitenParams):
+    return whiten(W, stats["cov_x"], r, alpha_x=opts.alpha_x)
+
+
+@_spectrum_of("whiten")
+def _whiten_T(W, stats, opts: WhitenParams):
+    _check_cov(W, stats["cov_x"], "cov_x", W.shape[1])
+    return W.double() @ damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
+
+
+@FACTORISATIONS.register("kfac", params=KfacParams, needs=("cov_x", "cov_g"), help="K-FAC two-sided "
+                         "SVD of L_g^T W L_x, Sigma_g = L_g L_g^T (GFWSVD)")
+def _kfac(W, stats, r, opts: KfacParams):
+    return kfac(W, stats["cov_x"], stats["cov_g"], r, alpha_x=opts.alpha_x, alpha_g=opts.alpha_g)
+
+
+@_spectrum_of("kfac")
+def _kfac_T(W, stats, opts: KfacParams):
+    _check_cov(W, stats["cov_x"], "cov_x", W.shape[1])
+    _check_cov(W, stats["cov_g"], "cov_g", W.shape[0])
+    Lx = damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
+    Lg = damped_cholesky(stats["cov_g"].to(W.device), opts.alpha_g)
+    return Lg.T @ W.double() @ Lx
+
+
+_NEEDS = {"fisher": "a Fisher tensor (stats['fisher'])", "cov_x": "the input covariance Σx (stats['cov_x'])",
+          "cov_g": "the output-gradient covariance Σg (stats['cov_g'])"}
+
+
+def _prepare(method: str, stats, opts, kw):
+    """(registry entry, stats dict, opts) with the method's statistics and options checked."""
+    entry = FACTORISATIONS[method]
+    if opts is None and entry.params is not None:
+        opts = entry.params(**kw)
+    elif kw:
+        raise TypeError(f"{method}: unexpected options {sorted(kw)}")
+    if stats is None:
+        stats = {}
+    elif isinstance(stats, torch.Tensor):      # backward compatible: a bare tensor is the Fisher
+        stats = {"fisher": stats}
+    missing = [k for k in entry.needs if stats.get(k) is None]
+    if missing:
+        raise ValueError(f"{method} needs {' and '.join(_NEEDS.get(k, repr(k)) for k in missing)}")
+    return entry, stats, opts
+
+
+def factorize(method: str, W: torch.Tensor, stats, r: int, opts=None, **kw):
+    """(A, B) of factorisation `method` at rank r. `stats`: dict of the statistics the method
+    `needs` ({"fisher": F}, {"cov_x": Σx, "cov_g": Σg}), a bare Fisher tensor, or None; `opts` is
+    its params dataclass, or give its fields as keywords (`factorize("kfac", W, stats, r,
+    alpha_x=0.01, alpha_g=0.01)`)."""
+    entry, stats, opts = _prepare(method, stats, opts, kw)
+    return entry.fn(W, stats, r, opts)
+
+
+def whitened(method: str, W: torch.Tensor, stats, opts=None, **kw) -> torch.Tensor:
+    """T (float64) whose singular values define `method`'s spectrum: svd W; fwsvd, tfwsvd W diag(s);
+    whiten W L_x; kfac L_gᵀ W L_x. Truncating T at rank r costs Σ_{k>r} s_k(T)² of the method's
+    objective (exactly for svd, fwsvd with column-constant F, whiten, kfac)."""
+    _, stats, opts = _prepare(method, stats, opts, kw)
+    if W.dim() != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(W.shape)}")
+    return _WHITENED[method](W, stats, opts)

@@ -146,10 +146,13 @@ def check_against(fisher: dict[str, torch.Tensor], shapes: dict[str, tuple[int, 
                               f"that the loss depends on this matrix and fisher.max_samples > 0")
 
 
-def summary(fisher: dict[str, torch.Tensor]) -> dict:
-    """Per matrix: shape, total FI Σ F, density Σ F / (m n)."""
+def summary(fisher: dict[str, torch.Tensor], mats) -> dict:
+    """Per matrix of `mats` (MatrixInfo, model order), looked up by name: layer, type, shape,
+    total FI Σ F and density Σ F / (m n)."""
     out = {}
-    for n, F in fisher.items():
+    for m in mats:
+        F = fisher[m.name]
         total = float(F.double().sum())
-        out[n] = {"shape": list(F.shape), "total": total, "density": total / F.numel()}
+        out[m.name] = {"layer": m.layer, "type": m.type, "shape": list(F.shape), "total": total,
+                       "density": total / F.numel()}
     return out

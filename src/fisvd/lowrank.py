@@ -4,10 +4,14 @@
 (`first` = B without bias, `second` = A with the original bias): r·(in+out) weights instead of
 in·out, and (in+out)·r instead of in·out multiply-adds per token.
 
-Compressed directory: `model.safetensors` (all tensors, non-persistent buffers under `buffers::`),
-`config.json` (the HF config), `ranks.json` (module name → rank of each factorised Linear) and the
-tokenizer files. `load_compressed(dir)` builds the model on the meta device, swaps in the low-rank
-modules and assigns the stored tensors, so the dense weights are never materialised; no pickle.
+Compressed directory: `lowrank.safetensors` (`WEIGHTS_FILE`: all tensors, non-persistent buffers
+under `buffers::`), `config.json` (the HF config), `ranks.json` (module name → rank of each factorised
+Linear) and the tokenizer files. `load_compressed(dir)` builds the model on the meta device, swaps in
+the low-rank modules and assigns the stored tensors, so the dense weights are never materialised; no
+pickle. The weights file deliberately is not named `model.safetensors`: HF `from_pretrained(dir)`
+would otherwise "load" the directory, find no tensor for the dense `...query.weight` etc., and
+silently re-initialise every factorised Linear at random. With this name it raises an OSError (no
+model weights found) instead; `AutoTokenizer.from_pretrained(dir)` still works.
 """
 from __future__ import annotations
 
@@ -22,10 +26,9 @@ from torch import nn
 from .errors import CompressedModelError
 
 RANKS_FILE = "ranks.json"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = "lowrank.safetensors"
+LEGACY_WEIGHTS_FILE = "model.safetensors"  # layout before WEIGHTS_FILE; HF from_pretrained loaded it wrongly
 BUFFER_PREFIX = "buffers::"
-
-
 
 
 class LowRankLinear(nn.Module):
@@ -85,6 +88,7 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer=None) -> No
         if name not in persistent:
             tensors[BUFFER_PREFIX + name] = buf.detach().contiguous().cpu()
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: deterministic bytes
+    (out_dir / LEGACY_WEIGHTS_FILE).unlink(missing_ok=True)  # a stale one would make HF load the dir wrongly
     model.config.save_pretrained(out_dir)
     (out_dir / RANKS_FILE).write_text(json.dumps(ranks, indent=2) + "\n")
     if tokenizer is not None:
@@ -96,6 +100,9 @@ def load_compressed(model_dir: str | Path, device: str | torch.device = "cpu") -
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     model_dir = Path(model_dir)
+    if not (model_dir / WEIGHTS_FILE).is_file() and (model_dir / LEGACY_WEIGHTS_FILE).is_file():
+        raise CompressedModelError(f"{model_dir / WEIGHTS_FILE}: missing; {model_dir} has the old layout "
+                                   f"({LEGACY_WEIGHTS_FILE}); re-create it with `dvc repro compress`")
     for f in ("config.json", WEIGHTS_FILE, RANKS_FILE):
         if not (model_dir / f).is_file():
             raise CompressedModelError(f"{model_dir / f}: missing; not a compressed-model directory")

@@ -1,24 +1,41 @@
-"""GLUE dev metrics (methods.md §8) with scikit-learn / scipy, and the collapse check.
+"""GLUE dev metrics (methods.md §8) with scikit-learn / scipy, the collapse check and the floors.
 
 CoLA: Matthews corr. SST-2, QNLI, RTE, WNLI, MNLI: accuracy. MRPC, QQP: F1 (positive class 1)
 and accuracy. STS-B: Pearson and Spearman. `score` = mean of the pair (MRPC, QQP, STS-B) else the
-single metric, ×100. A classifier whose predictions are (nearly) one class — majority share ≥
-`COLLAPSE_SHARE` — is flagged `collapsed` (constant "paraphrase" on MRPC scores F1 81.2; constant
-CoLA scores MCC 0); a regressor whose prediction std is < 1% of the label std likewise.
+single metric, ×100. MNLI (`task_metrics`) is scored on both dev splits, matched (`dev`) and
+mismatched (`dev_mm`): score = 100 × mean(acc_m, acc_mm), as GLUE averages MNLI-m and MNLI-mm
+into one task score.
+
+Collapse: a classifier whose majority predicted class has share ≥ `COLLAPSE_SHARE` (0.95) of the
+predictions is flagged `collapsed` — constant and near-constant predictors, e.g. on MRPC dev
+(279 positive / 129 negative) a model predicting "paraphrase" everywhere (F1 81.2, acc 68.4) or
+"not paraphrase" for all but 12 of 408 pairs (acc ~33, F1 ~5); constant CoLA scores MCC 0. A
+regressor (STS-B) is flagged when its prediction std is < 1% of the label std.
+
+Floors: `constant_score` = the best task score a constant predictor gets on the same labels, max
+over classes c of score(predict c everywhere) (MRPC dev: 74.8; CoLA: 0; STS-B: 0, the correlation
+of a constant is taken as 0). `margin_kept` = (score − const) / (dense − const), the share of the
+dense model's margin over that floor that the compressed model keeps (None when dense ≤ const).
 """
 from __future__ import annotations
+
+from typing import Mapping, Optional
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-COLLAPSE_SHARE = 0.98
+from .errors import DataError
+
+COLLAPSE_SHARE = 0.95
 
 PAIRS = {"mrpc": ("f1", "accuracy"), "qqp": ("f1", "accuracy"), "stsb": ("pearson", "spearman")}
 
+MNLI_SPLITS = ("dev", "dev_mm")   # matched, mismatched (fisvd.data.dev_splits("mnli"))
+
 
 def glue_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict:
-    """Metrics for one GLUE task; `preds` are class ids (or scores for stsb)."""
+    """Metrics for one GLUE task on one split; `preds` are class ids (or scores for stsb)."""
     preds, labels = np.asarray(preds), np.asarray(labels)
     if task == "stsb":
         if np.std(preds) == 0:
@@ -37,12 +54,58 @@ def glue_metrics(task: str, preds: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
+def task_metrics(task: str, per_split: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The task's metrics from {split: (preds, labels)}. Every task but MNLI: glue_metrics on "dev".
+    MNLI: {"accuracy": matched, "accuracy_mm": mismatched, "score": 100 × mean of the two (GLUE's
+    single MNLI score averages MNLI-m and MNLI-mm), "collapsed": either split collapsed}."""
+    need = MNLI_SPLITS if task == "mnli" else ("dev",)
+    missing = [s for s in need if s not in per_split]
+    if missing:
+        raise DataError(f"{task}: no predictions for split(s) {', '.join(missing)} (got "
+                        f"{', '.join(per_split) or 'none'}); {task} is scored on {', '.join(need)}")
+    if task != "mnli":
+        return glue_metrics(task, *per_split["dev"])
+    m, mm = (glue_metrics(task, *per_split[s]) for s in MNLI_SPLITS)
+    return {"accuracy": m["accuracy"], "accuracy_mm": mm["accuracy"],
+            "score": 100.0 * (m["accuracy"] + mm["accuracy"]) / 2,
+            "collapsed": m["collapsed"] or mm["collapsed"]}
+
+
 def is_collapsed(task: str, preds: np.ndarray, labels: np.ndarray) -> bool:
+    """Classifier: majority predicted class share ≥ COLLAPSE_SHARE. Regressor: std(preds) <
+    1% of std(labels)."""
     preds = np.asarray(preds)
     if task == "stsb":
         return bool(np.std(preds) < 0.01 * max(np.std(labels), 1e-12))
     _, counts = np.unique(preds, return_counts=True)
     return bool(counts.max() / len(preds) >= COLLAPSE_SHARE)
+
+
+def constant_score(task: str, labels) -> float:
+    """Task score of the best constant predictor: max over classes c (the classes in `labels`) of
+    the score of predicting c everywhere; 0 for STS-B. `labels` is one split's labels, or
+    {split: labels} (MNLI: dev and dev_mm, the same c on both, scored by task_metrics)."""
+    per = {s: np.asarray(y) for s, y in labels.items()} if isinstance(labels, Mapping) else None
+    every = np.concatenate(list(per.values())) if per is not None else np.asarray(labels)
+    if every.size == 0:
+        raise DataError(f"{task}: constant_score needs at least one label")
+    if task == "stsb":
+        return 0.0
+
+    def score(c) -> float:
+        if per is None:
+            return glue_metrics(task, np.full(every.shape, c), every)["score"]
+        return task_metrics(task, {s: (np.full(y.shape, c), y) for s, y in per.items()})["score"]
+
+    return max(score(c) for c in np.unique(every))
+
+
+def margin_kept(score: float, dense_score: float, const_score: float) -> Optional[float]:
+    """(score − const) / (dense − const): share of the dense model's margin over the constant
+    predictor kept by the compressed model; None when dense ≤ const (no margin to keep)."""
+    if dense_score <= const_score:
+        return None
+    return (score - const_score) / (dense_score - const_score)
 
 
 def predictions(task: str, logits: np.ndarray) -> np.ndarray:

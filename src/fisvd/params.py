@@ -1,9 +1,16 @@
-"""Typed, validated pipeline parameters (params.yaml → dataclasses).
+"""Typed, validated pipeline parameters (params.yaml → frozen dataclasses).
 
-`load_params(path)` parses params.yaml into `Params` and fails fast with `ParamError`
-(one line naming the key and the allowed values) on an unknown key, a wrong type or an
-out-of-range value. Stages go through `fisvd.cli.run_stage`, which turns a `ParamError` into exit code 2
-before any model, data or output is touched.
+`load_params(path)` parses params.yaml into `Params` and fails fast with `ParamError` (one line
+naming the key and the allowed values) on an unknown or missing key, a wrong type or an
+out-of-range value. Stages go through `fisvd.cli.run_stage`, which turns a `ParamError` into exit
+code 2 before any model, data or output is touched.
+
+Defaults live in params.yaml alone: no field here has a default, so a key missing from the file is
+an error, never a silent second default. Method choices and each method's own keys come from the
+registries (`fisvd.allocate.METHODS`, `fisvd.factorize.FACTORISATIONS`): `allocate.<method>` and
+`compress.<method>` sections are validated by the method's params dataclass. The registries are
+imported lazily, for validation only: they do not shape the outputs of stages that merely validate
+them, so they are not DVC deps of those stages.
 
 Run `python -m fisvd.params [params.yaml]` to validate a file by hand.
 """
@@ -12,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,26 +29,31 @@ from .errors import ParamError
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 FISHER_MODES = ("per_batch", "per_sample")
-ALLOC_METHODS = ("uniform_rank", "uniform_ratio", "energy", "random", "inter_layer_fi",
-                 "fi_retention", "max_fi")
-ALLOC_SCORES = ("total", "density", "energy")
-ALLOC_OBJECTIVES = ("total", "layerwise")
-COMPRESS_METHODS = ("svd", "fwsvd", "tfwsvd")
 
 
+def registries() -> dict:
+    """{section: Registry} of the sections whose `method` is chosen from a registry."""
+    from .allocate import METHODS
+    from .factorize import FACTORISATIONS
+    return {"allocate": METHODS, "compress": FACTORISATIONS}
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ParamError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
 
 
-def _unit(key: str, value: float) -> None:
+def unit(key: str, value: float) -> None:
     if not (0.0 < value <= 1.0):
         raise ParamError(f"{key}: {value!r} is out of range; allowed values are in (0, 1]")
 
 
-def _positive(key: str, value: Optional[float], allow_none: bool = False) -> None:
+def at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ParamError(f"{key}: {value!r} is out of range; allowed values are >= {low}")
+
+
+def positive(key: str, value: Optional[float], allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if value is None or value <= 0:
@@ -51,133 +63,106 @@ def _positive(key: str, value: Optional[float], allow_none: bool = False) -> Non
 
 @dataclass(frozen=True)
 class DataParams:
-    task: str = "mrpc"
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
-    seed: int = 0
+    task: str
+    max_train_samples: Optional[int]
+    max_eval_samples: Optional[int]
+    seed: int
 
-    def validate(self) -> None:
-        _choice("data.task", self.task, TASKS)
-        _positive("data.max_train_samples", self.max_train_samples, allow_none=True)
-        _positive("data.max_eval_samples", self.max_eval_samples, allow_none=True)
+    def validate(self, key: str) -> None:
+        choice(f"{key}.task", self.task, TASKS)
+        positive(f"{key}.max_train_samples", self.max_train_samples, allow_none=True)
+        positive(f"{key}.max_eval_samples", self.max_eval_samples, allow_none=True)
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    name: str = "minilm-l6"
+    name: str
 
-    def validate(self) -> None:
+    def validate(self, key: str) -> None:
         if not self.name.strip():
-            raise ParamError("model.name: empty; use minilm-l6, an HF model id or a local directory")
+            raise ParamError(f"{key}.name: empty; use minilm-l6, an HF model id or a local directory")
 
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    epochs: int = 3
-    learning_rate: float = 5e-5
-    batch_size: int = 16
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    seed: int = 42
-    max_length: int = 128
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    weight_decay: float
+    warmup_ratio: float
+    seed: int
+    max_length: int
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ParamError(f"finetune.epochs: {self.epochs!r} is out of range; allowed values are >= 1")
-        _positive("finetune.learning_rate", self.learning_rate)
-        _positive("finetune.batch_size", self.batch_size)
-        if self.weight_decay < 0:
-            raise ParamError(f"finetune.weight_decay: {self.weight_decay!r} is out of range; allowed values are >= 0")
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.epochs", self.epochs, 1)
+        positive(f"{key}.learning_rate", self.learning_rate)
+        positive(f"{key}.batch_size", self.batch_size)
+        at_least(f"{key}.weight_decay", self.weight_decay, 0)
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ParamError(f"finetune.warmup_ratio: {self.warmup_ratio!r} is out of range; allowed values are in [0, 1)")
+            raise ParamError(f"{key}.warmup_ratio: {self.warmup_ratio!r} is out of range; allowed values are in [0, 1)")
         if not 8 <= self.max_length <= 4096:
-            raise ParamError(f"finetune.max_length: {self.max_length!r} is out of range; allowed values are in [8, 4096]")
+            raise ParamError(f"{key}.max_length: {self.max_length!r} is out of range; allowed values are in [8, 4096]")
 
 
 @dataclass(frozen=True)
 class FisherParams:
-    mode: str = "per_batch"
-    batch_size: int = 32
-    max_samples: Optional[int] = None
+    mode: str
+    batch_size: int
+    max_samples: Optional[int]
 
-    def validate(self) -> None:
-        _choice("fisher.mode", self.mode, FISHER_MODES)
-        _positive("fisher.batch_size", self.batch_size)
-        _positive("fisher.max_samples", self.max_samples, allow_none=True)
-
-
-@dataclass(frozen=True)
-class AllocateParams:
-    method: str = "fi_retention"
-    budget: float = 0.5
-    fi_retention: float = 0.95
-    calibrate: bool = False
-    score: str = "total"
-    alpha: float = 1.0
-    r_min: int = 1
-    objective: str = "total"
-    seed: int = 0
-    rank_multiple: int = 1
-
-    def validate(self) -> None:
-        _choice("allocate.method", self.method, ALLOC_METHODS)
-        _unit("allocate.budget", self.budget)
-        _unit("allocate.fi_retention", self.fi_retention)
-        _choice("allocate.score", self.score, ALLOC_SCORES)
-        _positive("allocate.alpha", self.alpha)
-        if self.r_min < 1:
-            raise ParamError(f"allocate.r_min: {self.r_min!r} is out of range; allowed values are >= 1")
-        _choice("allocate.objective", self.objective, ALLOC_OBJECTIVES)
-        if self.rank_multiple < 1:
-            raise ParamError(f"allocate.rank_multiple: {self.rank_multiple!r} is out of range; allowed values "
-                             f"are >= 1")
+    def validate(self, key: str) -> None:
+        choice(f"{key}.mode", self.mode, FISHER_MODES)
+        positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.max_samples", self.max_samples, allow_none=True)
 
 
 @dataclass(frozen=True)
-class TfwsvdParams:
-    max_iters: int = 3
-    tol: float = 1e-4
+class MethodSection:
+    """A section whose `method` names a registry entry; `options` holds every registered method's
+    own params (`<section>.<name>` in params.yaml), so a sweep can switch methods by name alone."""
+    method: str
+    options: dict
 
-    def validate(self) -> None:
-        if self.max_iters < 0:
-            raise ParamError(f"compress.tfwsvd.max_iters: {self.max_iters!r} is out of range; allowed values are >= 0")
-        if not 0.0 <= self.tol < 1.0:
-            raise ParamError(f"compress.tfwsvd.tol: {self.tol!r} is out of range; allowed values are in [0, 1)")
+    def opts(self, name: Optional[str] = None):
+        """The params dataclass of `name` (default: the chosen method), or None if it has none."""
+        return self.options.get(name or self.method)
 
 
 @dataclass(frozen=True)
-class CompressParams:
-    method: str = "fwsvd"
-    tfwsvd: TfwsvdParams = field(default_factory=TfwsvdParams)
+class AllocateParams(MethodSection):
+    budget: float
+    rank_multiple: int
 
-    def validate(self) -> None:
-        _choice("compress.method", self.method, COMPRESS_METHODS)
-        self.tfwsvd.validate()
+    def validate(self, key: str) -> None:
+        unit(f"{key}.budget", self.budget)
+        at_least(f"{key}.rank_multiple", self.rank_multiple, 1)
+
+
+@dataclass(frozen=True)
+class CompressParams(MethodSection):
+    def validate(self, key: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = 32
-    latency_batches: int = 10
+    batch_size: int
+    latency_batches: int
 
-    def validate(self) -> None:
-        _positive("evaluate.batch_size", self.batch_size)
-        _positive("evaluate.latency_batches", self.latency_batches)
+    def validate(self, key: str) -> None:
+        positive(f"{key}.batch_size", self.batch_size)
+        positive(f"{key}.latency_batches", self.latency_batches)
 
 
 @dataclass(frozen=True)
 class Params:
-    data: DataParams = field(default_factory=DataParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    finetune: FinetuneParams = field(default_factory=FinetuneParams)
-    fisher: FisherParams = field(default_factory=FisherParams)
-    allocate: AllocateParams = field(default_factory=AllocateParams)
-    compress: CompressParams = field(default_factory=CompressParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
+    data: DataParams
+    model: ModelParams
+    finetune: FinetuneParams
+    fisher: FisherParams
+    allocate: AllocateParams
+    compress: CompressParams
+    evaluate: EvaluateParams
 
 
 def _type_name(tp: Any) -> str:
@@ -185,15 +170,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotated type `tp` (int, float, str, bool, Optional[...])."""
+    """Check `value` against the annotated type `tp` (int, float, str, bool, Optional[...], dataclass)."""
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(key, value, args[0])
+        return None if value is None else _coerce(key, value, args[0])
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+        return build(tp, value, key)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -209,30 +192,39 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
+def build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from mapping `raw`: every field required, no unknown keys; then the
+    class's `validate(prefix)` if it has one. Sections that are `MethodSection`s also take one
+    sub-mapping per registered method with params."""
     if not isinstance(raw, dict):
         raise ParamError(f"{prefix}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+    registry = registries()[prefix] if issubclass(cls, MethodSection) else None
+    sub = list(registry.with_params()) if registry else []
+    where = (lambda k: f"{prefix}.{k}" if prefix else str(k))
     for key in raw:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ParamError(f"{where}: unknown key; allowed keys{' under ' + prefix if prefix else ''}: "
-                             f"{', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            kwargs[name] = _coerce(f"{prefix}.{name}" if prefix else name, raw[name], hints[name])
-    return cls(**kwargs)
+        if key not in names and key not in sub:
+            raise ParamError(f"{where(key)}: unknown key; allowed keys{' under ' + prefix if prefix else ''}: "
+                             f"{', '.join(names + sub)}")
+    for key in names + sub:
+        if key not in raw:
+            raise ParamError(f"{where(key)}: missing key (every key is set in params.yaml; see the README)")
+    kwargs = {n: _coerce(where(n), raw[n], hints[n]) for n in names}
+    if registry is not None:
+        choice(where("method"), kwargs["method"], registry.names())
+        kwargs["options"] = {n: build(registry[n].params, raw[n], where(n)) for n in sub}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix)
+    return obj
 
 
 def parse_params(raw: Any) -> Params:
     """Build and validate `Params` from an already-parsed YAML mapping."""
-    params = _build(Params, raw, "")
-    params.validate()
-    return params
+    if raw is None:
+        raw = {}
+    return build(Params, raw, "")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -244,6 +236,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_params(raw)
+
+
+def flat_keys(raw: dict, prefix: str = "") -> list[str]:
+    """Every leaf key of a params mapping as `a.b.c` (for docs and consistency tests)."""
+    out = []
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.extend(flat_keys(v, key) if isinstance(v, dict) else [key])
+    return out
 
 
 if __name__ == "__main__":

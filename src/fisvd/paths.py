@@ -1,0 +1,57 @@
+"""Every stage's input and output paths, defined once (dvc.yaml is tested against this table).
+
+`require(stage)` checks a stage's pipeline inputs before it removes or writes anything: a missing
+path raises `MissingInputError` naming the path and the stage that produces it (`dvc repro
+fisher`), so a stage never deletes its tracked outputs and then dies, and a missing local
+directory is never mistaken for an HF hub id.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InputError
+
+PREPARED = "data/prepared"
+MODEL = "data/model"
+FISHER = "data/fisher.safetensors"
+COMPRESSED = "data/compressed"
+MANIFEST = "metrics/prepare/data.json"
+FINETUNE_LIVE = "metrics/finetune"
+FINETUNE_RUNTIME = "metrics/finetune/runtime.json"
+FISHER_SUMMARY = "metrics/fisher/summary.json"
+RANKS = "metrics/allocate/ranks.json"
+METRICS = "metrics/evaluate/metrics.json"
+LATENCY = "metrics/evaluate/latency.json"
+
+# stage: (pipeline inputs, outputs); sources (scripts, modules) are listed in dvc.yaml
+STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": ((), (PREPARED, MANIFEST)),
+    "finetune": ((PREPARED,), (MODEL, FINETUNE_LIVE)),
+    "fisher": ((PREPARED, MODEL), (FISHER, FISHER_SUMMARY)),
+    "allocate": ((MODEL, FISHER), (RANKS,)),
+    "compress": ((MODEL, FISHER, RANKS), (COMPRESSED,)),
+    "evaluate": ((PREPARED, MODEL, COMPRESSED), (METRICS,)),
+}
+# Run-time figures (wall clock: differ on every run) a stage also writes, git-tracked. They are
+# dvc.yaml's top-level `metrics` (shown by `dvc metrics show/diff`, `dvc exp show`), not stage
+# outputs: an output's hash lands in dvc.lock, which would then change on every run.
+RUNTIME: dict[str, str] = {"finetune": FINETUNE_RUNTIME, "evaluate": LATENCY}
+
+
+class MissingInputError(InputError):
+    """A stage input is missing: run the stage that produces it first."""
+
+
+def producer(path: str) -> str:
+    for stage, (_, outs) in STAGES.items():
+        if path in outs:
+            return stage
+    raise KeyError(path)
+
+
+def require(stage: str, root: str | Path = ".") -> None:
+    """Raise MissingInputError for the first missing input of `stage` (checked in pipeline order)."""
+    for path in STAGES[stage][0]:
+        if not (Path(root) / path).exists():
+            raise MissingInputError(f"{path}: missing input of stage {stage}; run `dvc repro "
+                                    f"{producer(path)}` first")

@@ -1,0 +1,58 @@
+"""Benchmark reports: each benchmark prints its report and writes the same text to a committed file
+under benchmarks/results/, with the command and the machine, so every number the README quotes has a file
+behind it (no stage imports this module).
+    with recorded("benchmarks/results/tfwsvd_minilm_mrpc.md"):
+        main()
+"""
+import contextlib
+import io
+import os
+import platform
+import sys
+import time
+
+
+def machine() -> str:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
+@contextlib.contextmanager
+def recorded(path: str):
+    """Copy everything printed inside the block to `path` (Markdown: command, machine, output)."""
+    buf = io.StringIO()
+    old = sys.stdout
+    sys.stdout = _Tee(old, buf)
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        sys.stdout = old
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    cmd = " ".join(["python", *sys.argv])
+    with open(path, "w") as f:
+        f.write(f"# {os.path.basename(path)}\n\nCommand: `{cmd}`  \nMachine: {machine()}  \n"
+                f"Run: {time.strftime('%Y-%m-%d', time.gmtime(t0))}, {time.time() - t0:.0f} s\n\n"
+                f"```text\n{buf.getvalue().rstrip()}\n```\n")
+    print(f"wrote {path}")
