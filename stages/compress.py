@@ -15,8 +15,9 @@ from fisvd.fisher import check_against, load_fisher
 from fisvd.io import atomic_dir, remove
 from fisvd.lowrank import apply_lowrank, save_compressed
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, pick_device
-from fisvd.paths import COMPRESSED, FISHER, MODEL, RANKS
+from fisvd.paths import COMPRESSED, FISHER, MODEL, RANKS, STATS
 from fisvd.ranks import read_ranks
+from fisvd.stats import check_against as check_stats, load_stats, matrix_stats as stats_of
 
 KEYS = ["compress.method"] + [f"compress.{m}" for m in FACTORISATIONS.with_params()]
 log = logging.getLogger("fisvd")
@@ -29,18 +30,24 @@ def main(params):
     model = load_classifier(MODEL, num_labels).float().eval()
     infos = {m.name: m for m in compressible_linears(model)}
     ranks = read_ranks(RANKS, {n: m.shape for n, m in infos.items()})
-    fisher = None
-    if "fisher" in FACTORISATIONS[c.method].needs:
+    needs = FACTORISATIONS[c.method].needs
+    fisher = stats = None
+    if "fisher" in needs:
         fisher, _ = load_fisher(FISHER)
         check_against(fisher, {n: infos[n].shape for n in ranks}, FISHER)
+    if {"cov_x", "cov_g"} & set(needs):
+        stats, stats_meta = load_stats(STATS)
+        check_stats(stats, stats_meta, {n: infos[n].shape for n in ranks}, STATS)
     remove(COMPRESSED)
     device = pick_device()
     t0 = time.perf_counter()
     factors = {}
     for name, r in tqdm(ranks.items(), desc=c.method, unit="matrix"):
         W = model.get_submodule(name).weight.detach().to(device)
-        F = fisher[name].to(device) if fisher is not None else None
-        A, B = factorize(c.method, W, F, r, opts=c.opts())
+        s = {"fisher": fisher[name]} if fisher is not None else {}
+        if stats is not None:
+            s.update(stats_of(stats, stats_meta, name))
+        A, B = factorize(c.method, W, {k: v.to(device) for k, v in s.items()}, r, opts=c.opts())
         factors[name] = (A.cpu(), B.cpu())
     apply_lowrank(model, factors)
     log.info("%s: factorised %d of %d matrices in %.1f s", c.method, len(factors), len(infos),

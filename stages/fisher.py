@@ -1,21 +1,27 @@
-"""fisher: empirical diagonal Fisher of every compressible Linear of the fine-tuned model over the
-training split → data/fisher.safetensors (raw sums Σ(∂L/∂W)² + count), metrics/fisher/summary.json.
+"""fisher: empirical diagonal Fisher and two-sided statistics of every compressible Linear of the
+fine-tuned model over the training split → data/fisher.safetensors (raw sums Σ(∂L/∂W)² + count),
+data/stats.safetensors (Σx = Σ_t x_t x_tᵀ, Σg = Σ_t g_t g_tᵀ over non-padding tokens, for the
+whiten / kfac factorisations; fisvd.stats), metrics/fisher/summary.json.
 
-per_batch: F = (1/B) Σ_b g_b², g_b the gradient of mini-batch b's mean loss (cheap).
-per_sample: F = (1/N) Σ_d g_d², exact per-example gradients via torch.func vmap(grad).
+per_batch: F = (1/B) Σ_b g_b², g_b the gradient of mini-batch b's mean loss, from the same forward
+and backward pass that collects Σx and Σg (one pass over the data).
+per_sample: F = (1/N) Σ_d g_d², exact per-example gradients via torch.func vmap(grad); the
+statistics then take a second, batched pass.
 Eval mode (no dropout), fp32, fixed example order: deterministic on CPU.
 """
 import logging
 import os
+import time
 
 from tqdm.auto import tqdm
 
 from fisvd.cli import run_stage
 from fisvd.data import batches, collate, load_prepared, tokenize
-from fisvd.fisher import fisher_per_batch, fisher_per_sample, load_fisher, save_fisher, summary
+from fisvd.fisher import fisher_per_sample, load_fisher, save_fisher, summary
 from fisvd.io import remove, write_json
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, pick_device
-from fisvd.paths import FISHER, FISHER_SUMMARY, MODEL, PREPARED
+from fisvd.paths import FISHER, FISHER_SUMMARY, MODEL, PREPARED, STATS
+from fisvd.stats import collect_stats, save_stats
 
 KEYS = ["fisher.mode", "fisher.batch_size", "fisher.max_samples", "finetune.max_length"]
 log = logging.getLogger("fisvd")
@@ -29,27 +35,32 @@ def main(params):
     torch.manual_seed(0)
     tokenizer = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float()
-    remove(FISHER, FISHER_SUMMARY)
-    if fp.mode == "per_sample":
-        model.config._attn_implementation = "eager"  # vmap has no batching rule for CPU SDPA
+    remove(FISHER, STATS, FISHER_SUMMARY)
     rows = splits["train"][: fp.max_samples] if fp.max_samples else splits["train"]
     feats = tokenize(tokenizer, rows, params.finetune.max_length)
     mats = compressible_linears(model)
     names = [m.name for m in mats]
     device = pick_device()
-    log.info("Fisher (%s) of %d matrices over %d examples on %s", fp.mode, len(names), len(feats), device)
-    if fp.mode == "per_batch":
-        sums, count, n = fisher_per_batch(model, names, list(batches(feats, fp.batch_size, collate(tokenizer))),
-                                          device, progress=lambda it: tqdm(it, desc="fisher", unit="batch"))
-    else:
+    train_batches = list(batches(feats, fp.batch_size, collate(tokenizer)))
+    log.info("Fisher (%s) and two-sided statistics of %d matrices over %d examples on %s", fp.mode, len(names),
+             len(feats), device)
+    t0 = time.perf_counter()
+    sums = {} if fp.mode == "per_batch" else None
+    stats, stats_meta = collect_stats(model, names, train_batches, device, fisher_out=sums,
+                                      progress=lambda it: tqdm(it, desc="fisher+stats", unit="batch"))
+    count, n = stats_meta["batches"], stats_meta["examples"]
+    if fp.mode == "per_sample":
+        model.config._attn_implementation = "eager"  # vmap has no batching rule for CPU SDPA
         sums, count, n = fisher_per_sample(model, names, feats, collate(tokenizer), device, chunk=fp.batch_size,
                                            progress=lambda it: tqdm(it, desc="fisher", unit="chunk"))
-    tmp = FISHER + ".tmp"
-    save_fisher(tmp, sums, count, fp.mode, n)
-    os.replace(tmp, FISHER)
+    log.info("passes took %.1f s", time.perf_counter() - t0)
+    for path, save in ((FISHER, lambda p: save_fisher(p, sums, count, fp.mode, n)),
+                       (STATS, lambda p: save_stats(p, stats, stats_meta))):
+        save(path + ".tmp")
+        os.replace(path + ".tmp", path)
     fisher, _ = load_fisher(FISHER)
     write_json(FISHER_SUMMARY, {"mode": fp.mode, "count": count, "examples": n, "matrices": summary(fisher, mats)})
-    log.info("wrote %s (count %d)", FISHER, count)
+    log.info("wrote %s (count %d) and %s", FISHER, count, STATS)
 
 
 if __name__ == "__main__":

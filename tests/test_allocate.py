@@ -254,3 +254,18 @@ def test_nan_weights_rejected():
     W[0, 0] = float("inf")
     with pytest.raises(AllocationError, match="NaN or inf"):
         matrix_stats("bad", 0, "q", W, torch.ones(4, 4))
+
+
+def test_spectrum_is_that_of_the_factorisations_whitened_matrix():
+    from fisvd.factorize import whitened
+    g = torch.Generator().manual_seed(3)
+    W, F = torch.randn(12, 8, generator=g, dtype=torch.float64), torch.rand(12, 8, generator=g, dtype=torch.float64)
+    X = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    G = torch.randn(50, 12, generator=g, dtype=torch.float64)
+    stats = {"fisher": F, "cov_x": X.T @ X, "cov_g": G.T @ G}
+    default = matrix_stats("x", 0, "q", W, F)
+    assert np.allclose(matrix_stats("x", 0, "q", W, F, whitened("fwsvd", W, stats)).g, default.g)
+    T = whitened("kfac", W, stats, alpha_x=0.01, alpha_g=0.01)
+    M = matrix_stats("x", 0, "q", W, F, T)
+    assert np.allclose(M.g, torch.linalg.svdvals(T) ** 2) and not np.allclose(M.g, default.g)
+    assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)             # `energy` keeps the plain spectrum

@@ -124,7 +124,9 @@ def test_finetune_unknown_model_exits_2_without_output(tmp_path):
     ("fisher", ["data/prepared"], "data/model", "finetune"),
     ("allocate", [], "data/model", "finetune"),
     ("allocate", ["data/model"], "data/fisher.safetensors", "fisher"),
-    ("compress", ["data/model", "data/fisher.safetensors"], "metrics/allocate/ranks.json", "allocate"),
+    ("allocate", ["data/model", "data/fisher.safetensors"], "data/stats.safetensors", "fisher"),
+    ("compress", ["data/model", "data/fisher.safetensors", "data/stats.safetensors"], "metrics/allocate/ranks.json",
+     "allocate"),
     ("evaluate", ["data/prepared", "data/model"], "data/compressed", "compress"),
 ])
 def test_missing_input_exits_2_before_touching_outputs_or_the_hub(tmp_path, stage, present, missing, producer):

@@ -143,3 +143,19 @@ def test_predictions():
     logits = np.array([[0.1, 0.9], [2.0, -1.0]])
     assert predictions("mrpc", logits).tolist() == [1, 0]
     assert predictions("stsb", np.array([[3.2], [0.5]])).tolist() == [3.2, 0.5]
+
+
+def test_bootstrap_interval_matches_the_binomial_interval_for_accuracy():
+    """Accuracy of a 70 %-correct classifier on 400 examples: the bootstrap 95 % interval is the
+    normal-approximation binomial one, 70 ± 1.96·sqrt(.7·.3/400)·100 = 70 ± 4.49, within Monte-Carlo error."""
+    from fisvd.metrics import bootstrap_ci
+    labels = np.array([0, 1] * 200)
+    preds = labels.copy()
+    preds[:120] = 1 - preds[:120]                                    # 280 / 400 right
+    lo, hi = bootstrap_ci("rte", {"dev": (preds, labels)}, n=4000, seed=1)
+    half = 1.96 * np.sqrt(0.7 * 0.3 / 400) * 100
+    assert lo == pytest.approx(70 - half, abs=0.5) and hi == pytest.approx(70 + half, abs=0.5)
+    assert bootstrap_ci("rte", {"dev": (preds, labels)}, n=200, seed=3) == \
+        bootstrap_ci("rte", {"dev": (preds, labels)}, n=200, seed=3)  # seeded
+    perfect = bootstrap_ci("rte", {"dev": (labels, labels)}, n=100)
+    assert perfect == (100.0, 100.0)

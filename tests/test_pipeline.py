@@ -131,8 +131,14 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert {n: r for n, r in json.loads((repo / "data/compressed/ranks.json").read_text()).items()} == \
         {row["name"]: row["rank"] for row in aligned["matrices"] if not row["dense"]}
 
-    set_param(repo, "compress.method", "svd")
-    assert reproduce(repo) == ["compress", "evaluate"]
+    set_param(repo, "compress.method", "svd")       # allocation runs on the factorisation's spectrum
+    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
+    set_param(repo, "compress.method", "kfac")      # two-sided: the fisher stage's statistics
+    set_param(repo, "allocate.method", "max_fi")
+    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
+    assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["spectrum"] == "kfac"
+    set_param(repo, "compress.kfac.alpha_g", 0.1)
+    assert reproduce(repo)[:1] == ["allocate"]
     from transformers import AutoModelForSequenceClassification
     with pytest.raises(OSError, match="model.safetensors"):     # not mistaken for a dense HF checkpoint
         AutoModelForSequenceClassification.from_pretrained(repo / "data/compressed")

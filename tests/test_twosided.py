@@ -356,3 +356,18 @@ def test_bad_stats_files_name_the_path(tmp_path, bad, needle):
     with pytest.raises(StatsError, match=needle) as exc:
         load_stats(p)
     assert str(p) in str(exc.value) and isinstance(exc.value, InputError)
+
+
+def test_same_pass_fisher_equals_per_batch_fisher():
+    """The statistics pass also yields the per_batch diagonal Fisher from its own backward."""
+    from fisvd.fisher import fisher_per_batch
+    model = tiny_bert(vocab_size=100)
+    names = [m.name for m in compressible_linears(model)]
+    exs = examples(8, seed=1)
+    batches = [collate(exs[i:i + 3]) for i in range(0, 8, 3)]
+    fisher = {}
+    collect_stats(model, names, batches, CPU, fisher_out=fisher)
+    ref, count, _ = fisher_per_batch(model, names, batches, CPU)
+    assert count == 3 and list(fisher) == names
+    for n in names:
+        assert torch.allclose(fisher[n], ref[n], rtol=1e-5, atol=1e-12), n

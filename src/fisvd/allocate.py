@@ -5,8 +5,11 @@ r ≥ r̄ keeps it dense. Kept ratio p = Σ size_ℓ / Σ m_ℓ n_ℓ. A rank r�
 Allowed ranks (rank_multiple k): {k, 2k, …} below r̄, plus r̄ (dense); k = 1 is every rank. Every
 method below picks from that set (k = 16 suits AVX-512 fp32 GEMMs, 8 GPU tensor cores: a rank of
 76 runs slower than one of 80 there; see benchmarks/lowrank_speed.py).
-Spectra: g_ℓ,k = σ_k(W_ℓ diag(s_ℓ))² (FWSVD-weighted; s = 1 for `energy`), computed once per
-matrix; FI retained ρ_ℓ(r) = Σ_{k≤r} g_ℓ,k / Σ_k g_ℓ,k, and ρ = 1 when dense.
+Spectra: g_ℓ,k = σ_k(T_ℓ)², T the whitened matrix of the factorisation compress uses (FWSVD:
+W diag(s); whiten: W L_x; kfac: L_gᵀ W L_x; svd: W), so dropping component k costs ≈ ½ g_ℓ,k of
+loss under that factorisation's quadratic model, comparable across matrices (methods.md §7b);
+`energy` uses the plain spectrum of W. Computed once per matrix; FI retained
+ρ_ℓ(r) = Σ_{k≤r} g_ℓ,k / Σ_k g_ℓ,k, and ρ = 1 when dense.
 
 Methods (one registry entry each, `METHODS`; all but `fi_retention` with a fixed τ take a budget p):
 - uniform_rank   control: one rank for all (dense where ≥ r̄), the largest meeting p. No fill.
@@ -108,11 +111,14 @@ def _cumratio(s: np.ndarray) -> np.ndarray:
     return c
 
 
-def matrix_stats(name: str, layer: int, type_: str, W: torch.Tensor, F: torch.Tensor) -> Matrix:
-    """Spectra and Fisher scores of one matrix (W, F: [out, in])."""
+def matrix_stats(name: str, layer: int, type_: str, W: torch.Tensor, F: torch.Tensor,
+                 T: torch.Tensor | None = None) -> Matrix:
+    """Spectra and Fisher scores of one matrix (W, F: [out, in]). The spectrum g the FI allocators
+    spend on is σ_k(T)² of the factorisation's whitened matrix T (`fisvd.factorize.whitened`:
+    FWSVD W diag(s), whiten W L_x, kfac L_gᵀ W L_x, …); without T, FWSVD's."""
     if not torch.isfinite(W).all():
         raise AllocationError(f"{name}: weight contains NaN or inf")
-    g = spectrum(W, fwsvd_scale(F)).numpy()
+    g = (spectrum(W, fwsvd_scale(F)) if T is None else torch.linalg.svdvals(T.double()) ** 2).cpu().numpy()
     e = spectrum(W).numpy()
     Fd, Wd = F.double(), W.double()
     return Matrix(name, layer, type_, W.shape[0], W.shape[1], g, e,

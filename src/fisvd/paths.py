@@ -14,6 +14,7 @@ from .errors import InputError
 PREPARED = "data/prepared"
 MODEL = "data/model"
 FISHER = "data/fisher.safetensors"
+STATS = "data/stats.safetensors"
 COMPRESSED = "data/compressed"
 MANIFEST = "metrics/prepare/data.json"
 FINETUNE_LIVE = "metrics/finetune"
@@ -27,9 +28,9 @@ LATENCY = "metrics/evaluate/latency.json"
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": ((), (PREPARED, MANIFEST)),
     "finetune": ((PREPARED,), (MODEL, FINETUNE_LIVE)),
-    "fisher": ((PREPARED, MODEL), (FISHER, FISHER_SUMMARY)),
-    "allocate": ((MODEL, FISHER), (RANKS,)),
-    "compress": ((MODEL, FISHER, RANKS), (COMPRESSED,)),
+    "fisher": ((PREPARED, MODEL), (FISHER, STATS, FISHER_SUMMARY)),
+    "allocate": ((MODEL, FISHER, STATS), (RANKS,)),
+    "compress": ((MODEL, FISHER, STATS, RANKS), (COMPRESSED,)),
     "evaluate": ((PREPARED, MODEL, COMPRESSED), (METRICS,)),
 }
 # Run-time figures (wall clock: differ on every run) a stage also writes, git-tracked. They are

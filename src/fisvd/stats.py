@@ -66,8 +66,12 @@ def damped_cholesky(M: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], device: torch.device,
-                  progress: Callable = lambda it: it) -> tuple[dict[str, torch.Tensor], dict]:
-    """Raw sums Σx (shared per input tensor) and Σg of the Linears `names` (model order); see above."""
+                  progress: Callable = lambda it: it, fisher_out: dict | None = None
+                  ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Raw sums Σx (shared per input tensor) and Σg of the Linears `names` (model order); see above.
+
+    With `fisher_out` (a dict), the same backward pass also yields the per_batch diagonal Fisher:
+    `fisher_out[name]` = Σ_b (∂L_b/∂W)² (raw sums over batches, as `fisher.fisher_per_batch`)."""
     model.eval().to(device)
     mods = {n: model.get_submodule(n) for n in names}
     for n, m in mods.items():
@@ -133,7 +137,13 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
             state["x"] = {}
             # fires the output hooks; the weight gradients (one GEMM per matrix) are returned and
             # dropped, so the model's .grad stays untouched
-            torch.autograd.grad(loss, weights, allow_unused=True)
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            if fisher_out is not None:
+                for n, g in zip(names, grads):
+                    if n not in fisher_out:
+                        fisher_out[n] = torch.zeros(mods[n].weight.shape, dtype=torch.float32, device=device)
+                    if g is not None:
+                        fisher_out[n] += g.float() ** 2
             n_tok = int(mask.sum())
             for n in names:
                 tokens[n] += n_tok
@@ -150,6 +160,8 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
     for n, m in mods.items():           # no gradient reached it: all zero (check_against rejects it)
         sums.setdefault(f"cov_g/{n}", torch.zeros(m.out_features, m.out_features, device=device))
     stats = {k: ((s + s.T) / 2).cpu() for k, s in sorted(sums.items())}
+    if fisher_out is not None:
+        fisher_out.update({n: f.cpu() for n, f in fisher_out.items()})
     meta = {"kind": KIND, "batches": batches_n, "examples": examples, "tokens": tokens,
             "cov_x_of": cov_x_of, "g_scale": "batch_size"}
     return stats, meta

@@ -1,0 +1,151 @@
+"""Two-sided factorisations vs FWSVD, with uniform and Fisher-allocated ranks, no recovery fine-tuning.
+
+For the workspace pipeline's task (its fine-tuned model, Fisher and two-sided statistics: run
+`dvc repro fisher` first, or `dvc repro` with `data.task` set), every combination of
+allocation × factorisation × budget p is compressed with the library's own code (`allocate` on the
+factorisation's spectrum σ_k(T)², `factorize` per matrix) and scored on the dev split(s): task
+metrics, score with a 95 % bootstrap interval over dev examples, achieved kept ratio, total params,
+collapsed flag, share of the dense model's margin over the constant predictor kept. A dense row per
+task. Options of every method come from params.yaml. Rows are merged into
+benchmarks/results/beyond_thesis.csv (one run per task replaces that task's rows) and the Markdown
+table beside it is rebuilt from the whole CSV.
+
+    python benchmarks/beyond_thesis.py [--budgets 0.7,0.6,0.5,0.4,0.3,0.2,0.1]
+        [--allocations uniform_rank,max_fi] [--factorisations svd,fwsvd,whiten,kfac]
+"""
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fisvd.allocate import allocate, matrix_stats, total_size
+from fisvd.data import batches, collate, dev_splits, load_prepared, tokenize
+from fisvd.evaluate import predict
+from fisvd.factorize import factorize, whitened
+from fisvd.fisher import load_fisher
+from fisvd.lowrank import apply_lowrank
+from fisvd.metrics import bootstrap_ci, constant_score, margin_kept, predictions, task_metrics
+from fisvd.models import compressible_linears, count_params, load_classifier, load_tokenizer
+from fisvd.params import load_params
+from fisvd.paths import FISHER, MODEL, PREPARED, STATS
+from fisvd.results import recorded
+from fisvd.stats import load_stats, matrix_stats as stats_of
+
+CSV = Path("benchmarks/results/beyond_thesis.csv")
+CPU = torch.device("cpu")
+
+
+def scorer(task, devs, tok):
+    dev_batches = {s: list(batches(f, 64, collate(tok))) for s, f in devs.items()}
+    labels = {s: np.array([x["labels"] for x in f]) for s, f in devs.items()}
+
+    def score(model):
+        per = {s: (predictions(task, predict(model, b, CPU)), labels[s]) for s, b in dev_batches.items()}
+        m = task_metrics(task, per)
+        lo, hi = bootstrap_ci(task, per, n=1000, seed=0)
+        return {**{k: v for k, v in m.items()}, "score_lo": lo, "score_hi": hi}
+    return score, labels
+
+
+def run(args, params, meta, splits):
+    task = meta["task"]
+    tok = load_tokenizer(MODEL)
+    dense = load_classifier(MODEL, meta["num_labels"]).float().eval()
+    devs = {s: tokenize(tok, splits[s], params.finetune.max_length) for s in dev_splits(task)}
+    score, labels = scorer(task, devs, tok)
+    fisher, _ = load_fisher(FISHER)
+    stats, smeta = load_stats(STATS)
+    infos = compressible_linears(dense)
+    W = {m.name: dense.get_submodule(m.name).weight.detach().float() for m in infos}
+    per_matrix = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
+    const = constant_score(task, labels)
+    base = score(dense)
+    rows = [{"task": task, "model": params.model.name, "allocation": "dense", "factorisation": "dense",
+             "budget": 1.0, "kept_ratio": 1.0, "total_params": count_params(dense), **base,
+             "constant_score": const, "margin_kept": 1.0}]
+    print(f"{task}: dense score {base['score']:.2f} [{base['score_lo']:.1f}, {base['score_hi']:.1f}], "
+          f"constant predictor {const:.2f}", flush=True)
+    c = params.compress
+    for fact in args.factorisations:
+        t0 = time.perf_counter()
+        mats = [matrix_stats(m.name, m.layer, m.type, W[m.name], fisher[m.name],
+                             whitened(fact, W[m.name], per_matrix[m.name], opts=c.opts(fact))) for m in infos]
+        for alloc in args.allocations:
+            for p in args.budgets:
+                ranks, _ = allocate(alloc, mats, budget=p, rank_multiple=params.allocate.rank_multiple,
+                                    opts=params.allocate.opts(alloc))
+                model = copy.deepcopy(dense)
+                factors = {M.name: factorize(fact, W[M.name], per_matrix[M.name], r, opts=c.opts(fact))
+                           for M, r in zip(mats, ranks) if r < M.rbar}
+                apply_lowrank(model, factors)
+                m = score(model)
+                kept = total_size(mats, ranks) / sum(M.dense_size for M in mats)
+                margin = margin_kept(m["score"], base["score"], const)
+                rows.append({"task": task, "model": params.model.name, "allocation": alloc, "factorisation": fact,
+                             "budget": p, "kept_ratio": kept, "total_params": count_params(model), **m,
+                             "constant_score": const, "margin_kept": margin})
+                print(f"{task} {alloc:13} {fact:7} p={p:.2f} kept {kept:.3f}: score {m['score']:6.2f} "
+                      f"[{m['score_lo']:5.1f}, {m['score_hi']:5.1f}] margin kept "
+                      f"{'n/a' if margin is None else f'{margin:5.2f}'}{'  COLLAPSED' if m['collapsed'] else ''}",
+                      flush=True)
+        print(f"  ({fact}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """One table per task: rows allocation + factorisation, columns budgets, cells score ± half CI."""
+    out = ["# Beyond the thesis: two-sided factorisations (no recovery fine-tuning)", "",
+           "Score = task score ×100 (MRPC: mean of F1 and accuracy; STS-B: mean of Pearson and Spearman; "
+           "RTE: accuracy), ± half the 95 % bootstrap interval over dev examples; † = collapsed "
+           "(≥ 95 % one class); in brackets the share of the dense model's margin over the constant "
+           "predictor that is kept. Produced by `python benchmarks/beyond_thesis.py`.", ""]
+    for (task, model), g in df.groupby(["task", "model"], sort=False):
+        dense = g[g.allocation == "dense"].iloc[0]
+        out += [f"## {task} ({model})", "",
+                f"Dense: {dense.score:.2f} ± {(dense.score_hi - dense.score_lo) / 2:.1f}; constant predictor "
+                f"{dense.constant_score:.2f}.", ""]
+        budgets = sorted(g[g.allocation != "dense"].budget.unique(), reverse=True)
+        out.append("| allocation | factorisation | " + " | ".join(f"p={b:g}" for b in budgets) + " |")
+        out.append("|---|---|" + "---|" * len(budgets))
+        for (alloc, fact), h in g[g.allocation != "dense"].groupby(["allocation", "factorisation"], sort=False):
+            cells = []
+            for b in budgets:
+                r = h[h.budget == b]
+                if r.empty:
+                    cells.append("")
+                    continue
+                r = r.iloc[0]
+                mk = "" if pd.isna(r.margin_kept) else f" ({r.margin_kept:.2f})"
+                cells.append(f"{r.score:.1f} ± {(r.score_hi - r.score_lo) / 2:.1f}{mk}{' †' if r.collapsed else ''}")
+            out.append(f"| {alloc} | {fact} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budgets", default="0.7,0.6,0.5,0.4,0.3,0.2,0.1")
+    ap.add_argument("--allocations", default="uniform_rank,max_fi")
+    ap.add_argument("--factorisations", default="svd,fwsvd,whiten,kfac")
+    args = ap.parse_args()
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.allocations, args.factorisations = args.allocations.split(","), args.factorisations.split(",")
+    params = load_params("params.yaml")
+    meta, splits = load_prepared(PREPARED)
+    with recorded(f"benchmarks/results/beyond_thesis_{meta['task']}.log.md"):
+        df = run(args, params, meta, splits)
+    if CSV.exists():
+        old = pd.read_csv(CSV)
+        df = pd.concat([old[(old.task != meta["task"]) | (old.model != params.model.name)], df], ignore_index=True)
+    CSV.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(CSV, index=False, float_format="%.6g")
+    CSV.with_suffix(".md").write_text(markdown(df))
+    print(f"wrote {CSV} and {CSV.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
