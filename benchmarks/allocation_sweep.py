@@ -35,7 +35,9 @@ TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS.names()))
+    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS.names() if m != "measured"],
+                    help="allocation methods (default: every spectral one; `measured` needs the model and "
+                         "data: benchmarks/beyond_thesis.py)")
     args = ap.parse_args()
     params = load_params("params.yaml")
     meta, splits = load_prepared(PREPARED)

@@ -7,11 +7,14 @@ factorisation's spectrum σ_k(T)², `factorize` per matrix) and scored on the de
 metrics, score with a 95 % bootstrap interval over dev examples, achieved kept ratio, total params,
 collapsed flag, share of the dense model's margin over the constant predictor kept. A dense row per
 task. Options of every method come from params.yaml. Rows are merged into
-benchmarks/results/beyond_thesis.csv (one run per task replaces that task's rows) and the Markdown
-table beside it is rebuilt from the whole CSV.
+benchmarks/results/beyond_thesis.csv (a rerun replaces the cells it computes, keyed by task, model,
+allocation, factorisation and budget) and the Markdown table beside it is rebuilt from the CSV.
+
+`measured` (the loss-calibrated allocator) measures its curves once per factorisation on the same
+seeded training slice as the allocate stage, then solves and joint-checks each budget.
 
     python benchmarks/beyond_thesis.py [--budgets 0.7,0.6,0.5,0.4,0.3,0.2,0.1]
-        [--allocations uniform_rank,max_fi] [--factorisations svd,fwsvd,whiten,kfac]
+        [--allocations uniform_rank,max_fi,measured] [--factorisations svd,fwsvd,whiten,kfac]
 """
 import argparse
 import copy
@@ -23,7 +26,8 @@ import pandas as pd
 import torch
 
 from fisvd.allocate import allocate, matrix_stats, total_size
-from fisvd.data import batches, collate, dev_splits, load_prepared, tokenize
+from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, with_curves
+from fisvd.data import batches, collate, dev_splits, load_prepared, subset, tokenize
 from fisvd.evaluate import predict
 from fisvd.factorize import factorize, whitened
 from fisvd.fisher import load_fisher
@@ -69,18 +73,32 @@ def run(args, params, meta, splits):
              "constant_score": const, "margin_kept": 1.0}]
     print(f"{task}: dense score {base['score']:.2f} [{base['score_lo']:.1f}, {base['score_hi']:.1f}], "
           f"constant predictor {const:.2f}", flush=True)
-    c = params.compress
+    c, k = params.compress, params.allocate.rank_multiple
+    o = params.allocate.opts("measured")     # the measured method's training slice, as the allocate stage's
+    rows_slice = subset(splits["train"], o.slice, 0)
+    slice_batches = list(batches(tokenize(tok, rows_slice, params.finetune.max_length), 32, collate(tok)))
     for fact in args.factorisations:
         t0 = time.perf_counter()
         mats = [matrix_stats(m.name, m.layer, m.type, W[m.name], fisher[m.name],
                              whitened(fact, W[m.name], per_matrix[m.name], opts=c.opts(fact))) for m in infos]
+        factor_fn = lambda n, r: factorize(fact, W[n], per_matrix[n], r, opts=c.opts(fact))  # noqa: E731
         for alloc in args.allocations:
+            if alloc == "measured":
+                t1 = time.perf_counter()
+                points = measure(dense, infos, factor_fn, slice_batches, {M.name: rank_grid(M, o.points) for M in mats},
+                                 CPU, metric=o.metric)
+                alloc_mats = with_curves(mats, fit_curves(mats, points))
+                print(f"  ({fact}: measured curves on {len(rows_slice)} training examples in "
+                      f"{time.perf_counter() - t1:.0f} s)", flush=True)
+            else:
+                alloc_mats = mats
             for p in args.budgets:
-                ranks, _ = allocate(alloc, mats, budget=p, rank_multiple=params.allocate.rank_multiple,
-                                    opts=params.allocate.opts(alloc))
+                ranks, _ = allocate(alloc, alloc_mats, budget=p, rank_multiple=k, opts=params.allocate.opts(alloc))
+                if alloc == "measured":
+                    ranks, _ = joint_refine(dense, alloc_mats, ranks, factor_fn, slice_batches, p, o.swaps,
+                                            rank_multiple=k, metric=o.metric, device=CPU)
                 model = copy.deepcopy(dense)
-                factors = {M.name: factorize(fact, W[M.name], per_matrix[M.name], r, opts=c.opts(fact))
-                           for M, r in zip(mats, ranks) if r < M.rbar}
+                factors = {M.name: factor_fn(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar}
                 apply_lowrank(model, factors)
                 m = score(model)
                 kept = total_size(mats, ranks) / sum(M.dense_size for M in mats)
@@ -129,7 +147,7 @@ def markdown(df: pd.DataFrame) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", default="0.7,0.6,0.5,0.4,0.3,0.2,0.1")
-    ap.add_argument("--allocations", default="uniform_rank,max_fi")
+    ap.add_argument("--allocations", default="uniform_rank,max_fi,measured")
     ap.add_argument("--factorisations", default="svd,fwsvd,whiten,kfac")
     args = ap.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
@@ -138,9 +156,11 @@ def main():
     meta, splits = load_prepared(PREPARED)
     with recorded(f"benchmarks/results/beyond_thesis_{meta['task']}.log.md"):
         df = run(args, params, meta, splits)
-    if CSV.exists():
+    if CSV.exists():        # a rerun replaces the cells it computed and keeps every other row
         old = pd.read_csv(CSV)
-        df = pd.concat([old[(old.task != meta["task"]) | (old.model != params.model.name)], df], ignore_index=True)
+        key = ["task", "model", "allocation", "factorisation", "budget"]
+        fresh = set(map(tuple, df[key].astype(str).values))
+        df = pd.concat([old[[tuple(r) not in fresh for r in old[key].astype(str).values]], df], ignore_index=True)
     CSV.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(CSV, index=False, float_format="%.6g")
     CSV.with_suffix(".md").write_text(markdown(df))

@@ -6,21 +6,29 @@ equivalent uniform rank.
 Methods and formulas: fisvd.allocate (methods.md §5–§7b), one registry entry each (listed below).
 The FI allocators spend on the spectrum σ_k(T)² of the factorisation `compress.method` uses
 (fisvd.factorize.whitened: FWSVD W diag(s), whiten W L_x, kfac L_gᵀ W L_x), computed once per matrix.
+`measured` (fisvd.calibrate) first measures, on a seeded slice of `allocate.measured.slice` TRAINING
+examples (never dev), the loss increase of truncating each matrix alone at a few ranks with that
+factorisation, fits a curve per matrix, solves the knapsack and checks the joint model with greedy
+swaps; ranks.json records the predicted loss and the swap history.
 """
 import logging
 import time
 
 from fisvd.allocate import METHODS, allocate, matrix_stats, report
+from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, with_curves
 from fisvd.cli import run_stage
+from fisvd.data import batches, collate, load_prepared, subset, tokenize
 from fisvd.factorize import FACTORISATIONS, whitened
 from fisvd.fisher import check_against, load_fisher
 from fisvd.io import remove, write_json
-from fisvd.models import dense_weights, meta_model, compressible_linears
-from fisvd.paths import FISHER, MODEL, RANKS, STATS
+from fisvd.factorize import factorize
+from fisvd.models import compressible_linears, dense_weights, load_classifier, load_tokenizer, meta_model, pick_device
+from fisvd.paths import FISHER, MODEL, PREPARED, RANKS, STATS
 from fisvd.stats import check_against as check_stats, load_stats, matrix_stats as stats_of
 
 KEYS = (["allocate.method", "allocate.budget", "allocate.rank_multiple"] + [f"allocate.{m}" for m in METHODS.with_params()]
-        + ["compress.method"] + [f"compress.{m}" for m in FACTORISATIONS.with_params()])
+        + ["compress.method"] + [f"compress.{m}" for m in FACTORISATIONS.with_params()] + ["finetune.max_length"])
+SLICE_SEED, SLICE_BATCH = 0, 32   # the measured method's training slice: seeded subset, batches of 32
 log = logging.getLogger("fisvd")
 
 
@@ -35,17 +43,34 @@ def main(params):
     if two_sided:
         stats, stats_meta = load_stats(STATS)
         check_stats(stats, stats_meta, shapes, STATS)
+    if a.method == "measured":
+        meta, splits = load_prepared(PREPARED)
     weights = dense_weights(MODEL, [m.name for m in infos])
     remove(RANKS)
     t0 = time.perf_counter()
-    mats = []
+    mats, per_matrix = [], {}
     for m in infos:
-        s = {"fisher": fisher[m.name], **(stats_of(stats, stats_meta, m.name) if two_sided else {})}
-        T = whitened(c.method, weights[m.name], s, opts=c.opts())
+        per_matrix[m.name] = {"fisher": fisher[m.name], **(stats_of(stats, stats_meta, m.name) if two_sided else {})}
+        T = whitened(c.method, weights[m.name], per_matrix[m.name], opts=c.opts())
         mats.append(matrix_stats(m.name, m.layer, m.type, weights[m.name], fisher[m.name], T))
+    if a.method == "measured":
+        o, device = a.opts(), pick_device()
+        model = load_classifier(MODEL, meta["num_labels"]).float().eval()
+        tok = load_tokenizer(MODEL)
+        rows = subset(splits["train"], o.slice, SLICE_SEED)
+        slice_batches = list(batches(tokenize(tok, rows, params.finetune.max_length), SLICE_BATCH, collate(tok)))
+        factor_fn = lambda n, r: factorize(c.method, weights[n], per_matrix[n], r, opts=c.opts())  # noqa: E731
+        points = measure(model, infos, factor_fn, slice_batches, {M.name: rank_grid(M, o.points) for M in mats},
+                         device, metric=o.metric)
+        mats = with_curves(mats, fit_curves(mats, points))
+        log.info("measured %d truncations on %d training examples (%.1f s)", sum(map(len, points.values())),
+                 len(rows), time.perf_counter() - t0)
     budgeted = not (a.method == "fi_retention" and not a.opts().calibrate)
     ranks, info = allocate(a.method, mats, budget=a.budget if budgeted else None, rank_multiple=a.rank_multiple,
                            opts=a.opts())
+    if a.method == "measured":
+        ranks, info["joint"] = joint_refine(model, mats, ranks, factor_fn, slice_batches, a.budget, o.swaps,
+                                            rank_multiple=a.rank_multiple, metric=o.metric, device=device)
     out = report(mats, ranks, sum(p.numel() for p in model.parameters()))
     # no wall time in ranks.json: identical inputs must give identical bytes, or DVC re-runs compress
     out["totals"] = {"method": a.method, "spectrum": c.method, "budget": a.budget if budgeted else None,

@@ -20,7 +20,7 @@ from fisvd.data import batches, collate, load_prepared, tokenize
 from fisvd.fisher import fisher_per_sample, load_fisher, save_fisher, summary
 from fisvd.io import remove, write_json
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, pick_device
-from fisvd.paths import FISHER, FISHER_SUMMARY, MODEL, PREPARED, STATS
+from fisvd.paths import FISHER, FISHER_RUNTIME, FISHER_SUMMARY, MODEL, PREPARED, STATS
 from fisvd.stats import collect_stats, save_stats
 
 KEYS = ["fisher.mode", "fisher.batch_size", "fisher.max_samples", "finetune.max_length"]
@@ -35,7 +35,7 @@ def main(params):
     torch.manual_seed(0)
     tokenizer = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float()
-    remove(FISHER, STATS, FISHER_SUMMARY)
+    remove(FISHER, STATS, FISHER_SUMMARY, FISHER_RUNTIME)
     rows = splits["train"][: fp.max_samples] if fp.max_samples else splits["train"]
     feats = tokenize(tokenizer, rows, params.finetune.max_length)
     mats = compressible_linears(model)
@@ -49,10 +49,12 @@ def main(params):
     stats, stats_meta = collect_stats(model, names, train_batches, device, fisher_out=sums,
                                       progress=lambda it: tqdm(it, desc="fisher+stats", unit="batch"))
     count, n = stats_meta["batches"], stats_meta["examples"]
+    runtime = {"fisher_and_stats_pass_s" if fp.mode == "per_batch" else "stats_pass_s": time.perf_counter() - t0}
     if fp.mode == "per_sample":
         model.config._attn_implementation = "eager"  # vmap has no batching rule for CPU SDPA
         sums, count, n = fisher_per_sample(model, names, feats, collate(tokenizer), device, chunk=fp.batch_size,
                                            progress=lambda it: tqdm(it, desc="fisher", unit="chunk"))
+        runtime["per_sample_fisher_pass_s"] = time.perf_counter() - t0 - sum(runtime.values())
     log.info("passes took %.1f s", time.perf_counter() - t0)
     for path, save in ((FISHER, lambda p: save_fisher(p, sums, count, fp.mode, n)),
                        (STATS, lambda p: save_stats(p, stats, stats_meta))):
@@ -60,6 +62,7 @@ def main(params):
         os.replace(path + ".tmp", path)
     fisher, _ = load_fisher(FISHER)
     write_json(FISHER_SUMMARY, {"mode": fp.mode, "count": count, "examples": n, "matrices": summary(fisher, mats)})
+    write_json(FISHER_RUNTIME, {k: round(v, 1) for k, v in runtime.items()})  # wall clock: not a DVC output
     log.info("wrote %s (count %d) and %s", FISHER, count, STATS)
 
 

@@ -13,7 +13,8 @@ CONTROLS = ["uniform_rank", "uniform_ratio"]
 FILLED = ["energy", "random", "inter_layer_fi", "max_fi"]
 # test options per method (the product's defaults live in params.yaml alone)
 OPTS = {"fi_retention": dict(tau=0.95, calibrate=True), "inter_layer_fi": dict(score="total", alpha=1.0, r_min=1),
-        "max_fi": dict(objective="total"), "random": dict(seed=1)}
+        "max_fi": dict(objective="total"), "random": dict(seed=1),
+        "measured": dict(points=3, metric="kl", slice=24, swaps=3)}
 
 
 def allocate(method, mats, budget=None, rank_multiple=1, **kw):
@@ -21,7 +22,7 @@ def allocate(method, mats, budget=None, rank_multiple=1, **kw):
 
 
 def test_every_registered_method_is_tested_here():
-    assert set(METHODS.names()) == set(CONTROLS + FILLED + ["fi_retention"])
+    assert set(METHODS.names()) == set(CONTROLS + FILLED + ["fi_retention", "measured"])  # measured: test_calibrate.py
     assert set(METHODS.with_params()) == set(OPTS)
 
 

@@ -38,6 +38,8 @@ def project(tmp_path, tiny_model_dir, monkeypatch):
     params["finetune"].update(epochs=1, batch_size=8, max_length=32)
     params["fisher"]["batch_size"] = 8
     params["evaluate"].update(batch_size=8, latency_batches=2)
+    params["allocate"]["method"] = "fi_retention"   # the steps below change its tau, then other methods
+    params["compress"]["method"] = "fwsvd"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     glue = write_mrpc(tmp_path / "glue", n_train=40, n_dev=16)
     monkeypatch.setenv("GLUE_DIR", str(glue))
@@ -98,6 +100,7 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert "runtime" not in json.dumps(live) and "per_second" not in json.dumps(live)
     assert not list((repo / "metrics/finetune/plots").rglob("*runtime*"))
     assert json.loads((repo / "metrics/finetune/runtime.json").read_text())["train_runtime"] > 0
+    assert json.loads((repo / "metrics/fisher/runtime.json").read_text())["fisher_and_stats_pass_s"] > 0
     assert metrics["constant_score"] > 0 and "margin_kept" in metrics and "pct_of_dense" in metrics
 
     git(repo, "add", "-A")
@@ -139,6 +142,14 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["spectrum"] == "kfac"
     set_param(repo, "compress.kfac.alpha_g", 0.1)
     assert reproduce(repo)[:1] == ["allocate"]
+    set_param(repo, "allocate.measured.slice", 12)   # calibrated by measured loss on a training slice
+    set_param(repo, "allocate.measured.points", 2)
+    set_param(repo, "allocate.measured.swaps", 2)
+    set_param(repo, "allocate.method", "measured")
+    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
+    totals = json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]
+    assert totals["method"] == "measured" and totals["kept_ratio"] <= 0.5 and totals["joint"][0]["delta"] >= 0
+    assert len(totals["joint"]) <= 3 and totals["predicted_loss"] >= 0
     from transformers import AutoModelForSequenceClassification
     with pytest.raises(OSError, match="model.safetensors"):     # not mistaken for a dense HF checkpoint
         AutoModelForSequenceClassification.from_pretrained(repo / "data/compressed")
@@ -215,7 +226,8 @@ def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project):
         r.reproduce(force=True)
     changed = {line[3:] for line in subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
                                                    text=True).stdout.splitlines()}
-    assert changed <= {"metrics/evaluate/latency.json", "metrics/finetune/runtime.json"}, changed
+    assert changed <= {"metrics/evaluate/latency.json", "metrics/finetune/runtime.json",
+                       "metrics/fisher/runtime.json"}, changed
 
 
 def _find_runs(node, out):

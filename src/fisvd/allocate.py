@@ -22,6 +22,9 @@ Methods (one registry entry each, `METHODS`; all but `fi_retention` with a fixed
                  is exactly the max-min ρ solution (searched over the finite set of ρ values).
 - max_fi         maximise Σ_ℓ Σ_{k≤r_ℓ} g (total) or Σ_ℓ ρ_ℓ(r_ℓ) (layerwise) under p: exact
                  knapsack DP on the gcd cost unit when small enough, else greedy by gain/(m+n).
+- measured       minimise Σ_ℓ Δ_ℓ(r_ℓ) under p, Δ_ℓ = Matrix.loss: per-matrix loss-increase curves
+                 measured on a held-out train slice and fitted by fisvd.calibrate (methods.md §7b);
+                 the same exact DP with values −Δ. Raises unless the curves were filled in first.
 The controls are exactly their definitions and report the p they reach, which may sit below the
 target. The other budgeted methods spend leftover budget one rank step (k) at a time by their own
 priority until no step fits, so p is met from below within one step of the cheapest matrix.
@@ -59,6 +62,7 @@ class Matrix:
     fisher_total: float      # Σ F
     fisher_energy: float     # Σ F ⊙ W²
     step: int = 1            # rank_multiple k: allowed ranks are k, 2k, … below r̄, and r̄ (dense)
+    loss: np.ndarray | None = None  # `measured`: predicted loss increase Δ(r) at index r-1, r = 1..r̄ (0 at r̄)
     cum_g: np.ndarray = field(init=False)
     cum_e: np.ndarray = field(init=False)
 
@@ -213,6 +217,20 @@ def _gain(M: Matrix, r: int, objective: str) -> float:
 
 
 def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int = 4_000_000):
+    values = []
+    for M in mats:
+        cum = np.cumsum(M.g)
+        v = [cum[r - 1] if r < M.rbar else M.g.sum() for r in M.allowed()]  # dense keeps all of g
+        if objective == "layerwise" and M.g.sum() > 0:
+            v = [x / M.g.sum() for x in v]
+        values.append(v)
+    return _mck_dp(mats, budget, values, max_cells)
+
+
+def _mck_dp(mats: list[Matrix], budget: int, values: list[list[float]], max_cells: int = 4_000_000):
+    """Exact multiple-choice knapsack: one allowed rank per matrix (`values[i]` aligned with
+    `mats[i].allowed()`), maximising Σ value subject to Σ size ≤ budget, on the gcd cost unit.
+    None when the table would exceed `max_cells` (callers fall back to a greedy fill)."""
     options = [M.allowed() for M in mats]
     costs = [[M.size(r) for r in opts] for M, opts in zip(mats, options)]
     unit = reduce(math.gcd, [c for cs in costs for c in cs])
@@ -223,12 +241,8 @@ def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int =
     dp[0] = 0.0
     choice = np.zeros((len(mats), units + 1), dtype=np.int32)
     for i, M in enumerate(mats):
-        cum = np.cumsum(M.g)
-        values = [cum[r - 1] if r < M.rbar else M.g.sum() for r in options[i]]  # dense keeps all of g
-        if objective == "layerwise" and M.g.sum() > 0:
-            values = [v / M.g.sum() for v in values]
         new = np.full(units + 1, -np.inf)
-        for r, c, v in zip(options[i], costs[i], values):
+        for r, c, v in zip(options[i], costs[i], values[i]):
             cu = c // unit
             if cu > units:
                 break
@@ -286,6 +300,20 @@ class RandomParams:
 
     def validate(self, key: str) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class MeasuredParams:
+    points: int         # candidate ranks measured per matrix (fisvd.calibrate.rank_grid)
+    metric: str         # kl (logit KL to the dense model; squared logit error for regression) | loss
+    slice: int          # held-out training examples the losses are measured on (never dev)
+    swaps: int          # most greedy swaps tried in the joint check (0: measure the joint model only)
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.points", self.points, 1)
+        choice(f"{key}.metric", self.metric, ("kl", "loss"))
+        at_least(f"{key}.slice", self.slice, 1)
+        at_least(f"{key}.swaps", self.swaps, 0)
 
 
 @METHODS.register("uniform_rank", help="control: one rank r for every matrix (dense where r >= break-even), "
@@ -360,6 +388,38 @@ def max_fi(mats: list[Matrix], p: float, opts: MaxFiParams) -> tuple[list[int], 
     if ranks is None:
         ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _gain(mats[i], r, opts.objective)
                       / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
+    return ranks, info
+
+
+def check_curves(mats: list[Matrix]) -> None:
+    """Every matrix carries a measured-loss curve (Matrix.loss): r̄ finite values ≥ 0, 0 at dense."""
+    missing = [M.name for M in mats if M.loss is None]
+    if missing:
+        raise AllocationError(f"allocate.measured: no measured loss curve for {len(missing)} matrices (e.g. "
+                              f"{missing[0]}); run the calibration first (fisvd.calibrate: measure, then "
+                              f"fit_curves, then set Matrix.loss)")
+    for M in mats:
+        c = np.asarray(M.loss)
+        if c.shape != (M.rbar,) or not np.isfinite(c).all() or (c < 0).any() or c[-1] != 0:
+            raise AllocationError(f"allocate.measured: loss curve of {M.name} must hold r̄ = {M.rbar} finite "
+                                  f"values >= 0 (index r-1) ending in 0 (dense); got shape {c.shape}")
+
+
+@METHODS.register("measured", params=MeasuredParams, help="calibrated: minimise the sum of per-matrix "
+                  "loss-vs-rank curves measured on a train slice (logit KL or task loss) under p, exact "
+                  "knapsack; joint check with greedy swaps (fisvd.calibrate)")
+def measured(mats: list[Matrix], p: float, opts: MeasuredParams) -> tuple[list[int], dict]:
+    """min Σ_ℓ Δ_ℓ(r_ℓ) s.t. Σ size ≤ p·Σ mn over the allowed ranks: the max_fi DP with values −Δ.
+    Δ_ℓ = Matrix.loss, fitted by fisvd.calibrate.fit_curves from measurements (methods.md §7b)."""
+    check_curves(mats)
+    B = _budget(mats, p)
+    values = [[-float(M.loss[r - 1]) for r in M.allowed()] for M in mats]
+    ranks = _mck_dp(mats, B, values)
+    info = {"solver": "dp" if ranks is not None else "greedy"}
+    if ranks is None:   # greedy on the loss decrease per parameter (exact only for convex curves)
+        ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: float(mats[i].loss[r - 1] - mats[i].loss[
+            mats[i].next(r) - 1]) / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
+    info["predicted_loss"] = float(sum(M.loss[r - 1] for M, r in zip(mats, ranks)))
     return ranks, info
 
 

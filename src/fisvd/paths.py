@@ -20,6 +20,7 @@ MANIFEST = "metrics/prepare/data.json"
 FINETUNE_LIVE = "metrics/finetune"
 FINETUNE_RUNTIME = "metrics/finetune/runtime.json"
 FISHER_SUMMARY = "metrics/fisher/summary.json"
+FISHER_RUNTIME = "metrics/fisher/runtime.json"
 RANKS = "metrics/allocate/ranks.json"
 METRICS = "metrics/evaluate/metrics.json"
 LATENCY = "metrics/evaluate/latency.json"
@@ -29,14 +30,14 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": ((), (PREPARED, MANIFEST)),
     "finetune": ((PREPARED,), (MODEL, FINETUNE_LIVE)),
     "fisher": ((PREPARED, MODEL), (FISHER, STATS, FISHER_SUMMARY)),
-    "allocate": ((MODEL, FISHER, STATS), (RANKS,)),
+    "allocate": ((PREPARED, MODEL, FISHER, STATS), (RANKS,)),
     "compress": ((MODEL, FISHER, STATS, RANKS), (COMPRESSED,)),
     "evaluate": ((PREPARED, MODEL, COMPRESSED), (METRICS,)),
 }
 # Run-time figures (wall clock: differ on every run) a stage also writes, git-tracked. They are
 # dvc.yaml's top-level `metrics` (shown by `dvc metrics show/diff`, `dvc exp show`), not stage
 # outputs: an output's hash lands in dvc.lock, which would then change on every run.
-RUNTIME: dict[str, str] = {"finetune": FINETUNE_RUNTIME, "evaluate": LATENCY}
+RUNTIME: dict[str, str] = {"finetune": FINETUNE_RUNTIME, "fisher": FISHER_RUNTIME, "evaluate": LATENCY}
 
 
 class MissingInputError(InputError):
