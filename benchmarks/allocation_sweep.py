@@ -72,6 +72,7 @@ def sweep(args, params, meta, splits):
         " | collapsed | τ | " + " | ".join(f"{t} rank" for t in TYPES) + " |"
     print(f"dense: {base}")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    print("\n".join(lines))
     for p in args.p:
         for method in args.methods:
             a = params.allocate
