@@ -6,32 +6,24 @@ HF Trainer with dynamic padding, AdamW, linear warm-up (finetune.warmup_ratio of
 linear decay; CUDA + bf16 when available, CPU otherwise; seeded.
 """
 import logging
-import math
 from pathlib import Path
 
-import numpy as np
-
 from fisvd.cli import run_stage
-from fisvd.data import collate, load_prepared, tokenize
+from fisvd.data import load_prepared, tokenize
 from fisvd.io import atomic_dir, remove, write_json
-from fisvd.metrics import glue_metrics, predictions
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
 from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
+from fisvd.train import is_runtime, make_trainer
 
 KEYS = ["model.name", "finetune.epochs", "finetune.learning_rate", "finetune.batch_size", "finetune.weight_decay",
         "finetune.warmup_ratio", "finetune.seed", "finetune.max_length"]
 log = logging.getLogger("fisvd")
 
 
-def is_runtime(key: str) -> bool:
-    """Wall-clock log entries (vary run to run): kept out of the DVCLive metrics and plots."""
-    return "runtime" in key or "per_second" in key
-
-
 def main(params):
     import torch
     from dvclive import Live
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.integrations import DVCLiveCallback
 
     class DeterministicLive(DVCLiveCallback):
@@ -51,28 +43,15 @@ def main(params):
     remove(OUT, FINETUNE_RUNTIME)
     train = tokenize(tokenizer, splits["train"], f.max_length)
     dev = tokenize(tokenizer, splits["dev"], f.max_length)
-    steps = f.epochs * math.ceil(len(train) / f.batch_size)
-    cuda = torch.cuda.is_available()
-    log.info("fine-tuning %s on %s: %d train / %d dev rows, %d steps, %s", params.model.name, meta["task"],
-             len(train), len(dev), steps, "cuda+bf16" if cuda else "cpu")
-
-    def compute_metrics(ev):
-        m = glue_metrics(meta["task"], predictions(meta["task"], np.asarray(ev.predictions)), ev.label_ids)
-        return {k: float(v) for k, v in m.items()}
-
-    args = TrainingArguments(
-        output_dir="data/.finetune-checkpoints", num_train_epochs=f.epochs, learning_rate=f.learning_rate,
-        per_device_train_batch_size=f.batch_size, per_device_eval_batch_size=64,
-        weight_decay=f.weight_decay, warmup_steps=math.ceil(f.warmup_ratio * steps),
-        lr_scheduler_type="linear", eval_strategy="epoch", logging_strategy="epoch", save_strategy="no",
-        report_to="none", seed=f.seed, data_seed=f.seed, bf16=cuda, use_cpu=not cuda,
-        dataloader_num_workers=0)
+    log.info("fine-tuning %s on %s: %d train / %d dev rows, %d epochs, %s", params.model.name, meta["task"],
+             len(train), len(dev), f.epochs, "cuda+bf16" if torch.cuda.is_available() else "cpu")
     live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False)
     callback = DeterministicLive(live=live)
     callback.runtime = {}
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
-                      data_collator=collate(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics, callbacks=[callback])
+    trainer = make_trainer(model, tokenizer, meta["task"], train, dev, epochs=f.epochs,
+                           learning_rate=f.learning_rate, batch_size=f.batch_size, weight_decay=f.weight_decay,
+                           warmup_ratio=f.warmup_ratio, seed=f.seed, output_dir="data/.finetune-checkpoints",
+                           callbacks=[callback])
     trainer.train()
     live.end()
     final = trainer.evaluate()
@@ -81,7 +60,7 @@ def main(params):
     with atomic_dir(OUT) as tmp:
         trainer.model.float().save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    Path(args.output_dir).exists() and remove(args.output_dir)
+    Path(trainer.args.output_dir).exists() and remove(trainer.args.output_dir)
     log.info("wrote %s", OUT)
 
 

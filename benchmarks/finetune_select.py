@@ -1,0 +1,109 @@
+"""Fine-tune settings per task, chosen on a held-out slice of the TRAINING split (never dev).
+
+For each task: a seeded 10 % of train (at least 200 rows) is held out; the model is fine-tuned on
+the rest once per candidate learning rate for `--epochs` epochs (the shared setup of fisvd.train:
+AdamW, batch 16, warm-up 10 %, linear decay, seed 42), scored on the held-out slice after every
+epoch. The chosen setting is the (learning rate, epochs) with the best held-out score (ties: fewer
+epochs, then the smaller rate). Note the per-epoch scores come from one linear schedule over the
+maximum epochs, so "epochs = e" is the early-stopping reading of that run, the usual approximation.
+The grid then fine-tunes on the whole train split with the chosen setting.
+
+Rows land in benchmarks/results/finetune_select.csv as each run finishes (a rerun skips the
+(task, model, learning rate, epochs) runs already there); the chosen settings go to
+finetune_select.json and a Markdown summary beside them.
+
+    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4]
+"""
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from fisvd.data import TASKS, load_local, resolve_glue_dir, subset, tokenize
+from fisvd.models import load_classifier, load_tokenizer, resolve_model
+from fisvd.train import epoch_scores, make_trainer
+
+OUT = Path("benchmarks/results")
+CSV, JSON, MD = OUT / "finetune_select.csv", OUT / "finetune_select.json", OUT / "finetune_select.md"
+MAX_EPOCHS = {"rte": 5, "stsb": 4, "cola": 4, "sst2": 3, "mrpc": 4, "qnli": 3, "mnli": 2, "qqp": 2, "wnli": 5}
+MAX_TRAIN = {"sst2": 10000, "qnli": 20000, "mnli": 20000, "qqp": 20000}   # the grid's seeded subsets
+FIXED = dict(batch_size=16, weight_decay=0.01, warmup_ratio=0.1, seed=42)
+MAX_LENGTH = 128
+
+
+def holdout_split(rows: list, share: float = 0.1, minimum: int = 200, seed: int = 0) -> tuple[list, list]:
+    """(fit rows, held-out rows): a seeded random `share` (≥ `minimum`) of `rows` held out."""
+    n = max(minimum, round(share * len(rows)))
+    held = set(random.Random(seed).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def choose(df: pd.DataFrame) -> dict:
+    """Best held-out score; ties → fewer epochs, then smaller learning rate."""
+    best = df.sort_values(["score", "epochs", "learning_rate"], ascending=[False, True, True]).iloc[0]
+    return {"learning_rate": float(best.learning_rate), "epochs": int(best.epochs),
+            "holdout_score": round(float(best.score), 2)}
+
+
+def report(df: pd.DataFrame) -> None:
+    chosen = {t: choose(g) for t, g in df.groupby("task")}
+    JSON.write_text(json.dumps(chosen, indent=2, sort_keys=True) + "\n")
+    lines = ["# Fine-tune settings chosen on a held-out slice of train", "",
+             "Produced by `python benchmarks/finetune_select.py`. Held-out: seeded 10 % of train (≥ 200 rows); "
+             "score ×100 on it after each epoch (one linear schedule over the maximum epochs). Fixed: "
+             + ", ".join(f"{k} {v}" for k, v in FIXED.items()) + f", max_length {MAX_LENGTH}. "
+             "Training subsets: " + ", ".join(f"{t} {n}" for t, n in MAX_TRAIN.items()) + ".", ""]
+    for t, g in df.groupby("task"):
+        piv = g.pivot_table(index="learning_rate", columns="epochs", values="score")
+        lines += [f"## {t}: chosen lr {chosen[t]['learning_rate']:g}, {chosen[t]['epochs']} epochs "
+                  f"(held-out {chosen[t]['holdout_score']:.2f})", "",
+                  "| lr \\ epoch | " + " | ".join(str(c) for c in piv.columns) + " |",
+                  "|---|" + "---|" * len(piv.columns)]
+        lines += [f"| {lr:g} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for lr, row in piv.iterrows()]
+        lines.append("")
+    MD.write_text("\n".join(lines))
+
+
+def run(task: str, lr: float, model_name: str) -> list[dict]:
+    rows, _ = load_local(task, resolve_glue_dir("."))
+    train = subset(rows["train"], MAX_TRAIN.get(task), 0)
+    fit, held = holdout_split(train)
+    path = resolve_model(model_name)
+    tok = load_tokenizer(path)
+    spec = TASKS[task]
+    model = load_classifier(path, spec.num_labels, spec.labels)
+    trainer = make_trainer(model, tok, task, tokenize(tok, fit, MAX_LENGTH), tokenize(tok, held, MAX_LENGTH),
+                           epochs=MAX_EPOCHS[task], learning_rate=lr, output_dir="/tmp/fisvd-select", **FIXED)
+    t0 = time.time()
+    trainer.train()
+    secs = time.time() - t0
+    return [{"task": task, "model": model_name, "learning_rate": lr, "epochs": e.pop("epoch"),
+             "fit_rows": len(fit), "holdout_rows": len(held), "seconds": round(secs), **e}
+            for e in epoch_scores(trainer)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", default="rte,stsb,cola,sst2,mrpc")
+    ap.add_argument("--lrs", default="3e-5,1e-4")
+    ap.add_argument("--model", default="minilm-l6")
+    a = ap.parse_args()
+    df = pd.read_csv(CSV) if CSV.exists() else pd.DataFrame()
+    for task in a.tasks.split(","):
+        for lr in (float(x) for x in a.lrs.split(",")):
+            if len(df) and ((df.task == task) & (df.model == a.model) & (df.learning_rate == lr)).any():
+                continue
+            new = pd.DataFrame(run(task, lr, a.model))
+            print(new[["task", "learning_rate", "epochs", "score", "collapsed", "seconds"]].to_string(index=False),
+                  flush=True)
+            df = pd.concat([df, new], ignore_index=True)
+            OUT.mkdir(parents=True, exist_ok=True)
+            df.to_csv(CSV, index=False)
+            report(df)
+
+
+if __name__ == "__main__":
+    main()
