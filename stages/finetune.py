@@ -4,12 +4,17 @@ CPU), wall-clock figures (runtime, samples per second) to metrics/finetune/runti
 
 HF Trainer with dynamic padding, AdamW, linear warm-up (finetune.warmup_ratio of all steps) and
 linear decay; CUDA + bf16 when available, CPU otherwise; seeded.
+
+`accelerate launch --num_processes N -m stages.finetune` (or `torchrun --nproc_per_node N -m
+stages.finetune`) trains data-parallel on N GPUs with the same global batch (finetune.batch_size,
+a multiple of N); rank 0 alone writes data/model, the DVCLive logs and runtime.json.
 """
 import logging
 from pathlib import Path
 
 from fisvd.cli import run_stage
 from fisvd.data import load_prepared, tokenize
+from fisvd.dist import close_group, init_group, is_main
 from fisvd.io import atomic_dir, remove, write_json
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
 from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
@@ -40,21 +45,28 @@ def main(params):
     set_seed(f.seed)
     tokenizer = load_tokenizer(path)
     model = load_classifier(path, meta["num_labels"], tuple(meta["label_names"]))
-    remove(OUT, FINETUNE_RUNTIME)
+    init_group()            # N processes when launched by accelerate / torchrun (else a no-op): every rank
+    main_rank = is_main()   # trains, rank 0 alone logs and writes
+    if main_rank:
+        remove(OUT, FINETUNE_RUNTIME)
     train = tokenize(tokenizer, splits["train"], f.max_length)
     dev = tokenize(tokenizer, splits["dev"], f.max_length)
     log.info("fine-tuning %s on %s: %d train / %d dev rows, %d epochs, %s", params.model.name, meta["task"],
              len(train), len(dev), f.epochs, "cuda+bf16" if torch.cuda.is_available() else "cpu")
-    live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False)
+    live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False) if main_rank else None   # rank 0 only
     callback = DeterministicLive(live=live)
     callback.runtime = {}
     trainer = make_trainer(model, tokenizer, meta["task"], train, dev, epochs=f.epochs,
                            learning_rate=f.learning_rate, batch_size=f.batch_size, weight_decay=f.weight_decay,
                            warmup_ratio=f.warmup_ratio, seed=f.seed, output_dir="data/.finetune-checkpoints",
-                           callbacks=[callback])
+                           callbacks=[callback] if main_rank else [])
     trainer.train()
-    live.end()
-    final = trainer.evaluate()
+    if main_rank:
+        live.end()
+    final = trainer.evaluate()      # on every rank: evaluation gathers the predictions of all processes
+    close_group()
+    if not main_rank:
+        return
     log.info("dev %s", {k: round(v, 4) for k, v in final.items() if k.startswith("eval_") and not is_runtime(k)})
     write_json(FINETUNE_RUNTIME, {k: round(v, 4) for k, v in callback.runtime.items()})
     with atomic_dir(OUT) as tmp:

@@ -160,3 +160,29 @@ def test_als_half_step_equals_per_row_weighted_least_squares(max_elems):
         G = sum(Fw[i, j] * torch.outer(X[j], X[j]) for j in range(n)) + lam * torch.eye(r, dtype=torch.float64)
         rhs = sum(Fw[i, j] * W[i, j] * X[j] for j in range(n))
         assert torch.allclose(got[i], torch.linalg.solve(G, rhs), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
+def test_decompose_truncated_equals_factorize_at_every_rank_and_gives_the_spectrum(shape):
+    """One SVD serves every rank (the grid's per-(task, factorisation) decomposition): slicing the
+    full factors equals factorising at that rank, and s² is the SVD spectrum of the whitened T."""
+    from fisvd.factorize import SLICEABLE, KfacParams, WhitenParams, decompose, truncate, whitened
+    torch.manual_seed(0)
+    m, n = shape
+    W = torch.randn(m, n, dtype=torch.float64)
+    X, G = torch.randn(50, n, dtype=torch.float64), torch.randn(60, m, dtype=torch.float64)
+    stats = {"fisher": torch.rand(m, n, dtype=torch.float64), "cov_x": X.T @ X, "cov_g": G.T @ G}
+    opts = {"svd": None, "fwsvd": None, "whiten": WhitenParams(0.01), "kfac": KfacParams(0.01, 0.05)}
+    assert set(SLICEABLE) == set(opts)
+    for method in SLICEABLE:
+        A, B, s2 = decompose(method, W, stats, opts[method])
+        T = whitened(method, W, stats, opts[method])
+        torch.testing.assert_close(s2, torch.linalg.svdvals(T) ** 2)
+        for r in range(1, min(m, n) + 1):
+            a, b = truncate((A, B), r, torch.float64)
+            a2, b2 = factorize(method, W, stats, r, opts[method])
+            torch.testing.assert_close(a @ b, a2 @ b2, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="depend on the rank"):
+        decompose("tfwsvd", W, stats, None)
+    with pytest.raises(ValueError, match="out of range"):
+        truncate((A, B), min(m, n) + 1)

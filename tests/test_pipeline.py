@@ -33,6 +33,9 @@ def project(tmp_path, tiny_model_dir, monkeypatch):
         src = ROOT / item
         shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) \
             if src.is_dir() else shutil.copy(src, repo / item)
+    table = "benchmarks/results/latency_table_cpu.json"      # an allocate input (fisvd.paths.LATENCY_TABLE)
+    (repo / table).parent.mkdir(parents=True)
+    shutil.copy(ROOT / table, repo / table)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["name"] = str(tiny_model_dir)
     params["finetune"].update(epochs=1, batch_size=8, max_length=32)

@@ -5,6 +5,18 @@ r ≥ r̄ keeps it dense. Kept ratio p = Σ size_ℓ / Σ m_ℓ n_ℓ. A rank r�
 Allowed ranks (rank_multiple k): {k, 2k, …} below r̄, plus r̄ (dense); k = 1 is every rank. Every
 method below picks from that set (k = 16 suits AVX-512 fp32 GEMMs, 8 GPU tensor cores: a rank of
 76 runs slower than one of 80 there; see benchmarks/lowrank_speed.py).
+Speed table (`allocate.speed_table`, fisvd.speed): a matrix may only take ranks whose factored
+form the table measured faster than dense for its shape (`Matrix.fast`); the allowed set becomes
+{multiples of k below r̄ that are faster} ∪ {r̄}. That set (`Matrix.allowed`, floor/ceil/next) is the
+one place every method picks from, so the rule is each method's own rule on the restricted set:
+rounding down (uniform_*, random, inter_layer_fi) snaps to the largest faster multiple ≤ r (or the
+smallest allowed rank), rounding up (fi_retention, energy) to the next faster multiple or dense; the
+knapsacks and fills only ever consider allowed ranks. Budget kind (`allocate.budget_kind`): params
+(the above), or latency: `Matrix.cost` holds the table's time of every rank (fisvd.speed.time_of),
+`size` then counts ms instead of parameters, p is the kept share of the Linears' measured time
+Σ t_ℓ(r_ℓ) / Σ t_ℓ(dense), and the knapsack spends time (costs rounded up to budget/2¹⁶, so the
+achieved share never exceeds p). Times need not grow with rank; bisected controls then stay
+feasible, and the fills treat a step that costs no time as free.
 Spectra: g_ℓ,k = σ_k(T_ℓ)², T the whitened matrix of the factorisation compress uses (FWSVD:
 W diag(s); whiten: W L_x; kfac: L_gᵀ W L_x; svd: W), so dropping component k costs ≈ ½ g_ℓ,k of
 loss under that factorisation's quadratic model, comparable across matrices (methods.md §7b);
@@ -33,6 +45,7 @@ ones, break-even included.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import random as _random
@@ -63,43 +76,65 @@ class Matrix:
     fisher_energy: float     # Σ F ⊙ W²
     step: int = 1            # rank_multiple k: allowed ranks are k, 2k, … below r̄, and r̄ (dense)
     loss: np.ndarray | None = None  # `measured`: predicted loss increase Δ(r) at index r-1, r = 1..r̄ (0 at r̄)
+    fast: frozenset | None = None   # speed table: the ranks < r̄ faster than dense (None: every rank)
+    cost: np.ndarray | None = None  # budget_kind latency: time of rank r at index r-1, r = 1..r̄ (r̄: dense)
     cum_g: np.ndarray = field(init=False)
     cum_e: np.ndarray = field(init=False)
+    ranks: list = field(init=False, repr=False)    # the allowed ranks, ascending, ending in r̄
 
     def __post_init__(self):
         self.cum_g = _cumratio(self.g)
         self.cum_e = _cumratio(self.e)
+        self.ranks = [r for r in range(self.step, self.rbar, self.step) if self.fast is None or r in self.fast]
+        self.ranks.append(self.rbar)
+        if self.cost is not None:
+            self.cost = np.asarray(self.cost, dtype=np.float64)
+            if self.cost.shape != (self.rbar,) or not np.isfinite(self.cost).all() or (self.cost <= 0).any():
+                raise AllocationError(f"{self.name}: cost must hold r̄ = {self.rbar} finite times > 0 "
+                                      f"(index r-1, the last dense); got shape {self.cost.shape}")
 
     @property
     def rbar(self) -> int:
         return (self.m * self.n) // (self.m + self.n)
 
-    @property
-    def dense_size(self) -> int:
-        return self.m * self.n
+    def params(self, r: int) -> int:
+        """Parameters kept at rank r: r(m+n), or mn when dense (r ≥ r̄)."""
+        return self.m * self.n if r >= self.rbar else r * (self.m + self.n)
 
-    def size(self, r: int) -> int:
-        return self.dense_size if r >= self.rbar else r * (self.m + self.n)
+    @property
+    def dense_size(self) -> float:
+        """What the budget counts for the dense matrix: mn parameters, or its time with `cost`."""
+        return self.size(self.rbar)
+
+    def size(self, r: int) -> float:
+        """What the budget counts at rank r: parameters r(m+n) (mn dense), or the time cost[r-1]."""
+        if self.cost is not None:
+            return float(self.cost[min(r, self.rbar) - 1])
+        return self.params(r)
 
     def rho(self, r: int) -> float:
         return 1.0 if r >= self.rbar else float(self.cum_g[r - 1])
 
     @property
     def rmin(self) -> int:
-        """Smallest allowed rank (r̄, i.e. dense, when k ≥ r̄)."""
-        return max(1, min(self.step, self.rbar))
+        """Smallest allowed rank (r̄, i.e. dense, when none below r̄ is allowed)."""
+        return self.ranks[0]
 
     def allowed(self) -> list[int]:
-        return list(range(self.step, self.rbar, self.step)) + [self.rbar]
+        """Allowed ranks, ascending: multiples of k below r̄ (those in `fast` with a speed table), and r̄."""
+        return list(self.ranks)
 
     def floor(self, r: int) -> int:
         """Largest allowed rank ≤ r (at least the smallest allowed one); r ≥ r̄ gives r̄."""
-        return self.rbar if r >= self.rbar else max(self.rmin, r - r % self.step)
+        if r >= self.rbar:
+            return self.rbar
+        i = bisect.bisect_right(self.ranks, r) - 1
+        return self.ranks[max(i, 0)]
 
     def ceil(self, r: int) -> int:
-        """Smallest allowed rank ≥ r; past the last multiple below r̄ that is r̄ (dense)."""
-        c = -(-max(r, 1) // self.step) * self.step
-        return self.rbar if c >= self.rbar else c
+        """Smallest allowed rank ≥ r; past the last allowed rank below r̄ that is r̄ (dense)."""
+        i = bisect.bisect_left(self.ranks, max(r, 1))
+        return self.ranks[i] if i < len(self.ranks) else self.rbar
 
     def next(self, r: int) -> int:
         """The allowed rank after r (< r̄): one step k up, or dense."""
@@ -129,22 +164,41 @@ def matrix_stats(name: str, layer: int, type_: str, W: torch.Tensor, F: torch.Te
                   float(Fd.sum()), float((Fd * Wd * Wd).sum()))
 
 
-def total_size(mats: list[Matrix], ranks: list[int]) -> int:
+def total_size(mats: list[Matrix], ranks: list[int]) -> float:
+    """What the budget counts: Σ parameters, or Σ time when the matrices carry a `cost`."""
     return sum(M.size(r) for M, r in zip(mats, ranks))
 
 
+def total_params(mats: list[Matrix], ranks: list[int]) -> int:
+    return sum(M.params(r) for M, r in zip(mats, ranks))
+
+
 def min_ratio(mats: list[Matrix]) -> float:
+    """The smallest reachable kept ratio (time share: the cheapest allowed rank need not be the smallest)."""
+    if _timed(mats):
+        return sum(min(M.size(r) for r in M.ranks) for M in mats) / sum(M.dense_size for M in mats)
     return total_size(mats, [M.rmin for M in mats]) / sum(M.dense_size for M in mats)
 
 
-def _budget(mats: list[Matrix], p: float | None) -> int:
+def _timed(mats: list[Matrix]) -> bool:
+    """True when the budget counts time (every matrix has a `cost`), False for parameters."""
+    kinds = {M.cost is not None for M in mats}
+    if len(kinds) > 1:
+        raise AllocationError("allocate.budget_kind: some matrices carry a time cost and some do not")
+    return kinds == {True}
+
+
+def _budget(mats: list[Matrix], p: float | None) -> float:
+    """The budget: ⌊p·Σ mn⌋ parameters, or p·Σ dense time (latency)."""
     if p is None:
         raise AllocationError("allocate.budget: this method needs a budget p in (0, 1]")
     pmin = min_ratio(mats)
     if p < pmin - 1e-12:
-        raise AllocationError(f"allocate.budget: {p} is below the minimum reachable kept ratio "
-                              f"{pmin:.4f} (the smallest allowed rank everywhere); use a budget >= "
-                              f"{math.ceil(pmin * 1e4) / 1e4}")
+        raise AllocationError(f"allocate.budget: {p} is below the minimum reachable kept "
+                              f"{'time share' if _timed(mats) else 'ratio'} {pmin:.4f} (the cheapest allowed "
+                              f"rank everywhere); use a budget >= {math.ceil(pmin * 1e4) / 1e4}")
+    if _timed(mats):
+        return p * sum(M.dense_size for M in mats)
     return math.floor(p * sum(M.dense_size for M in mats) + 1e-6)
 
 
@@ -186,7 +240,7 @@ def _bisect_scale(mats, ranks_of_scale, budget, lo=0.0, hi=1.0, iters=60):
     return ranks_of_scale(lo)
 
 
-def _fill(mats: list[Matrix], ranks: list[int], budget: int, priority) -> list[int]:
+def _fill(mats: list[Matrix], ranks: list[int], budget: float, priority) -> list[int]:
     """Spend leftover budget one rank step at a time, best `priority(i, r)` first."""
     ranks = list(ranks)
     used = total_size(mats, ranks)
@@ -227,14 +281,28 @@ def _max_fi_dp(mats: list[Matrix], budget: int, objective: str, max_cells: int =
     return _mck_dp(mats, budget, values, max_cells)
 
 
-def _mck_dp(mats: list[Matrix], budget: int, values: list[list[float]], max_cells: int = 4_000_000):
-    """Exact multiple-choice knapsack: one allowed rank per matrix (`values[i]` aligned with
-    `mats[i].allowed()`), maximising Σ value subject to Σ size ≤ budget, on the gcd cost unit.
-    None when the table would exceed `max_cells` (callers fall back to a greedy fill)."""
-    options = [M.allowed() for M in mats]
+TIME_UNITS = 1 << 16   # latency budget: the DP counts time in budget/TIME_UNITS steps, each cost rounded up
+
+
+def _unit_costs(mats: list[Matrix], options: list[list[int]], budget: float) -> tuple[list[list[int]], int]:
+    """Integer costs of every option and the budget in the same unit: parameters on their gcd (exact);
+    times (floats) on the unit budget/TIME_UNITS with every cost rounded UP, so any selection the DP
+    finds within its integer budget also keeps Σ time ≤ budget (optimal up to that rounding)."""
     costs = [[M.size(r) for r in opts] for M, opts in zip(mats, options)]
-    unit = reduce(math.gcd, [c for cs in costs for c in cs])
-    units = budget // unit
+    flat = [c for cs in costs for c in cs]
+    if all(float(c).is_integer() for c in flat):
+        unit = reduce(math.gcd, [int(c) for c in flat])
+        return [[int(c) // unit for c in cs] for cs in costs], int(budget // unit)
+    q = budget / TIME_UNITS
+    return [[math.ceil(c / q) for c in cs] for cs in costs], TIME_UNITS
+
+
+def _mck_dp(mats: list[Matrix], budget: float, values: list[list[float]], max_cells: int = 4_000_000):
+    """Exact multiple-choice knapsack: one allowed rank per matrix (`values[i]` aligned with
+    `mats[i].allowed()`), maximising Σ value subject to Σ size ≤ budget, on the gcd cost unit (times:
+    `_unit_costs`). None when the table would exceed `max_cells` (callers fall back to a greedy fill)."""
+    options = [M.allowed() for M in mats]
+    costs, units = _unit_costs(mats, options, budget)
     if units * len(mats) > max_cells * 20 or units > max_cells:
         return None
     dp = np.full(units + 1, -np.inf)
@@ -242,10 +310,9 @@ def _mck_dp(mats: list[Matrix], budget: int, values: list[list[float]], max_cell
     choice = np.zeros((len(mats), units + 1), dtype=np.int32)
     for i, M in enumerate(mats):
         new = np.full(units + 1, -np.inf)
-        for r, c, v in zip(options[i], costs[i], values[i]):
-            cu = c // unit
+        for r, cu, v in zip(options[i], costs[i], values[i]):
             if cu > units:
-                break
+                continue            # (times need not grow with rank: a larger rank may still fit)
             cand = dp[: units + 1 - cu] + v
             better = cand > new[cu:]
             new[cu:][better] = cand[better]
@@ -258,7 +325,7 @@ def _mck_dp(mats: list[Matrix], budget: int, values: list[list[float]], max_cell
     for i in range(len(mats) - 1, -1, -1):
         r = int(choice[i, b])
         ranks[i] = r
-        b -= mats[i].size(r) // unit
+        b -= costs[i][options[i].index(r)]
     return ranks
 
 
@@ -330,6 +397,8 @@ def uniform_rank(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
 @METHODS.register("uniform_ratio", help="control: r = floor(p * break-even rank) for every matrix; no fill")
 def uniform_ratio(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
     _budget(mats, p)
+    if _timed(mats):    # latency: the largest allowed rank keeping share p of the matrix's own time
+        return [max([r for r in M.allowed() if M.size(r) <= p * M.dense_size], default=M.rmin) for M in mats], {}
     return [M.floor(math.floor(p * M.rbar + 1e-9)) for M in mats], {}
 
 
@@ -386,9 +455,16 @@ def max_fi(mats: list[Matrix], p: float, opts: MaxFiParams) -> tuple[list[int], 
     ranks = _max_fi_dp(mats, B, opts.objective)
     info = {"solver": "dp" if ranks is not None else "greedy"}
     if ranks is None:
-        ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _gain(mats[i], r, opts.objective)
-                      / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
+        ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _per_cost(_gain(mats[i], r, opts.objective),
+                                                                              mats[i], r))
     return ranks, info
+
+
+def _per_cost(gain: float, M: Matrix, r: int) -> float:
+    """Gain per unit of budget of the step r → next(r); a step that costs nothing (times need not grow
+    with rank) comes first."""
+    d = M.size(M.next(r)) - M.size(r)
+    return gain / d if d > 0 else math.inf
 
 
 def check_curves(mats: list[Matrix]) -> None:
@@ -417,8 +493,8 @@ def measured(mats: list[Matrix], p: float, opts: MeasuredParams) -> tuple[list[i
     ranks = _mck_dp(mats, B, values)
     info = {"solver": "dp" if ranks is not None else "greedy"}
     if ranks is None:   # greedy on the loss decrease per parameter (exact only for convex curves)
-        ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: float(mats[i].loss[r - 1] - mats[i].loss[
-            mats[i].next(r) - 1]) / (mats[i].size(mats[i].next(r)) - mats[i].size(r)))
+        ranks = _fill(mats, [M.rmin for M in mats], B, lambda i, r: _per_cost(float(
+            mats[i].loss[r - 1] - mats[i].loss[mats[i].next(r) - 1]), mats[i], r))
     info["predicted_loss"] = float(sum(M.loss[r - 1] for M, r in zip(mats, ranks)))
     return ranks, info
 
@@ -451,9 +527,10 @@ def allocate(method: str, mats: list[Matrix], *, budget: float | None, rank_mult
     mats = [M if M.step == rank_multiple else dataclasses.replace(M, step=rank_multiple) for M in mats]
     ranks, info = entry.fn(mats, budget, opts)
     ranks = [min(max(1, r), M.rbar) for M, r in zip(mats, ranks)]
-    bad = [M.name for M, r in zip(mats, ranks) if r < M.rbar and r % M.step]
+    bad = [M.name for M, r in zip(mats, ranks) if r < M.rbar and r not in M.ranks]
     if bad:  # every method picks allowed ranks; this guards the invariant the tests rely on
-        raise AssertionError(f"{method}: ranks not multiples of {rank_multiple}: {bad[:3]}")
+        raise AssertionError(f"{method}: ranks not allowed (multiples of {rank_multiple}, faster than dense "
+                             f"with a speed table): {bad[:3]}")
     return ranks, info
 
 
@@ -461,7 +538,7 @@ def equivalent_uniform_rank(mats: list[Matrix], kept: int) -> int:
     """The uniform_rank allocation's rank with at most `kept` params: the largest r whose ranks
     (r, or dense where r ≥ r̄) keep ≤ `kept` (break-even included; 0 if even rank 1 is larger)."""
     top = max(min(M.m, M.n) for M in mats)
-    sizes = [total_size(mats, [min(r, M.rbar) for M in mats]) for r in range(1, top + 1)]
+    sizes = [total_params(mats, [min(r, M.rbar) for M in mats]) for r in range(1, top + 1)]
     return int(np.searchsorted(np.asarray(sizes), kept, side="right"))
 
 
@@ -473,9 +550,9 @@ def report(mats: list[Matrix], ranks: list[int], total_model_params: int) -> dic
         rows.append({"label": f"L{M.layer:02d} {M.type}", "name": M.name, "layer": M.layer, "type": M.type,
                      "shape": [M.m, M.n],
                      "rank": min(M.m, M.n) if dense else r, "dense": dense,
-                     "kept_params": M.size(r), "fi_retained": round(M.rho(r), 6)})
-    dense_total = sum(M.dense_size for M in mats)
-    kept = total_size(mats, ranks)
+                     "kept_params": M.params(r), "fi_retained": round(M.rho(r), 6)})
+    dense_total = sum(M.params(M.rbar) for M in mats)
+    kept = total_params(mats, ranks)
     p = kept / dense_total
     return {"matrices": rows, "totals": {
         "kept_ratio": round(p, 6),

@@ -398,3 +398,15 @@ def joint_refine(model: nn.Module, mats: list[Matrix], ranks: list[int], factor_
     finally:
         restore()
 
+
+
+def joint_deltas(model: nn.Module, candidates: list[dict[str, tuple[torch.Tensor, torch.Tensor]]],
+                 batches: Iterable[dict], device, *, metric: str) -> list[float]:
+    """Δ (module docstring) of each candidate compressed model, every named Linear of a candidate
+    replaced by its (A, B) factors at once; one dense reference for all. The model is left as it was."""
+    restore = _session(model, device)
+    try:
+        probe = _Probe(model, batches, device, metric, cache_blocks=True)
+        return [probe.measure({n: _lowrank(model, n, f) for n, f in c.items()}) for c in candidates]
+    finally:
+        restore()

@@ -19,7 +19,9 @@ from .params import Params, load_params
 from .paths import STAGES, require
 
 
-def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], None], methods: str = "") -> None:
+def run_stage(name: str, doc: str, keys: list[str], main: Callable[..., None], methods: str = "",
+              arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Run a stage's `main(params)`; with `arguments` (adds options to the parser) `main(params, args)`."""
     ins, outs = STAGES[name]
     parser = argparse.ArgumentParser(
         prog=f"python -m stages.{name}", description=doc,
@@ -28,13 +30,15 @@ def run_stage(name: str, doc: str, keys: list[str], main: Callable[[Params], Non
         + f"\ninputs: {', '.join(ins) or '(GLUE source)'}\noutputs: {', '.join(outs)}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if arguments is not None:
+        arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("FISVD_LOG", "INFO"), stream=sys.stderr,
                         format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
     try:
         params = load_params(args.params)
         require(name)
-        main(params)
+        main(params, args) if arguments is not None else main(params)
     except InputError as exc:
         kind = "invalid parameter" if isinstance(exc, ParamError) else "invalid input"
         print(f"error: {kind}: {exc}", file=sys.stderr)

@@ -104,7 +104,8 @@ def splits_of(task: str) -> tuple[str, ...]:
 
 
 def resolve_glue_dir(project_root: str | Path = ".") -> Optional[Path]:
-    """GLUE_DIR env, else ../shared/data/glue beside the project, else None (= HF hub)."""
+    """GLUE_DIR env, else ../shared/data/glue beside the project (the nearest folder at or above
+    `project_root` holding .dvc/), else None (= HF hub)."""
     env = os.environ.get("GLUE_DIR")
     if env:
         path = Path(env).expanduser()
@@ -112,7 +113,12 @@ def resolve_glue_dir(project_root: str | Path = ".") -> Optional[Path]:
             raise DataError(f"GLUE_DIR={env}: directory not found; point it at a folder holding "
                             f"<TASK>/train.tsv and dev.tsv, or unset it to load nyu-mll/glue from the hub")
         return path.resolve()
-    sibling = Path(project_root).resolve().parent / "shared" / "data" / "glue"
+    root = Path(project_root).resolve()
+    for d in (root, *root.parents):   # grid run folders sit inside the project: use its root
+        if (d / ".dvc").is_dir():
+            root = d
+            break
+    sibling = root.parent / "shared" / "data" / "glue"
     return sibling if sibling.is_dir() else None
 
 
@@ -303,3 +309,9 @@ def batches(features: list[dict], batch_size: int, collator):
     """Fixed-order (unshuffled) padded batches."""
     for i in range(0, len(features), batch_size):
         yield collator(features[i:i + batch_size])
+
+
+def by_length(features: list[dict]) -> list[int]:
+    """Indices of `features` sorted by token count (stable): batching in this order pads far less
+    (dev sets, calibration slices); results are put back in the original order by the caller."""
+    return sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))

@@ -10,29 +10,47 @@ import re
 import sys
 from pathlib import Path
 
-from .params import registries
+import yaml
+
+from .params import flat_keys, registries
 
 MARKERS = {"params": ("<!-- params-table -->", "<!-- /params-table -->"),
            "methods": ("<!-- methods-table -->", "<!-- /methods-table -->")}
 
 
+def _flow(value) -> str:
+    """A value as one line of YAML (flow style) that loads back to the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-3].strip() if text.endswith("...") else text
+
+
 def params_rows(text: str) -> list[tuple[str, str, str]]:
-    """(dotted key, default, comment) for every leaf of params.yaml, in file order; comment lines that
-    continue a key's comment (deeper `#` lines right after it) are joined to it."""
-    rows, stack = [], []
+    """(dotted key, default, comment) for every leaf of params.yaml (`fisvd.params.flat_keys`), in
+    file order. A leaf's comment is its own line's `# …` (joined with deeper `#` lines right after it)
+    or, for leaves inside a flow mapping or a list, that of the nearest key line above it."""
+    comments, stack, last = {}, [], None
     for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            if rows and line.strip().startswith("#") and len(line) - len(line.lstrip()) > 2:
-                key, default, comment = rows[-1]
-                rows[-1] = (key, default, f"{comment} {line.strip()[1:].strip()}".strip())
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            if last and line.strip().startswith("#") and len(line) - len(line.lstrip()) > 2:
+                comments[last] = f"{comments[last]} {line.strip()[1:].strip()}".strip()
             continue
         m = re.match(r"^(\s*)([A-Za-z_][\w]*):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
         if not m:
             continue
-        indent, key, value, comment = len(m.group(1)) // 2, m.group(2), m.group(3), m.group(4) or ""
+        indent, key, comment = len(m.group(1)) // 2, m.group(2), m.group(4) or ""
         stack = stack[:indent] + [key]
-        if value:
-            rows.append((".".join(stack), value, comment))
+        last = ".".join(stack)
+        comments[last] = comment
+    data = yaml.safe_load(text)
+    rows = []
+    for key in flat_keys(data):
+        node = data
+        for part in key.split("."):
+            node = node[part]
+        parts = key.split(".")
+        while parts and not comments.get(".".join(parts)):
+            parts.pop()
+        rows.append((key, _flow(node), comments.get(".".join(parts), "")))
     return rows
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import batches, by_length
 from .lowrank import LowRankLinear
 from .models import compressible_linears
 
@@ -33,6 +34,17 @@ def predict(model: nn.Module, batches, device: torch.device) -> np.ndarray:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(model(**batch).logits.float().cpu())
     return torch.cat(out).numpy()
+
+
+def predict_sorted(model: nn.Module, features: list[dict], batch_size: int, collator,
+                   device: torch.device) -> np.ndarray:
+    """`predict` over `features` batched in token-length order (far less padding), logits returned
+    in the original order."""
+    order = by_length(features)
+    logits = predict(model, batches([features[i] for i in order], batch_size, collator), device)
+    out = np.empty_like(logits)
+    out[order] = logits
+    return out
 
 
 LATENCY_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

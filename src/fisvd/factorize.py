@@ -329,3 +329,46 @@ def whitened(method: str, W: torch.Tensor, stats, opts=None, **kw) -> torch.Tens
     if W.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(W.shape)}")
     return _WHITENED[method](W, stats, opts)
+
+
+# Factorisations whose rank-r factors are the first r columns of A / rows of B of one full
+# decomposition (A = L_g⁻ᵀ U S or U S, B = Vᵀ L_x⁻¹ or Vᵀ diag(s)⁻¹): one SVD per matrix serves every
+# rank. tfwsvd's weighted ALS depends on r, so it is factorised per rank.
+SLICEABLE = ("svd", "fwsvd", "whiten", "kfac")
+
+
+def _unwhiten(method: str, W: torch.Tensor, stats, opts, US: torch.Tensor, Vh: torch.Tensor):
+    """Factors of W from those of T (= whitened(method, W, …)): the inverse of the whitening."""
+    if method == "svd":
+        return US, Vh
+    if method == "fwsvd":
+        return US, Vh / fwsvd_scale(stats["fisher"]).to(W.device)[None, :]
+    Lx = damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
+    B = torch.linalg.solve_triangular(Lx, Vh, upper=False, left=False)           # B L_x = Vᵀ
+    if method == "whiten":
+        return US, B
+    Lg = damped_cholesky(stats["cov_g"].to(W.device), opts.alpha_g)
+    return torch.linalg.solve_triangular(Lg.T, US, upper=True), B                 # L_gᵀ A = U S
+
+
+def decompose(method: str, W: torch.Tensor, stats, opts=None, **kw):
+    """One SVD of T = whitened(method, W, stats) → (A [m, k], B [k, n], s² [k]), k = min(m, n),
+    float64, columns in descending singular value of T: `truncate((A, B), r)` equals
+    `factorize(method, W, stats, r)` for every r and s² is the spectrum the allocators spend on
+    (`allocate.matrix_stats`' g), so a grid pays one SVD per matrix per factorisation."""
+    if method not in SLICEABLE:
+        raise ValueError(f"{method}: factors depend on the rank (not one of {', '.join(SLICEABLE)})")
+    _, stats, opts = _prepare(method, stats, opts, kw)
+    _check_rank(W, 1)
+    T = _WHITENED[method](W, stats, opts)
+    U, S, Vh = torch.linalg.svd(T.double(), full_matrices=False)
+    A, B = _unwhiten(method, W, stats, opts, U * S, Vh)
+    return A, B, S ** 2
+
+
+def truncate(full: tuple[torch.Tensor, torch.Tensor], r: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-r factors (A[:, :r], B[:r]) of a full decomposition, cast to `dtype`."""
+    A, B = full
+    if not 1 <= r <= A.shape[1]:
+        raise ValueError(f"rank {r} out of range [1, {A.shape[1]}]")
+    return A[:, :r].to(dtype).contiguous(), B[:r].to(dtype).contiguous()

@@ -6,6 +6,11 @@ Model in eval() (no dropout), gradients on, fp32, task loss (CE; MSE for STS-B),
   over chunks of `batch_size` examples, each example at its own unpadded length).
 Stored raw: the un-normalised sums Σ (∂L/∂W)² per matrix and the count (B or N), in safetensors;
 `load_fisher` divides. Never normalised per layer, so magnitudes stay comparable across layers.
+
+Under `accelerate launch` / `torchrun` with N processes (`fisvd.dist`), each rank takes a
+round-robin share of the whole mini-batches (per_batch) or of the length-sorted vmap chunks
+(per_sample), and the sums and counts are all-reduced: every rank returns the single-process
+result, up to float summation order.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .dist import all_reduce, shard, sum_counts
 from .errors import FisherError
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,7 @@ def fisher_per_batch(model: nn.Module, names: list[str], batches: Iterable[dict]
     _freeze_others(model, weights)
     sums = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
     count = examples = 0
-    for batch in progress(batches):
+    for batch in progress(shard(batches)):
         batch = {k: v.to(device) for k, v in batch.items()}
         model.zero_grad(set_to_none=True)
         loss = model(**batch).loss
@@ -54,7 +60,9 @@ def fisher_per_batch(model: nn.Module, names: list[str], batches: Iterable[dict]
         count += 1
         examples += batch["input_ids"].shape[0]
     model.zero_grad(set_to_none=True)
-    return {n: s.cpu() for n, s in sums.items()}, count, examples
+    all_reduce(sums)
+    counts = sum_counts({"count": count, "examples": examples}, device)
+    return {n: s.cpu() for n, s in sums.items()}, counts["count"], counts["examples"]
 
 
 def fisher_per_sample(model: nn.Module, names: list[str], features: list[dict], collator,
@@ -62,7 +70,8 @@ def fisher_per_sample(model: nn.Module, names: list[str], features: list[dict], 
     """Exact per-example squared gradients, summed; returns (sums, N, N).
 
     Examples are grouped by length so that a vmap chunk needs no padding; each example's loss is
-    computed exactly as in a micro-batch of one.
+    computed exactly as in a micro-batch of one. Several processes: each takes its share of the
+    chunks (a rank may get none), then the sums are all-reduced.
     """
     from torch.func import functional_call, grad, vmap
 
@@ -86,12 +95,13 @@ def fisher_per_sample(model: nn.Module, names: list[str], features: list[dict], 
         cur.append(i)
     if cur:
         groups.append(cur)
-    for idx in progress(groups):
+    for idx in progress(shard(groups)):
         batch = {k: v.to(device) for k, v in collator([features[i] for i in idx]).items()}
         batch.pop("attention_mask", None)  # equal lengths: all-ones mask == no mask (vmap-safe)
         g = per_example_grads(params, batch)
         for n in names:
             sums[n] += (g[f"{n}.weight"].float() ** 2).sum(0)
+    all_reduce(sums)
     return {n: s.cpu() for n, s in sums.items()}, len(features), len(features)
 
 

@@ -128,14 +128,26 @@ class MethodSection:
         return self.options.get(name or self.method)
 
 
+BUDGET_KINDS = ("params", "latency")
+
+
 @dataclass(frozen=True)
 class AllocateParams(MethodSection):
     budget: float
     rank_multiple: int
+    budget_kind: str              # params | latency (p = kept share of the speed table's time)
+    speed_table: Optional[str]    # latency table JSON (fisvd.speed): only ranks faster than dense; null = off
 
     def validate(self, key: str) -> None:
         unit(f"{key}.budget", self.budget)
         at_least(f"{key}.rank_multiple", self.rank_multiple, 1)
+        choice(f"{key}.budget_kind", self.budget_kind, BUDGET_KINDS)
+        if self.speed_table is not None and not self.speed_table.strip():
+            raise ParamError(f"{key}.speed_table: empty; give a latency table JSON path or null (off)")
+        if self.budget_kind == "latency" and self.speed_table is None:
+            raise ParamError(f"{key}.speed_table: null, but {key}.budget_kind latency spends the measured time "
+                             f"of a speed table; set {key}.speed_table (benchmarks/latency_table.py writes "
+                             f"one) or {key}.budget_kind: params")
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,91 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class TaskFinetune:
+    learning_rate: float
+    epochs: int
+
+    def validate(self, key: str) -> None:
+        positive(f"{key}.learning_rate", self.learning_rate)
+        at_least(f"{key}.epochs", self.epochs, 1)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Where a method runs in the grid: each list (when given) restricts its cells to those values;
+    an omitted key means no restriction."""
+    OPTIONAL_KEYS = True
+    tasks: Optional[list[str]]
+    factorisations: Optional[list[str]]
+    budgets: Optional[list[int]]
+
+
+def _names(key: str, values, allowed) -> None:
+    for i, v in enumerate(values):
+        choice(f"{key}[{i}]", v, tuple(allowed))
+    if len(set(values)) != len(values):
+        raise ParamError(f"{key}: {values!r} repeats a value")
+
+
+@dataclass(frozen=True)
+class GridParams:
+    tasks: list[str]
+    seeds: list[int]
+    budgets: list[int]
+    allocations: list[str]
+    factorisations: list[str]
+    limit: dict[str, Limit]
+    max_train_samples: dict[str, int]
+    finetune: dict[str, TaskFinetune]
+
+    def validate(self, key: str) -> None:
+        reg = registries()
+        _names(f"{key}.tasks", self.tasks, TASKS)
+        _names(f"{key}.allocations", self.allocations, reg["allocate"].names())
+        _names(f"{key}.factorisations", self.factorisations, reg["compress"].names())
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ParamError(f"{key}.seeds: {self.seeds!r}; give one or more distinct seeds")
+        if not self.budgets or len(set(self.budgets)) != len(self.budgets):
+            raise ParamError(f"{key}.budgets: {self.budgets!r}; give one or more distinct integer percents")
+        for i, b in enumerate(self.budgets):
+            if not 1 <= b <= 100:
+                raise ParamError(f"{key}.budgets[{i}]: {b!r} is out of range; kept percent in [1, 100]")
+        methods = set(reg["allocate"].names()) | set(reg["compress"].names())
+        for name, lim in self.limit.items():
+            choice(f"{key}.limit.{name}", name, tuple(sorted(methods)))
+            if lim.tasks is not None:
+                _names(f"{key}.limit.{name}.tasks", lim.tasks, TASKS)
+            if lim.factorisations is not None:
+                _names(f"{key}.limit.{name}.factorisations", lim.factorisations, reg["compress"].names())
+        for t in list(self.max_train_samples) + list(self.finetune):
+            choice(f"{key}.max_train_samples/finetune: task {t}", t, TASKS)
+        for t in self.tasks:
+            if t not in self.finetune:
+                raise ParamError(f"{key}.finetune.{t}: missing; every grid task needs its fine-tune settings "
+                                 f"(learning_rate, epochs; benchmarks/finetune_select.py chooses them)")
+
+
+@dataclass(frozen=True)
+class RecoverCell:
+    allocation: str
+    factorisation: str
+    budgets: list[int]
+
+
+@dataclass(frozen=True)
+class RecoverParams:
+    epochs: int
+    cells: list[RecoverCell]
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.epochs", self.epochs, 1)
+        reg = registries()
+        for i, c in enumerate(self.cells):
+            choice(f"{key}.cells[{i}].allocation", c.allocation, reg["allocate"].names())
+            choice(f"{key}.cells[{i}].factorisation", c.factorisation, reg["compress"].names())
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     model: ModelParams
@@ -163,6 +260,8 @@ class Params:
     allocate: AllocateParams
     compress: CompressParams
     evaluate: EvaluateParams
+    grid: GridParams
+    recover: RecoverParams
 
 
 def _type_name(tp: Any) -> str:
@@ -172,6 +271,14 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check `value` against the annotated type `tp` (int, float, str, bool, Optional[...], dataclass)."""
     origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamError(f"{key}: {value!r} has the wrong type; expected a list")
+        return [_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamError(f"{key}: {value!r} has the wrong type; expected a mapping")
+        return {str(k): _coerce(f"{key}.{k}", v, typing.get_args(tp)[1]) for k, v in value.items()}
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(key, value, args[0])
@@ -207,6 +314,9 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in names and key not in sub:
             raise ParamError(f"{where(key)}: unknown key; allowed keys{' under ' + prefix if prefix else ''}: "
                              f"{', '.join(names + sub)}")
+    optional = getattr(cls, "OPTIONAL_KEYS", False)
+    if optional:
+        raw = {k: raw.get(k) for k in names}
     for key in names + sub:
         if key not in raw:
             raise ParamError(f"{where(key)}: missing key (every key is set in params.yaml; see the README)")

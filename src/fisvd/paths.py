@@ -24,16 +24,44 @@ FISHER_RUNTIME = "metrics/fisher/runtime.json"
 RANKS = "metrics/allocate/ranks.json"
 METRICS = "metrics/evaluate/metrics.json"
 LATENCY = "metrics/evaluate/latency.json"
+# the CPU latency table (benchmarks/latency_table.py, committed): the one `allocate.speed_table` may
+# name, so DVC re-runs allocate when it is re-measured
+LATENCY_TABLE = "benchmarks/results/latency_table_cpu.json"
+# grid run folders (grid/<task>/s<seed>/, fisvd.grid): the same stages above plus these
+RESULTS = "results"
+DENSE_RESULT = "results/dense.json"
+CELL_MEMO = ".cellcache"
+RECOVER_LIVE = "metrics/recover"
+
+
+def cell_result(factorisation: str, allocation: str, budget: int) -> str:
+    """One grid cell's result (one file per cell: a recovery stage depends on exactly its cell)."""
+    return f"{RESULTS}/{factorisation}/{allocation}-p{budget:02d}.json"
+
+
+def cells_runtime(factorisation: str) -> str:
+    """Wall-clock figures of a cells stage (git-tracked, not an output: they differ run to run)."""
+    return f"metrics/runtime/cells-{factorisation}.json"
+
+
+def recover_result(name: str) -> str:
+    return f"{RESULTS}/{name}.json"
 
 # stage: (pipeline inputs, outputs); sources (scripts, modules) are listed in dvc.yaml
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": ((), (PREPARED, MANIFEST)),
     "finetune": ((PREPARED,), (MODEL, FINETUNE_LIVE)),
     "fisher": ((PREPARED, MODEL), (FISHER, STATS, FISHER_SUMMARY)),
-    "allocate": ((PREPARED, MODEL, FISHER, STATS), (RANKS,)),
+    "allocate": ((PREPARED, MODEL, FISHER, STATS, LATENCY_TABLE), (RANKS,)),
     "compress": ((MODEL, FISHER, STATS, RANKS), (COMPRESSED,)),
     "evaluate": ((PREPARED, MODEL, COMPRESSED), (METRICS,)),
+    # grid stages (fisvd.grid; outputs named per factorisation / cell)
+    "dense": ((PREPARED, MODEL), (DENSE_RESULT,)),
+    "cells": ((PREPARED, MODEL, FISHER, STATS), (cell_result("<factorisation>", "<allocation>", 0),)),
+    "recover": ((PREPARED, MODEL, FISHER, STATS), (recover_result("recover-<cell>"),)),
+    "report": ((), ("../metrics/report",)),
 }
+ROOT_STAGES = ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate")   # dvc.yaml
 # Run-time figures (wall clock: differ on every run) a stage also writes, git-tracked. They are
 # dvc.yaml's top-level `metrics` (shown by `dvc metrics show/diff`, `dvc exp show`), not stage
 # outputs: an output's hash lands in dvc.lock, which would then change on every run.
@@ -55,5 +83,8 @@ def require(stage: str, root: str | Path = ".") -> None:
     """Raise MissingInputError for the first missing input of `stage` (checked in pipeline order)."""
     for path in STAGES[stage][0]:
         if not (Path(root) / path).exists():
+            if path == LATENCY_TABLE:   # committed, not a stage output
+                raise MissingInputError(f"{path}: missing input of stage {stage}; restore it from git or "
+                                        f"rebuild it with `python benchmarks/latency_table.py`")
             raise MissingInputError(f"{path}: missing input of stage {stage}; run `dvc repro "
                                     f"{producer(path)}` first")

@@ -12,6 +12,11 @@ batches. Model in eval() (no dropout); one forward and one backward per batch; f
 (`addmm_` of XᵀX on the token rows selected by the batch's attention_mask, so padded tokens never
 enter; no mask = every token counts); the sums are symmetrised once at the end.
 
+Under `accelerate launch` / `torchrun` with N processes (torch.distributed initialised, see
+`fisvd.dist`), each rank takes the batches `batches[rank::N]` (whole batches, so every batch's
+gradient is the single-process one) and the raw sums and counts are all-reduced: every rank returns
+the single-process result, up to float summation order.
+
 Matrices that read the same input tensor (BERT q, k, v) share one Σx, computed once and stored once
 under the name of the first of them in model order; `meta["cov_x_of"]` maps every matrix to its Σx.
 
@@ -40,6 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .dist import all_reduce, shard, sum_counts, world_size
 from .errors import InputError
 
 KIND = "twosided"
@@ -71,7 +77,16 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
     """Raw sums Σx (shared per input tensor) and Σg of the Linears `names` (model order); see above.
 
     With `fisher_out` (a dict), the same backward pass also yields the per_batch diagonal Fisher:
-    `fisher_out[name]` = Σ_b (∂L_b/∂W)² (raw sums over batches, as `fisher.fisher_per_batch`)."""
+    `fisher_out[name]` = Σ_b (∂L_b/∂W)² (raw sums over batches, as `fisher.fisher_per_batch`).
+
+    Several processes: this rank's share of the batches, then sums all-reduced (module docstring)."""
+    world = world_size()
+    if world > 1:
+        batches = list(batches)
+        if len(batches) < world:    # every rank must learn the Σx sharing from a forward pass
+            raise StatsError(f"{len(batches)} batches for {world} processes: every process needs at least one "
+                             f"batch; use fewer processes or a smaller fisher.batch_size")
+        batches = shard(batches)
     model.eval().to(device)
     mods = {n: model.get_submodule(n) for n in names}
     for n, m in mods.items():
@@ -159,6 +174,14 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
         raise ValueError("no batches: the statistics would be empty")
     for n, m in mods.items():           # no gradient reached it: all zero (check_against rejects it)
         sums.setdefault(f"cov_g/{n}", torch.zeros(m.out_features, m.out_features, device=device))
+    if world > 1:
+        all_reduce(sums)
+        if fisher_out is not None:
+            all_reduce(fisher_out)
+        counts = sum_counts({"batches": batches_n, "examples": examples,
+                             **{f"tokens/{n}": c for n, c in tokens.items()}}, device)
+        batches_n, examples = counts["batches"], counts["examples"]
+        tokens = {n: counts[f"tokens/{n}"] for n in names}
     stats = {k: ((s + s.T) / 2).cpu() for k, s in sorted(sums.items())}
     if fisher_out is not None:
         fisher_out.update({n: f.cpu() for n, f in fisher_out.items()})

@@ -4,6 +4,11 @@ fine-tune settings selection (benchmarks/finetune_select.py): one setup everywhe
 AdamW (weight decay), linear warm-up over `warmup_ratio` of all steps then linear decay to 0,
 dynamic padding, seeded data order; CUDA + bf16 autocast when available, CPU otherwise. Eval on
 `eval_feats` after every epoch (the per-epoch metrics land in `trainer.state.log_history`).
+
+Under `accelerate launch` / `torchrun` with N processes the Trainer trains data-parallel (DDP) and
+`batch_size` stays the global batch: each process takes batch_size / N examples per step (DDP
+averages the gradients), so the number of steps and the learning-rate schedule are those of one
+process.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import math
 import numpy as np
 
 from .data import collate
+from .dist import is_main, launched_world_size
+from .errors import ParamError
 from .metrics import glue_metrics, predictions
 
 RUNTIME_WORDS = ("runtime", "per_second")
@@ -32,6 +39,10 @@ def make_trainer(model, tokenizer, task: str, train_feats, eval_feats, *, epochs
     set_seed(seed)
     steps = epochs * math.ceil(len(train_feats) / batch_size)
     cuda = torch.cuda.is_available()
+    world = launched_world_size()
+    if batch_size % world:
+        raise ParamError(f"batch size {batch_size} does not split evenly over {world} processes (WORLD_SIZE); "
+                         f"use a multiple of {world}")
 
     def compute_metrics(ev):
         m = glue_metrics(task, predictions(task, np.asarray(ev.predictions)), ev.label_ids)
@@ -39,10 +50,13 @@ def make_trainer(model, tokenizer, task: str, train_feats, eval_feats, *, epochs
 
     args = TrainingArguments(
         output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate,
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
+        per_device_train_batch_size=batch_size // world, per_device_eval_batch_size=64,
         weight_decay=weight_decay, warmup_steps=math.ceil(warmup_ratio * steps),
         lr_scheduler_type="linear", eval_strategy="epoch", logging_strategy="epoch", save_strategy="no",
-        report_to="none", seed=seed, data_seed=seed, bf16=cuda, use_cpu=not cuda, dataloader_num_workers=0)
+        report_to="none", seed=seed, data_seed=seed, bf16=cuda, use_cpu=not cuda, dataloader_num_workers=0,
+        # the classifier's loss is a per-example mean that ignores `num_items_in_batch`: with token
+        # averaging (on by default) the Trainer would scale it by N under N processes (no-op for one)
+        average_tokens_across_devices=False)
     return Trainer(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats,
                    data_collator=collate(tokenizer), processing_class=tokenizer,
                    compute_metrics=compute_metrics, callbacks=list(callbacks))
@@ -56,3 +70,24 @@ def epoch_scores(trainer) -> list[dict]:
             out.append({"epoch": int(round(e["epoch"])),
                         **{k[5:]: v for k, v in e.items() if k.startswith("eval_") and not is_runtime(k)}})
     return out
+
+
+def live_callback(live_dir: str):
+    """(DVCLive callback minus wall-clock entries, dict collecting those entries): per-epoch metrics
+    and plots under `live_dir` stay deterministic; the runtime figures go wherever the caller puts
+    the dict. On ranks other than 0 of a multi-process run: (None, {})."""
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    runtime: dict = {}
+
+    class DeterministicLive(DVCLiveCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            runtime.update({k: v for k, v in (logs or {}).items() if is_runtime(k)})
+            logs = {k: v for k, v in (logs or {}).items() if not is_runtime(k)}
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    if not is_main():       # other processes of a multi-process run log nothing
+        return None, runtime
+    live = Live(live_dir, dvcyaml=False, save_dvc_exp=False)
+    return DeterministicLive(live=live), runtime

@@ -1,0 +1,82 @@
+"""Damping α of the two-sided factorisations, chosen on TRAINING data (never dev).
+
+For the workspace pipeline's fine-tuned model and statistics (`dvc repro fisher` first), each
+candidate (alpha_x, alpha_g) of `kfac` and alpha_x of `whiten` compresses the model with
+`uniform_rank` at p ∈ {0.5, 0.3, 0.2}; the score is the KL of compressed vs dense logits on the
+`measured` method's seeded training slice (fisvd.calibrate.joint_deltas), averaged over the budgets
+(geometric mean: the budgets' KLs differ by orders of magnitude). The lowest mean wins; params.yaml's
+compress.kfac / compress.whiten cite benchmarks/results/alpha_select_<task>.md.
+
+    python benchmarks/alpha_select.py [--alphas 0.001,0.01,0.1]
+"""
+import argparse
+import itertools
+
+import numpy as np
+import torch
+
+from fisvd.allocate import allocate
+from fisvd.calibrate import joint_deltas
+from fisvd.cells import make_matrix
+from fisvd.data import batches, by_length, collate, load_prepared, subset, tokenize
+from fisvd.factorize import KfacParams, WhitenParams, decompose, truncate
+from fisvd.fisher import load_fisher
+from fisvd.models import compressible_linears, load_classifier, load_tokenizer
+from fisvd.params import load_params
+from fisvd.paths import FISHER, MODEL, PREPARED, STATS
+from fisvd.results import recorded
+from fisvd.stats import load_stats, matrix_stats as stats_of
+
+BUDGETS = (0.5, 0.3, 0.2)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--alphas", default="0.001,0.01,0.1")
+    a = ap.parse_args()
+    alphas = [float(x) for x in a.alphas.split(",")]
+    params = load_params("params.yaml")
+    meta, splits = load_prepared(PREPARED)
+    tok = load_tokenizer(MODEL)
+    model = load_classifier(MODEL, meta["num_labels"]).float().eval()
+    infos = compressible_linears(model)
+    fisher, _ = load_fisher(FISHER)
+    stats, smeta = load_stats(STATS)
+    o = params.allocate.opts("measured")
+    feats = tokenize(tok, subset(splits["train"], o.slice, 0), params.finetune.max_length)
+    slice_batches = list(batches([feats[i] for i in by_length(feats)], 32, collate(tok)))
+    W = {m.name: model.get_submodule(m.name).weight.detach() for m in infos}
+    per = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
+    cands = [("whiten", WhitenParams(ax)) for ax in alphas] + \
+            [("kfac", KfacParams(ax, ag)) for ax, ag in itertools.product(alphas, alphas)]
+    print(f"{meta['task']}: KL(dense || compressed) on {len(feats)} training examples, uniform_rank at p = "
+          f"{', '.join(map(str, BUDGETS))}\n")
+    print(f"{'method':7} {'alpha_x':>8} {'alpha_g':>8} " + " ".join(f"{'p=' + str(p):>10}" for p in BUDGETS)
+          + f" {'geo-mean':>10}")
+    best = {}
+    for method, opts in cands:
+        full, mats = {}, []
+        for m in infos:
+            A, B, g = decompose(method, W[m.name], per[m.name], opts=opts)
+            full[m.name] = (A, B)
+            mats.append(make_matrix(m.name, m.layer, m.type, W[m.name], fisher[m.name], g))
+        models = []
+        for p in BUDGETS:
+            ranks, _ = allocate("uniform_rank", mats, budget=p, rank_multiple=params.allocate.rank_multiple)
+            models.append({M.name: truncate(full[M.name], r) for M, r in zip(mats, ranks) if r < M.rbar})
+        kl = joint_deltas(model, models, slice_batches, torch.device("cpu"), metric="kl")
+        geo = float(np.exp(np.mean(np.log(np.maximum(kl, 1e-12)))))
+        ag = getattr(opts, "alpha_g", None)
+        print(f"{method:7} {opts.alpha_x:8g} {'-' if ag is None else f'{ag:g}':>8} "
+              + " ".join(f"{v:10.4g}" for v in kl) + f" {geo:10.4g}", flush=True)
+        if method not in best or geo < best[method][1]:
+            best[method] = (opts, geo)
+    print()
+    for method, (opts, geo) in best.items():
+        print(f"chosen {method}: {opts} (geo-mean KL {geo:.4g})")
+
+
+if __name__ == "__main__":
+    task = load_params("params.yaml").data.task
+    with recorded(f"benchmarks/results/alpha_select_{task}.md"):
+        main()

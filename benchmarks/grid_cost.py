@@ -1,0 +1,56 @@
+"""Wall time of the grid by stage type, from the run-time files its stages write beside their outputs
+(git-tracked, not DVC outputs): finetune (metrics/finetune/runtime.json: train_runtime), fisher
+(metrics/fisher/runtime.json), cells per factorisation (metrics/runtime/cells-<f>.json: stage total,
+cells computed vs memoised), recovery (metrics/runtime/recover-*.json). Missing files (stages not
+run yet) are listed, not guessed. Writes benchmarks/results/grid_cost.md.
+
+    python benchmarks/grid_cost.py
+"""
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from fisvd.grid import cells, recover_cells, recover_name, run_dir
+from fisvd.params import load_params
+from fisvd.results import recorded
+
+
+def read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main():
+    p = load_params("params.yaml")
+    rows, missing = [], []
+    for t in p.grid.tasks:
+        for s in p.grid.seeds:
+            d = Path(run_dir(t, s))
+            ft, fi = read(d / "metrics/finetune/runtime.json"), read(d / "metrics/fisher/runtime.json")
+            rows.append({"task": t, "seed": s, "stage": "finetune", "seconds": ft and ft.get("train_runtime")})
+            rows.append({"task": t, "seed": s, "stage": "fisher+stats", "seconds": fi and sum(fi.values())})
+            for f in p.grid.factorisations:
+                if cells(p, t, s, f):
+                    c = read(d / f"metrics/runtime/cells-{f}.json")
+                    rows.append({"task": t, "seed": s, "stage": f"cells ({f})", "seconds": c and c["stage_s"],
+                                 "cells": c and c["computed"] + c["memoised"], "computed": c and c["computed"]})
+            for c in recover_cells(p, t, s):
+                r = read(d / f"metrics/runtime/{recover_name(c)}.json")
+                rows.append({"task": t, "seed": s, "stage": "recover", "seconds": r and r["train_s"]})
+    df = pd.DataFrame(rows)
+    missing = df[df.seconds.isna()]
+    done = df.dropna(subset=["seconds"])
+    by = done.assign(kind=done.stage.str.replace(r" \(.*\)", "", regex=True)).groupby("kind").seconds.sum()
+    print(f"grid: {len(p.grid.tasks)} tasks x {len(p.grid.seeds)} seeds, {len(cells(p))} cells, "
+          f"{len(recover_cells(p))} recovered\n")
+    print(done.to_string(index=False))
+    print("\nseconds by stage type:\n" + by.round(0).to_string())
+    print(f"\ntotal measured: {done.seconds.sum():.0f} s ({done.seconds.sum() / 3600:.2f} h); "
+          f"without recovery {done[done.stage != 'recover'].seconds.sum() / 3600:.2f} h")
+    if len(missing):
+        print(f"\nnot run yet ({len(missing)}): " + ", ".join(f"{r.task}/{r.stage}" for r in missing.itertuples()))
+
+
+if __name__ == "__main__":
+    with recorded("benchmarks/results/grid_cost.md"):
+        main()

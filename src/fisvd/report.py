@@ -1,0 +1,97 @@
+"""The grid report: tidy results, bootstrap intervals, paired wins, literature-shaped tables.
+
+Intervals: 95 % percentile bootstrap over dev examples (1000 resamples, seeded), vectorised: one
+index matrix per dev split, shared by every cell of a task, so two cells' resampled scores are
+paired and `paired_win(a, b)` (the 2.5 % quantile of score_a − score_b over the same resamples > 0)
+says whether a beats b beyond resampling noise. With several fine-tune seeds a cell's score is the
+mean over seeds, resampled on the same indices.
+
+Task score (fisvd.metrics): CoLA MCC; MRPC, QQP mean(F1, acc); STS-B mean(Pearson, Spearman);
+MNLI mean(acc m, acc mm); others accuracy; ×100. Groups (the GLUE paper's): NLI = MNLI, QNLI, RTE,
+WNLI; similarity and paraphrase = MRPC, STS-B, QQP; single sentence = CoLA, SST-2.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+GROUPS = {"NLI": ("mnli", "qnli", "rte", "wnli"), "similarity": ("mrpc", "stsb", "qqp"),
+          "single-sentence": ("cola", "sst2")}
+N_BOOT, LEVEL = 1000, 0.95
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(1, keepdims=True)
+    y = y - y.mean(1, keepdims=True)
+    den = np.sqrt((x * x).sum(1) * (y * y).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (x * y).sum(1) / den
+    return np.where(den > 0, r, 0.0)
+
+
+def _binary_rows(p: np.ndarray, y: np.ndarray):
+    tp = ((p == 1) & (y == 1)).sum(1).astype(float)
+    fp = ((p == 1) & (y == 0)).sum(1).astype(float)
+    fn = ((p == 0) & (y == 1)).sum(1).astype(float)
+    tn = ((p == 0) & (y == 0)).sum(1).astype(float)
+    return tp, fp, fn, tn
+
+
+def split_scores(task: str, p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Score ×100 of each row of p against the same row of y ([B, N] arrays): the task's metric,
+    vectorised (the same definitions as fisvd.metrics.glue_metrics; MNLI: this split's accuracy)."""
+    if task == "stsb":
+        return 50.0 * (_pearson_rows(p, y) + _pearson_rows(rankdata(p, axis=1), rankdata(y, axis=1)))
+    if task == "cola":
+        tp, fp, fn, tn = _binary_rows(p, y)
+        den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mcc = (tp * tn - fp * fn) / den
+        return 100.0 * np.where(den > 0, mcc, 0.0)
+    acc = (p == y).mean(1)
+    if task in ("mrpc", "qqp"):
+        tp, fp, fn, _ = _binary_rows(p, y)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        return 50.0 * (f1 + acc)
+    return 100.0 * acc
+
+
+def resample_indices(sizes: dict[str, int], n: int = N_BOOT, seed: int = 0) -> dict[str, np.ndarray]:
+    """One [n, size] index matrix per dev split (with replacement), seeded."""
+    rng = np.random.default_rng(seed)
+    return {s: rng.integers(0, k, (n, k)) for s, k in sorted(sizes.items())}
+
+
+def boot_scores(task: str, preds: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
+                idx: dict[str, np.ndarray]) -> np.ndarray:
+    """[n] resampled task scores of a cell: mean over seeds (`preds`: one {split: predictions} per
+    seed) of the task score (MNLI: mean over its splits) on the resampled examples."""
+    per_seed = []
+    for pr in preds:
+        parts = [split_scores(task, np.asarray(pr[s])[idx[s]], np.asarray(labels[s])[idx[s]]) for s in idx]
+        per_seed.append(np.mean(parts, axis=0))
+    return np.mean(per_seed, axis=0)
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_win(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> bool:
+    """a beats b beyond resampling noise: the lower (1-level)/2 quantile of a − b (paired) is > 0."""
+    return bool(np.quantile(a - b, (1 - level) / 2) > 0)
+
+
+def group_of(task: str) -> str:
+    return next(g for g, ts in GROUPS.items() if task in ts)
+
+
+def fmt(score: float | None, half: float | None = None, collapsed: bool = False, win: bool = False) -> str:
+    if score is None or score != score:
+        return "–"
+    s = f"{score:.1f}"
+    if half is not None:
+        s += f" ± {half:.1f}"
+    return s + (" †" if collapsed else "") + (" ‡" if win else "")

@@ -1,0 +1,86 @@
+"""recover (grid): recovery fine-tuning of one compressed grid cell → results/recover-<f>-<a>-p<b>.json
+(the cell's sizes and ranks, dev metrics, score, collapsed flag and predictions after
+`recover.epochs` epochs), per-epoch loss and dev metric logged by DVCLive to metrics/recover/<name>/.
+
+The cell's ranks come from results/<factorisation>/<allocation>-p<budget>.json; the factors are rebuilt with
+fisvd.factorize and trained as two Linears each (LowRankLinear: first = B, second = A with the
+bias) together with everything else, with the task's fine-tune setup (fisvd.train: its learning rate,
+batch size, warm-up, weight decay, seed) on the whole training split.
+"""
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fisvd.cli import run_stage
+from fisvd.data import collate, dev_splits, load_prepared, tokenize
+from fisvd.evaluate import predict_sorted
+from fisvd.factorize import factorize
+from fisvd.fisher import load_fisher
+from fisvd.io import remove, write_json
+from fisvd.lowrank import apply_lowrank
+from fisvd.metrics import predictions, task_metrics
+from fisvd.models import count_params, load_classifier, load_tokenizer, pick_device
+from fisvd.paths import FISHER, MODEL, PREPARED, RECOVER_LIVE, STATS, cell_result, recover_result
+from fisvd.stats import load_stats, matrix_stats as stats_of
+from fisvd.train import live_callback, make_trainer
+
+KEYS = ["recover.epochs", "finetune", "compress.<factorisation>", "evaluate.batch_size"]
+log = logging.getLogger("fisvd")
+
+
+def arguments(parser):
+    parser.add_argument("--factorisation", required=True)
+    parser.add_argument("--allocation", required=True)
+    parser.add_argument("--budget", type=int, required=True, help="kept percent of the cell")
+
+
+def main(params, args):
+    name = f"recover-{args.factorisation}-{args.allocation}-p{args.budget:02d}"
+    out, live_dir = recover_result(name), f"{RECOVER_LIVE}/{name}"
+    cell = json.loads(Path(cell_result(args.factorisation, args.allocation, args.budget)).read_text())
+    meta, splits = load_prepared(PREPARED)
+    task, ft = meta["task"], params.finetune
+    tok = load_tokenizer(MODEL)
+    model = load_classifier(MODEL, meta["num_labels"]).float()
+    fisher, _ = load_fisher(FISHER)
+    stats, smeta = load_stats(STATS)
+    remove(out, live_dir)
+    factors = {}
+    for n, r in cell["ranks"].items():
+        W = model.get_submodule(n).weight.detach()
+        if r < W.numel() // sum(W.shape):           # below break-even r̄ (allocate: r ≥ r̄ is dense)
+            factors[n] = factorize(args.factorisation, W, {"fisher": fisher[n], **stats_of(stats, smeta, n)}, r,
+                                   opts=params.compress.opts(args.factorisation))
+    apply_lowrank(model, factors)
+    train = tokenize(tok, splits["train"], ft.max_length)
+    devs = {s: tokenize(tok, splits[s], ft.max_length) for s in dev_splits(task)}
+    callback, runtime = live_callback(live_dir)
+    trainer = make_trainer(model, tok, task, train, devs["dev"], epochs=params.recover.epochs,
+                           learning_rate=ft.learning_rate, batch_size=ft.batch_size, weight_decay=ft.weight_decay,
+                           warmup_ratio=ft.warmup_ratio, seed=ft.seed, output_dir="data/.recover-checkpoints",
+                           callbacks=[callback])
+    t0 = time.perf_counter()
+    trainer.train()
+    callback.live.end()
+    model = trainer.model.float().eval()
+    device = pick_device()
+    per_split = {s: (predictions(task, predict_sorted(model, feats, params.evaluate.batch_size, collate(tok), device)),
+                     np.array([f["labels"] for f in feats])) for s, feats in devs.items()}
+    m = task_metrics(task, per_split)
+    keep = ("kept_ratio", "total_params", "compressible_params_kept", "num_dense", "ranks")
+    write_json(out, {"task": task, "seed": ft.seed, "factorisation": args.factorisation, "allocation": args.allocation,
+                     "budget": args.budget, "recovery_epochs": params.recover.epochs,
+                     **{k: cell[k] for k in keep}, "params_counted": count_params(model),
+                     "score": round(m["score"], 4), "collapsed": m["collapsed"],
+                     "metrics": {k: round(v, 6) for k, v in m.items() if k not in ("score", "collapsed")},
+                     "predictions": {s: [round(float(v), 5) for v in p] for s, (p, _) in per_split.items()}})
+    write_json(f"metrics/runtime/{name}.json", {"train_s": round(time.perf_counter() - t0, 1),
+                                                **{k: round(v, 3) for k, v in runtime.items()}})
+    log.info("%s: score %.2f -> %.2f after %d epoch(s)", name, cell["score"], m["score"], params.recover.epochs)
+
+
+if __name__ == "__main__":
+    run_stage("recover", __doc__, KEYS, main, arguments=arguments)

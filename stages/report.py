@@ -1,0 +1,219 @@
+"""report (grid): every expected grid result (fisvd.grid enumerates them from params.yaml; nothing is
+globbed) → metrics/report/ (git-tracked):
+- results.csv: one tidy row per cell and per task's dense model (task, model, allocation,
+  factorisation, budget, kept_ratio, total_params, recovery_epochs, score, 95 % bootstrap interval,
+  % of dense, margin kept over the constant predictor, every task metric, collapsed, seeds);
+- tables.md: per budget, without and with recovery, rows = methods, columns = per-task score ± half
+  interval, NLI / similarity / single-sentence averages, overall average, params (M); † collapsed,
+  ‡ beats every other row of its column beyond resampling noise (paired bootstrap, fisvd.report);
+- summary.json (DVC metrics): headline numbers (best method per budget, its average and margin kept,
+  the FWSVD baselines, the thesis's fi_retention vs uniform_rank check);
+- pareto.json (DVC plot, template .dvc/plots/pareto.json) and png/pareto_<task>.png (matplotlib):
+  score vs total params, a line per allocation, dashes per factorisation.
+Runs in grid/ (`dvc repro grid/dvc.yaml`).
+"""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fisvd.cli import run_stage
+from fisvd.grid import cell_result, cells, recover_cells, recover_name, run_dir
+from fisvd.io import write_json
+from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, paired_win, resample_indices
+
+KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
+OUT = Path("../metrics/report")
+log = logging.getLogger("fisvd")
+
+
+def arguments(parser):
+    parser.set_defaults(params="../params.yaml")
+
+
+def load(path: str) -> dict:
+    return json.loads((Path("..") / path).read_text())
+
+
+def collect(params):
+    """(tidy rows, {row key: bootstrap samples})."""
+    g, rows, boots = params.grid, [], {}
+    model = params.model.name
+    for task in g.tasks:
+        dense = {s: load(f"{run_dir(task, s)}/results/dense.json") for s in g.seeds}
+        first = dense[g.seeds[0]]
+        labels = {s: np.asarray(v) for s, v in first["labels"].items()}
+        idx = resample_indices({s: len(v) for s, v in labels.items()})
+        const = first["constant_score"]
+        d_score = float(np.mean([d["score"] for d in dense.values()]))
+
+        def add(alloc, fact, budget, epochs, recs):
+            b = boot_scores(task, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
+            score = float(np.mean([r["score"] for r in recs]))
+            lo, hi = interval(b)
+            metrics = {k: float(np.mean([r["metrics"][k] for r in recs])) for k in recs[0]["metrics"]}
+            row = {"task": task, "model": model, "allocation": alloc, "factorisation": fact,
+                   "budget": budget / 100, "kept_ratio": float(np.mean([r.get("kept_ratio", 1.0) for r in recs])),
+                   "total_params": int(np.mean([r["total_params"] for r in recs])), "recovery_epochs": epochs,
+                   "score": round(score, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                   "pct_of_dense": round(100 * score / d_score, 2) if d_score > 0 else None,
+                   "margin_kept": round((score - const) / (d_score - const), 4) if d_score > const else None,
+                   **{k: round(v, 6) for k, v in metrics.items()},
+                   "collapsed": any(r["collapsed"] for r in recs), "constant_score": const, "seeds": len(recs)}
+            rows.append(row)
+            boots[(task, alloc, fact, budget, epochs)] = b
+
+        add("dense", "dense", 100, 0, list(dense.values()))
+        by_cell = {}
+        for c in cells(params, task=task):
+            by_cell.setdefault((c.allocation, c.factorisation, c.budget), []).append(load(cell_result(c)))
+        for (a, f, b), recs in by_cell.items():
+            add(a, f, b, 0, recs)
+        rec = {}
+        for c in recover_cells(params, task=task):
+            rec.setdefault((c.allocation, c.factorisation, c.budget), []).append(
+                load(f"{run_dir(task, c.seed)}/results/{recover_name(c)}.json"))
+        for (a, f, b), recs in rec.items():
+            add(a, f, b, params.recover.epochs, recs)
+    return rows, boots
+
+
+def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
+    sel = df[((df.budget == budget / 100) & (df.recovery_epochs == epochs)) | (df.allocation == "dense")]
+    methods = [("dense", "dense")] + sorted({(a, f) for a, f in zip(sel.allocation, sel.factorisation)} - {("dense", "dense")},
+                                            key=lambda m: (m[1], m[0]))
+    groups = [gname for gname, ts in GROUPS.items() if any(t in ts for t in tasks)]
+    head = ["method", *tasks, *groups, "avg", "params (M)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def key(m, t):
+        a, f = m
+        return (t, a, f, 100, 0) if a == "dense" else (t, a, f, budget, epochs)
+
+    full = [m for m in methods if all(key(m, t) in boots for t in tasks)]
+    avg_boot = {m: np.mean([boots[key(m, t)] for t in tasks], axis=0) for m in full}
+
+    def winner(column: dict) -> tuple | None:
+        """The row beating every other compressed row of the column beyond noise (dense excluded)."""
+        comp = {m: b for m, b in column.items() if m[0] != "dense"}
+        if len(comp) < 2:
+            return None
+        best = max(comp, key=lambda m: float(np.mean(comp[m])))
+        return best if all(paired_win(comp[best], b) for m, b in comp.items() if m != best) else None
+
+    wins = {t: winner({m: boots[key(m, t)] for m in methods if key(m, t) in boots}) for t in tasks}
+    wins["avg"] = winner(avg_boot)
+    for m in methods:
+        cells_ = []
+        params_m = []
+        for t in tasks:
+            r = sel[(sel.task == t) & (sel.allocation == m[0]) & (sel.factorisation == m[1])]
+            if r.empty:
+                cells_.append("–")
+                continue
+            r = r.iloc[0]
+            params_m.append(r.total_params)
+            cells_.append(fmt(r.score, (r.ci_high - r.ci_low) / 2, bool(r.collapsed), wins[t] == m))
+        for gname in groups:
+            ts = [t for t in tasks if t in GROUPS[gname]]
+            if m in avg_boot:
+                vals = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1]) & sel.task.isin(ts)].score
+                cells_.append(fmt(float(vals.mean())))
+            else:
+                cells_.append("–")
+        if m in avg_boot:
+            vals = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score
+            lo, hi = interval(avg_boot[m])
+            cells_.append(fmt(float(vals.mean()), (hi - lo) / 2, False, wins["avg"] == m))
+        else:
+            cells_.append("–")
+        cells_.append(f"{np.mean(params_m) / 1e6:.2f}" if params_m else "–")
+        name = "dense" if m[0] == "dense" else f"{m[0]} + {m[1]}"
+        lines.append("| " + " | ".join([name, *cells_]) + " |")
+    return lines
+
+
+def summarise(df: pd.DataFrame, params) -> dict:
+    g = params.grid
+    comp = df[df.allocation != "dense"]
+    dense = df[df.allocation == "dense"].set_index("task").score
+    out = {"dense_avg": round(float(dense.mean()), 2), "tasks": len(g.tasks), "cells": int(len(comp))}
+    for epochs in sorted(comp.recovery_epochs.unique()):
+        for b in sorted(comp[comp.recovery_epochs == epochs].budget.unique(), reverse=True):
+            sel = comp[(comp.budget == b) & (comp.recovery_epochs == epochs)]
+            avg = sel.groupby(["allocation", "factorisation"]).agg(score=("score", "mean"), n=("task", "count"),
+                                                                   margin=("margin_kept", "mean"))
+            avg = avg[avg.n == len(g.tasks)]
+            if avg.empty:
+                continue
+            (a, f), best = avg.score.idxmax(), avg.score.max()
+            tag = f"p{int(round(b * 100)):02d}" + (f"_ft{epochs}" if epochs else "")
+            entry = {"best": f"{a}+{f}", "best_avg": round(float(best), 2),
+                     "best_margin_kept": round(float(avg.loc[(a, f)].margin), 3)}
+            for ref in (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"), ("fi_retention", "fwsvd")):
+                if ref in avg.index:
+                    entry[f"{ref[0]}+{ref[1]}_avg"] = round(float(avg.loc[ref].score), 2)
+            out[tag] = entry
+    return out
+
+
+def pareto_plots(df: pd.DataFrame) -> list[dict]:
+    pts = df[(df.recovery_epochs == 0)]
+    recs = [{"task": r.task, "allocation": r.allocation, "factorisation": r.factorisation,
+             "method": f"{r.allocation}+{r.factorisation}", "kept_params": int(r.total_params),
+             "kept_ratio": r.kept_ratio, "score": r.score, "collapsed": bool(r.collapsed)} for r in pts.itertuples()]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    (OUT / "png").mkdir(parents=True, exist_ok=True)
+    allocs = sorted(set(pts.allocation) - {"dense"})
+    facts = sorted(set(pts.factorisation) - {"dense"})
+    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(allocs)}
+    dashes = {f: d for f, d in zip(facts, ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))])}
+    for task, t in pts.groupby("task"):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        d = t[t.allocation == "dense"].iloc[0]
+        ax.axhline(d.score, color="black", lw=1, label=f"dense ({d.score:.1f})")
+        ax.axhline(d.constant_score, color="grey", lw=1, ls=":", label=f"constant ({d.constant_score:.1f})")
+        for (a, f), s in t[t.allocation != "dense"].groupby(["allocation", "factorisation"]):
+            s = s.sort_values("total_params")
+            ax.plot(s.total_params / 1e6, s.score, ls=dashes[f], color=colors[a], marker=".", lw=1.2,
+                    label=f"{a} + {f}")
+        ax.set(xlabel="total params (M)", ylabel="score", title=f"{task}: score vs size (no recovery)")
+        ax.legend(fontsize=6, ncol=2, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(OUT / "png" / f"pareto_{task}.png", dpi=110, metadata={"Software": None})
+        plt.close(fig)
+    return recs
+
+
+def main(params, args):
+    rows, boots = collect(params)
+    df = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    df.to_csv(OUT / "results.csv", index=False)
+    tasks = list(params.grid.tasks)
+    md = ["# Grid results", "",
+          f"Model {params.model.name}; tasks {', '.join(tasks)}; dev scores ×100 ± half the 95 % bootstrap "
+          "interval over dev examples; † collapsed (≥ 95 % one class); ‡ beats every other compressed row of "
+          "its column beyond resampling noise (paired bootstrap). Produced by `dvc repro grid/dvc.yaml` "
+          "(metrics/report/results.csv holds every number).", "",
+          "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
+                                             for r in df[df.allocation == "dense"].itertuples()), ""]
+    for epochs in sorted(df.recovery_epochs.unique()):
+        for b in sorted(params.grid.budgets, reverse=True):
+            if df[(df.budget == b / 100) & (df.recovery_epochs == epochs)].empty:
+                continue
+            md += [f"## p = {b / 100:g}" + (f", after {epochs} epoch(s) of recovery fine-tuning" if epochs else
+                                            ", no recovery"), ""]
+            md += table(df, boots, b, epochs, tasks) + [""]
+    (OUT / "tables.md").write_text("\n".join(md))
+    write_json(OUT / "summary.json", summarise(df, params))
+    write_json(OUT / "pareto.json", pareto_plots(df))
+    log.info("report: %d rows over %d tasks", len(df), len(tasks))
+
+
+if __name__ == "__main__":
+    run_stage("report", __doc__, KEYS, main, arguments=arguments)

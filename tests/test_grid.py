@@ -1,0 +1,232 @@
+"""The grid: cell enumeration, generated pipeline files, vectorised bootstrap, and the real grid
+pipeline end to end in a temp git+DVC repo (tiny model, tiny MRPC), asserting via `Repo.reproduce()`
+which stages ran when nothing changed, when a budget is added, and when a method is added."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, write_mrpc
+from fisvd import grid as G
+from fisvd.metrics import glue_metrics, task_metrics
+from fisvd.params import parse_params
+from fisvd.report import boot_scores, paired_win, resample_indices, split_scores
+
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_grid(raw=None, **grid):
+    raw = json.loads(json.dumps(raw or RAW))
+    raw["grid"].update(grid)
+    return raw
+
+
+# ---- enumeration ---------------------------------------------------------------------------------
+
+def test_cells_are_the_product_minus_the_limits():
+    raw = tiny_grid(tasks=["mrpc", "rte"], seeds=[1, 2], budgets=[50, 20], allocations=["uniform_rank", "random"],
+                    factorisations=["fwsvd", "tfwsvd", "kfac"],
+                    limit={"tfwsvd": {"budgets": [50]}, "random": {"factorisations": ["fwsvd"], "tasks": ["rte"]}})
+    p = parse_params(raw)
+    got = {(c.task, c.seed, c.factorisation, c.allocation, c.budget) for c in G.cells(p)}
+    want = set()
+    for t in ("mrpc", "rte"):
+        for s in (1, 2):
+            for f in ("fwsvd", "tfwsvd", "kfac"):
+                for a in ("uniform_rank", "random"):
+                    for b in (50, 20):
+                        if f == "tfwsvd" and b != 50:
+                            continue
+                        if a == "random" and (f != "fwsvd" or t != "rte"):
+                            continue
+                        want.add((t, s, f, a, b))
+    assert got == want and len(G.cells(p)) == len(want)
+    assert {c.factorisation for c in G.cells(p, task="mrpc", seed=1, factorisation="kfac")} == {"kfac"}
+
+
+def test_recover_cells_are_listed_cells_inside_the_grid():
+    raw = tiny_grid(tasks=["mrpc"], seeds=[42], budgets=[50, 20], allocations=["uniform_rank", "max_fi"],
+                    factorisations=["fwsvd"], limit={})
+    raw["recover"]["cells"] = [{"allocation": "max_fi", "factorisation": "fwsvd", "budgets": [20, 10]},
+                               {"allocation": "max_fi", "factorisation": "kfac", "budgets": [20]}]
+    got = G.recover_cells(parse_params(raw))
+    assert [(c.allocation, c.factorisation, c.budget) for c in got] == [("max_fi", "fwsvd", 20)]  # 10, kfac: not in grid
+
+
+def test_grid_params_errors_name_the_key():
+    from fisvd.errors import ParamError
+    for bad, key in ((dict(budgets=[50, 150]), "grid.budgets[1]"), (dict(tasks=["mrpc", "nope"]), "grid.tasks[1]"),
+                     (dict(allocations=["max_fi", "max_fi"]), "grid.allocations"),
+                     (dict(limit={"bogus": {"budgets": [50]}}), "grid.limit.bogus")):
+        with pytest.raises(ParamError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            parse_params(tiny_grid(**bad))
+    raw = tiny_grid(tasks=["mrpc", "qnli"])
+    with pytest.raises(ParamError, match="grid.finetune.qnli: missing"):
+        parse_params(raw)
+
+
+def test_task_params_apply_the_task_settings_and_nothing_else():
+    p = parse_params(RAW)
+    out = G.task_params(RAW, p, "rte", 7)
+    assert out["data"]["task"] == "rte" and out["finetune"]["seed"] == 7
+    assert out["finetune"]["learning_rate"] == p.grid.finetune["rte"].learning_rate
+    assert out["finetune"]["epochs"] == p.grid.finetune["rte"].epochs
+    assert out["allocate"]["fi_retention"]["calibrate"] is True
+    assert out["grid"]["tasks"] == ["rte"] and out["grid"]["seeds"] == [7]
+    same = {k for k in RAW if out[k] == RAW[k]}
+    assert same == set(RAW) - {"data", "finetune", "allocate", "grid"}
+    parse_params(out)
+
+
+def test_generated_grid_files_are_current():
+    res = subprocess.run([sys.executable, "-m", "fisvd.grid", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_grid_stage_deps_are_the_imported_modules():
+    from test_dvc_yaml import closure, fisvd_imports
+    pipe = yaml.safe_load((ROOT / "grid/mrpc/s42/dvc.yaml").read_text())["stages"]
+    for name, st in pipe.items():
+        script = st["cmd"].split("python -m stages.")[1].split()[0]
+        mods = {d.rsplit("/", 1)[1][:-3] for d in st["deps"] if "/src/fisvd/" in d}
+        assert mods == closure(fisvd_imports(ROOT / "stages" / f"{script}.py")), name
+        assert f"../../../stages/{script}.py" in st["deps"]
+    report = yaml.safe_load((ROOT / "grid/dvc.yaml").read_text())["stages"]["report"]
+    p = parse_params(RAW)
+    assert sum(d.endswith(".json") for d in report["deps"]) == (
+        len(G.cells(p)) + len(G.recover_cells(p)) + len(p.grid.tasks) * len(p.grid.seeds))
+
+
+# ---- vectorised bootstrap ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["mrpc", "cola", "stsb", "rte"])
+def test_split_scores_match_glue_metrics_row_by_row(task):
+    rng = np.random.default_rng(0)
+    if task == "stsb":
+        y = rng.uniform(0, 5, (6, 40))
+        p = y + rng.normal(0, 1, y.shape)
+        p[2] = 1.0                                            # constant row: correlation taken as 0
+        y[3, :20] = y[3, 20:]                                 # ties
+    else:
+        y = rng.integers(0, 2, (6, 40))
+        p = np.where(rng.random(y.shape) < 0.7, y, 1 - y)
+        p[2] = 0
+    got = split_scores(task, p, y)
+    want = [glue_metrics(task, p[i], y[i])["score"] for i in range(len(y))]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_boot_scores_resample_pairs_and_average_seeds_and_mnli_splits():
+    rng = np.random.default_rng(1)
+    labels = {"dev": rng.integers(0, 3, 30), "dev_mm": rng.integers(0, 3, 20)}
+    preds = [{s: np.where(rng.random(len(y)) < 0.6, y, (y + 1) % 3) for s, y in labels.items()} for _ in range(2)]
+    idx = resample_indices({s: len(y) for s, y in labels.items()}, n=5, seed=3)
+    got = boot_scores("mnli", preds, labels, idx)
+    for i in range(5):
+        want = np.mean([task_metrics("mnli", {s: (pr[s][idx[s][i]], labels[s][idx[s][i]]) for s in labels})["score"]
+                        for pr in preds])
+        assert got[i] == pytest.approx(want)
+
+
+def test_paired_win_needs_the_whole_interval_above_zero():
+    base = np.linspace(0, 1, 1000)
+    assert paired_win(base + 0.5, base) and not paired_win(base, base)
+    noisy = base + np.where(np.arange(1000) < 100, -1.0, 1.0)     # 10 % of resamples below: no win
+    assert not paired_win(noisy, base)
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+def git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def reproduce(repo, target="grid/dvc.yaml"):
+    from dvc.repo import Repo
+    with Repo(str(repo)) as r:
+        return sorted(s.addressing.split(":")[-1] for s in r.reproduce(targets=[str(repo / target)]))
+
+
+@pytest.mark.slow
+def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_dir, monkeypatch):
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    for item in ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore"):
+        src = ROOT / item
+        shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) \
+            if src.is_dir() else shutil.copy(src, repo / item)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["model"]["name"] = str(tiny_model_dir)
+    raw["finetune"].update(batch_size=8, max_length=32)
+    raw["fisher"]["batch_size"] = 8
+    raw["evaluate"]["batch_size"] = 8
+    raw["allocate"]["measured"].update(points=2, slice=8, swaps=1)
+    raw["grid"].update(tasks=["mrpc"], seeds=[42], budgets=[50, 20], allocations=["uniform_rank", "max_fi"],
+                       factorisations=["fwsvd", "kfac"], limit={}, max_train_samples={},
+                       finetune={"mrpc": {"learning_rate": 1e-4, "epochs": 1}})
+    raw["recover"].update(epochs=1, cells=[{"allocation": "max_fi", "factorisation": "kfac", "budgets": [20]}])
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    glue = write_mrpc(tmp_path / "glue", n_train=32, n_dev=16)
+    for k, v in {"GLUE_DIR": str(glue), "DVC_SITE_CACHE_DIR": str(tmp_path / "site"), "DVC_NO_ANALYTICS": "1",
+                 "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo / "src"), "FISVD_LOG": "WARNING",
+                 "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(repo)
+
+    def generate():
+        assert G.main(["--root", str(repo)]) == 0
+
+    generate()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "ci@example.com")
+    git(repo, "config", "user.name", "ci")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+
+    ran = reproduce(repo)
+    assert ran == sorted(["prepare", "finetune", "fisher", "dense", "cells-fwsvd", "cells-kfac",
+                          "recover-kfac-max_fi-p20", "report"])
+    df = pd.read_csv(repo / "metrics/report/results.csv")
+    assert len(df) == 1 + 2 * 2 * 2 + 1                       # dense + cells + one recovered
+    cell = df[(df.allocation == "max_fi") & (df.factorisation == "kfac") & (df.budget == 0.2)]
+    assert list(cell.recovery_epochs) == [0, 1]
+    assert (df.ci_low <= df.score + 1e-9).all() and (df.score <= df.ci_high + 1e-9).all()
+    assert set(df.columns) >= {"task", "model", "allocation", "factorisation", "budget", "kept_ratio", "total_params",
+                               "recovery_epochs", "score", "f1", "accuracy", "collapsed", "margin_kept"}
+    comp = df[df.allocation != "dense"]
+    assert (comp.kept_ratio <= comp.budget + 1e-9).all()
+    summary = json.loads((repo / "metrics/report/summary.json").read_text())
+    assert {"p50", "p20", "p20_ft1"} <= set(summary)
+    assert (repo / "metrics/report/png/pareto_mrpc.png").stat().st_size > 0
+    tables = (repo / "metrics/report/tables.md").read_text()
+    assert "## p = 0.5, no recovery" in tables and "after 1 epoch(s)" in tables
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "grid")
+
+    assert reproduce(repo) == []                             # nothing changed: nothing runs
+
+    memo = repo / "grid/mrpc/s42/.cellcache"
+    before = set(memo.iterdir())
+    raw["grid"]["budgets"] = [50, 30, 20]                    # a new budget: only its cells are computed
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    generate()
+    ran = reproduce(repo)
+    assert ran == ["cells-fwsvd", "cells-kfac", "report"]   # recovery of p20 untouched
+    assert len(set(memo.iterdir()) - before) == 2 * 2       # 2 allocations x 2 factorisations at p=30
+    runtime = json.loads((repo / "grid/mrpc/s42/metrics/runtime/cells-kfac.json").read_text())
+    assert runtime["computed"] == 2 and runtime["memoised"] == 4
+
+    before = set(memo.iterdir())
+    raw["grid"]["allocations"] = ["uniform_rank", "max_fi", "energy"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    generate()
+    assert reproduce(repo) == ["cells-fwsvd", "cells-kfac", "report"]
+    assert len(set(memo.iterdir()) - before) == 2 * 3       # energy at 3 budgets x 2 factorisations
+    assert len(pd.read_csv(repo / "metrics/report/results.csv")) == 1 + 3 * 2 * 3 + 1
