@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from fisvd.allocate import allocate
-from fisvd.calibrate import joint_deltas
+from fisvd.calibrate import joint_deltas, training_slice
 from fisvd.cells import make_matrix
-from fisvd.data import batches, by_length, collate, load_prepared, subset, tokenize
+from fisvd.data import load_prepared
 from fisvd.factorize import KfacParams, WhitenParams, decompose, truncate
 from fisvd.fisher import load_fisher
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
@@ -43,8 +43,8 @@ def main():
     fisher, _ = load_fisher(FISHER)
     stats, smeta = load_stats(STATS)
     o = params.allocate.opts("measured")
-    feats = tokenize(tok, subset(splits["train"], o.slice, 0), params.finetune.max_length)
-    slice_batches = list(batches([feats[i] for i in by_length(feats)], 32, collate(tok)))
+    slice_batches = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
+    feats = [None] * sum(len(b["input_ids"]) for b in slice_batches)
     W = {m.name: model.get_submodule(m.name).weight.detach() for m in infos}
     per = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
     cands = [("whiten", WhitenParams(ax)) for ax in alphas] + \

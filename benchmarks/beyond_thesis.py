@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from fisvd.allocate import allocate, matrix_stats, total_size
-from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, with_curves
-from fisvd.data import batches, collate, dev_splits, load_prepared, subset, tokenize
+from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, training_slice, with_curves
+from fisvd.data import batches, collate, dev_splits, load_prepared, tokenize
 from fisvd.evaluate import predict
 from fisvd.factorize import factorize, whitened
 from fisvd.fisher import load_fisher
@@ -75,8 +75,8 @@ def run(args, params, meta, splits):
           f"constant predictor {const:.2f}", flush=True)
     c, k = params.compress, params.allocate.rank_multiple
     o = params.allocate.opts("measured")     # the measured method's training slice, as the allocate stage's
-    rows_slice = subset(splits["train"], o.slice, 0)
-    slice_batches = list(batches(tokenize(tok, rows_slice, params.finetune.max_length), 32, collate(tok)))
+    slice_batches = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
+    rows_slice = [None] * o.slice
     for fact in args.factorisations:
         t0 = time.perf_counter()
         mats = [matrix_stats(m.name, m.layer, m.type, W[m.name], fisher[m.name],

@@ -21,9 +21,9 @@ import os
 import time
 
 from fisvd.allocate import METHODS, allocate, matrix_stats, report
-from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, with_curves
+from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, training_slice, with_curves
 from fisvd.cli import run_stage
-from fisvd.data import batches, collate, load_prepared, subset, tokenize
+from fisvd.data import load_prepared
 from fisvd.factorize import FACTORISATIONS, whitened
 from fisvd.fisher import check_against, load_fisher
 from fisvd.io import remove, write_json
@@ -37,7 +37,6 @@ from fisvd.stats import check_against as check_stats, load_stats, matrix_stats a
 KEYS = (["allocate.method", "allocate.budget", "allocate.rank_multiple", "allocate.budget_kind", "allocate.speed_table"]
         + [f"allocate.{m}" for m in METHODS.with_params()]
         + ["compress.method"] + [f"compress.{m}" for m in FACTORISATIONS.with_params()] + ["finetune.max_length"])
-SLICE_SEED, SLICE_BATCH = 0, 32   # the measured method's training slice: seeded subset, batches of 32
 log = logging.getLogger("fisvd")
 
 
@@ -81,14 +80,13 @@ def main(params):
         o, device = a.opts(), pick_device()
         model = load_classifier(MODEL, meta["num_labels"]).float().eval()
         tok = load_tokenizer(MODEL)
-        rows = subset(splits["train"], o.slice, SLICE_SEED)
-        slice_batches = list(batches(tokenize(tok, rows, params.finetune.max_length), SLICE_BATCH, collate(tok)))
+        slice_batches = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
         factor_fn = lambda n, r: factorize(c.method, weights[n], per_matrix[n], r, opts=c.opts())  # noqa: E731
         points = measure(model, infos, factor_fn, slice_batches, {M.name: rank_grid(M, o.points) for M in mats},
                          device, metric=o.metric)
         mats = with_curves(mats, fit_curves(mats, points))
         log.info("measured %d truncations on %d training examples (%.1f s)", sum(map(len, points.values())),
-                 len(rows), time.perf_counter() - t0)
+                 sum(len(b["input_ids"]) for b in slice_batches), time.perf_counter() - t0)
     budgeted = not (a.method == "fi_retention" and not a.opts().calibrate)
     ranks, info = allocate(a.method, mats, budget=a.budget if budgeted else None, rank_multiple=a.rank_multiple,
                            opts=a.opts())

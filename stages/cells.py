@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, with_curves
+from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, training_slice, with_curves
 from fisvd.cells import Memo, Swapped, allocation, cell_record, make_matrix, sha256_path
 from fisvd.cli import run_stage
-from fisvd.data import batches, by_length, collate, dev_splits, load_prepared, subset, tokenize
+from fisvd.data import collate, dev_splits, load_prepared, tokenize
 from fisvd.evaluate import predict_sorted
 from fisvd.factorize import SLICEABLE, decompose, factorize, truncate, whitened
 from fisvd.fisher import load_fisher
@@ -31,7 +31,6 @@ from fisvd.stats import load_stats, matrix_stats as stats_of
 
 KEYS = ["grid.budgets", "grid.allocations", "grid.limit", "allocate.rank_multiple", "allocate.<method>",
         "compress.<factorisation>", "evaluate.batch_size", "finetune.max_length"]
-SLICE_SEED, SLICE_BATCH = 0, 32     # the measured method's training slice (as the allocate stage)
 # modules whose code determines a cell's numbers (the memo key hashes them; generator or CLI edits
 # re-run the stage under DVC but reuse the memoised cells)
 COMPUTE = ("allocate", "calibrate", "cells", "data", "evaluate", "factorize", "fisher", "lowrank", "metrics",
@@ -124,10 +123,7 @@ def compute(params, f, task, meta, splits, todo, memo):
         a_opts = params.allocate.opts(c.allocation)
         if c.allocation == "measured":
             if curves is None:
-                rows = subset(splits["train"], a_opts.slice, SLICE_SEED)
-                feats = tokenize(tok, rows, params.finetune.max_length)
-                feats = [feats[i] for i in by_length(feats)]
-                slice_batches = list(batches(feats, SLICE_BATCH, collate(tok)))
+                slice_batches = training_slice(splits["train"], a_opts.slice, tok, params.finetune.max_length)
                 points = measure(model, infos, factor_fn, slice_batches,
                                  {M.name: rank_grid(M, a_opts.points) for M in mats}, device, metric=a_opts.metric)
                 curves = with_curves(mats, fit_curves(mats, points))
