@@ -27,9 +27,11 @@ from fisvd.io import remove, write_json
 from fisvd.metrics import predictions, task_metrics
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, pick_device
 from fisvd.paths import CELL_MEMO, FISHER, MODEL, PREPARED, RESULTS, STATS, cell_result, cells_runtime
+from fisvd.speed import load_table, speed_aware
 from fisvd.stats import load_stats, matrix_stats as stats_of
 
-KEYS = ["grid.budgets", "grid.allocations", "grid.limit", "allocate.rank_multiple", "allocate.<method>",
+KEYS = ["grid.budgets", "grid.allocations", "grid.limit", "allocate.rank_multiple", "allocate.budget_kind",
+        "allocate.speed_table", "allocate.<method>",
         "compress.<factorisation>", "evaluate.batch_size", "finetune.max_length"]
 # modules whose code determines a cell's numbers (the memo key hashes them; generator or CLI edits
 # re-run the stage under DVC but reuse the memoised cells)
@@ -44,8 +46,10 @@ def arguments(parser):
 
 def keys_of(params, factorisation: str) -> dict:
     """The params that determine a cell of this factorisation (besides allocation and budget)."""
-    return {"rank_multiple": params.allocate.rank_multiple, "compress": params.compress.opts(factorisation),
-            "max_length": params.finetune.max_length, "batch_size": params.evaluate.batch_size}
+    a = params.allocate
+    return {"rank_multiple": a.rank_multiple, "compress": params.compress.opts(factorisation),
+            "max_length": params.finetune.max_length, "batch_size": params.evaluate.batch_size,
+            "budget_kind": a.budget_kind, "speed_table": a.speed_table and sha256_path(a.speed_table)}
 
 
 def main(params, args):
@@ -104,6 +108,8 @@ def compute(params, f, task, meta, splits, todo, memo):
         else:
             g = torch.linalg.svdvals(whitened(f, W, per[m.name], opts=opts)) ** 2
         mats.append(make_matrix(m.name, m.layer, m.type, W, fisher[m.name], g))
+    if params.allocate.speed_table is not None:     # faster-than-dense ranks only (as the allocate stage)
+        mats = speed_aware(mats, load_table(params.allocate.speed_table), params.allocate.budget_kind)
     log.info("%s: decomposed %d matrices in %.1f s", f, len(infos), time.perf_counter() - t0)
     built = {}
 

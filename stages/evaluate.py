@@ -6,10 +6,11 @@ model's margin over the constant predictor kept by the compressed one → metric
 vary run to run). Both git-tracked: columns of `dvc exp show`, compared by `dvc metrics diff`.
 """
 import logging
+import statistics
 
 from fisvd.cli import run_stage
 from fisvd.data import batches, collate, dev_splits, load_prepared, tokenize
-from fisvd.evaluate import kept_ratio, latency_batch, latency_ms, model_inputs, predict
+from fisvd.evaluate import kept_ratio, latency_batch, latency_rounds, model_inputs, predict, speedup_spread
 from fisvd.io import remove, write_json
 from fisvd.lowrank import load_compressed
 from fisvd.metrics import constant_score, margin_kept, predictions, task_metrics
@@ -43,8 +44,9 @@ def main(params):
         m["params"] = count_params(model)
         out[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
         log.info("%s: %s", name, out[name])
-    for name, ms in latency_ms(models, lat_batch, e.latency_batches).items():  # CPU, interleaved rounds
-        lat[f"{name}_ms"] = round(ms, 2)
+    rounds = latency_rounds(models, lat_batch, e.latency_batches)   # CPU, interleaved rounds
+    for name, ms in rounds.items():
+        lat[f"{name}_ms"] = round(statistics.median(ms), 2)
     p, kept, dense = kept_ratio(models["compressed"])
     const = constant_score(task, labels)
     margin = margin_kept(out["compressed"]["score"], out["dense"]["score"], const)
@@ -56,6 +58,7 @@ def main(params):
         if out["dense"]["score"] > 0 else None
     out["margin_kept"] = None if margin is None else round(margin, 4)
     lat["speedup"] = round(lat["dense_ms"] / lat["compressed_ms"], 3)
+    lat.update(speedup_spread(rounds, "dense", "compressed"))   # per-round ratios: their spread
     write_json(OUT, out)
     write_json(LATENCY, lat)
     log.info("kept ratio %.4f, compression %.3fx, speed-up %.2fx, score %.2f -> %.2f (constant %.2f, margin kept %s)",

@@ -144,3 +144,10 @@ def test_tfwsvd_bench_fallback_takes_labels_from_prepared_meta(tmp_path, monkeyp
 def test_tfwsvd_bench_label_spec_falls_back_to_model_config(headless_dir, tmp_path):
     bench = _tfwsvd_bench()
     assert bench.label_spec(str(headless_dir), str(tmp_path / "no" / "meta.json")) == (2, ("LABEL_0", "LABEL_1"))
+
+
+def test_speedup_spread_is_per_round_ratio_quartiles():
+    from fisvd.evaluate import speedup_spread
+    rounds = {"dense": [10.0, 12.0, 9.0, 11.0], "compressed": [5.0, 6.0, 6.0, 5.0]}   # ratios 2, 2, 1.5, 2.2
+    got = speedup_spread(rounds, "dense", "compressed")
+    assert got == {"speedup_median": 2.0, "speedup_q25": 1.875, "speedup_q75": 2.05, "speedup_min": 1.5, "rounds": 4}

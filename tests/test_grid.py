@@ -167,6 +167,7 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     raw["fisher"]["batch_size"] = 8
     raw["evaluate"]["batch_size"] = 8
     raw["allocate"]["measured"].update(points=2, slice=8, swaps=1)
+    raw["allocate"]["speed_table"] = None              # the committed table times MiniLM's shapes only
     raw["grid"].update(tasks=["mrpc"], seeds=[42], budgets=[50, 20], allocations=["uniform_rank", "max_fi"],
                        factorisations=["fwsvd", "kfac"], limit={}, max_train_samples={},
                        finetune={"mrpc": {"learning_rate": 1e-4, "epochs": 1}})

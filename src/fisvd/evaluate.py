@@ -84,9 +84,10 @@ def latency_batch(features: list[dict], batch_size: int, length: int,
 
 
 @torch.inference_mode()
-def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
-                   device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
-    """Median wall time (ms) of each callable over `repeats` rounds; each round calls every callable once."""
+def interleaved_rounds(fns: dict[str, Callable[[], object]], repeats: int,
+                       device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, list[float]]:
+    """Wall time (ms) of each callable in each of `repeats` rounds (after `warmup` rounds); each
+    round calls every callable once, in the given order."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
@@ -97,7 +98,21 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
             sync()
             if i >= warmup:
                 times[name].append((time.perf_counter() - t0) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int,
+                   device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, float]:
+    """Median wall time (ms) of each callable over `repeats` interleaved rounds."""
+    return {name: statistics.median(t) for name, t in interleaved_rounds(fns, repeats, device, warmup).items()}
+
+
+def speedup_spread(rounds: dict[str, list[float]], base: str, other: str) -> dict[str, float]:
+    """Per-round speed-up base/other (the two timed in the same round): median and quartiles."""
+    r = sorted(b / o for b, o in zip(rounds[base], rounds[other]))
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
+    return {"speedup_median": round(q[1], 3), "speedup_q25": round(q[0], 3), "speedup_q75": round(q[2], 3),
+            "speedup_min": round(r[0], 3), "rounds": len(r)}
 
 
 def forward_fn(model: nn.Module, batch: dict, device: torch.device) -> Callable[[], object]:
@@ -116,6 +131,13 @@ def latency_ms(models: dict[str, nn.Module], batch: dict, repeats: int,
     """Median forward latency (ms) of each model on `batch`, timed in interleaved rounds."""
     return interleaved_ms({name: forward_fn(m, batch, device) for name, m in models.items()},
                           repeats, device, warmup)
+
+
+def latency_rounds(models: dict[str, nn.Module], batch: dict, repeats: int,
+                   device: torch.device = torch.device("cpu"), warmup: int = 2) -> dict[str, list[float]]:
+    """Per-round forward latency (ms) of each model on `batch`, interleaved rounds."""
+    return interleaved_rounds({name: forward_fn(m, batch, device) for name, m in models.items()},
+                              repeats, device, warmup)
 
 
 def kept_ratio(model: nn.Module) -> tuple[float, int, int]:

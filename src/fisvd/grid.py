@@ -111,6 +111,9 @@ def task_params(raw: dict, p: Params, task: str, seed: int) -> dict:
     ft = p.grid.finetune[task]
     out["finetune"].update(learning_rate=ft.learning_rate, epochs=ft.epochs, seed=seed)
     out["allocate"]["fi_retention"]["calibrate"] = True
+    if p.allocate.speed_table:      # paths in a run folder's params are relative to that folder
+        up = "/".join([".."] * len(Path(run_dir(task, seed)).parts))
+        out["allocate"]["speed_table"] = f"{up}/{p.allocate.speed_table}"
     out["grid"]["tasks"], out["grid"]["seeds"] = [task], [seed]
     return out
 
@@ -174,10 +177,12 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
         if not mine:
             continue
         allocs = [c.allocation for c in mine]
+        table = [f"{up}/{p.allocate.speed_table}"] if p.allocate.speed_table else []
         stages[f"cells-{f}"] = _stage(
             "stages/cells.py", up, f" --factorisation {f}",
-            data_deps=["data/prepared", "data/model", "data/fisher.safetensors", "data/stats.safetensors"],
+            data_deps=["data/prepared", "data/model", "data/fisher.safetensors", "data/stats.safetensors", *table],
             params=["grid.budgets", "grid.allocations", "grid.limit", "allocate.rank_multiple",
+                    "allocate.budget_kind", "allocate.speed_table",
                     *_method_keys(p, "allocate", allocs), *_method_keys(p, "compress", [f]),
                     "evaluate.batch_size", "finetune.max_length"],
             outs=[paths.cell_result(f, c.allocation, c.budget) for c in mine])
