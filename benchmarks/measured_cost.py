@@ -6,7 +6,8 @@ allocate stage's settings (allocate.measured: slice, points; compress.method's f
 matrix measured: the real wall time of the curves.
 72-matrix model: timing only (weights and head as loaded, plain SVD factors: the cost of a
 measurement does not depend on the factorisation or on the fine-tune), on the same training slice;
-the matrices of the first and last block are measured at every grid rank, and the total for all
+the q and ffn_in matrices of the first and last block are measured at every grid rank (measurement
+cost is a forward of blocks l..L-1, nearly independent of which matrix is swapped), and the total for all
 72 × points measurements is extrapolated from the per-measurement time of each block position
 (a measurement of block l runs blocks l..L-1 from cached outputs, so its cost is linear in L - l;
 the fit through the two measured positions gives every block's cost).
@@ -69,7 +70,7 @@ def big(params, splits, path):
     mats = {m.name: matrix_stats(m.name, m.layer, m.type, W[m.name], torch.ones_like(W[m.name])) for m in infos}
     per_block = {}
     for layer in (0, L - 1):
-        sub = [m for m in infos if m.layer == layer]
+        sub = [m for m in infos if m.layer == layer and m.type in ("q", "ffn_in")]   # a small and a large one
         grid = {m.name: rank_grid(mats[m.name], o.points) for m in sub}
         t0 = time.perf_counter()
         measure(model, sub, lambda n, r: factorize("svd", W[n], None, r), sl, grid, CPU, metric=o.metric)
