@@ -15,6 +15,12 @@ seeded training slice as the allocate stage, then solves and joint-checks each b
 
     python benchmarks/beyond_thesis.py [--budgets 0.7,0.6,0.5,0.4,0.3,0.2,0.1]
         [--allocations uniform_rank,max_fi,measured] [--factorisations svd,fwsvd,whiten,kfac]
+    python benchmarks/beyond_thesis.py --from-grid rte     # the same rows from the grid's cells
+
+`--from-grid TASK` computes nothing: it takes the cells of the grid run folder grid/TASK/s<seed>/
+(`make grid` or `dvc repro grid/TASK/s<seed>/dvc.yaml`; the first grid seed), whose fine-tune,
+Fisher, statistics, allocation and factorisation are the same code, and scores their stored dev
+predictions with the same bootstrap as above.
 """
 import argparse
 import copy
@@ -144,8 +150,41 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def from_grid(args, params, task):
+    """Rows of the grid's cells of `task` (see module docstring)."""
+    import json
+    from fisvd.grid import run_dir
+    from fisvd.paths import cell_result
+    folder = Path(run_dir(task, params.grid.seeds[0]))
+    dense = json.loads((folder / "results/dense.json").read_text())
+    labels = {s: np.asarray(v) for s, v in dense["labels"].items()}
+
+    def row(rec, alloc, fact, budget, kept):
+        per = {s: (np.asarray(p), labels[s]) for s, p in rec["predictions"].items()}
+        m = task_metrics(task, per)
+        lo, hi = bootstrap_ci(task, per, n=1000, seed=0)
+        return {"task": task, "model": params.model.name, "allocation": alloc, "factorisation": fact, "budget": budget,
+                "kept_ratio": kept, "total_params": rec["total_params"], **m, "score_lo": lo, "score_hi": hi,
+                "constant_score": dense["constant_score"],
+                "margin_kept": margin_kept(m["score"], dense["score"], dense["constant_score"])}
+
+    rows = [row(dense, "dense", "dense", 1.0, 1.0)]
+    for fact in args.factorisations:
+        for alloc in args.allocations:
+            for b in args.budgets:
+                path = folder / cell_result(fact, alloc, round(b * 100))
+                if path.is_file():
+                    rec = json.loads(path.read_text())
+                    rows.append(row(rec, alloc, fact, b, rec["kept_ratio"]))
+                else:
+                    print(f"missing (not run yet): {path}")
+    print(f"{task}: {len(rows) - 1} cells from {folder}")
+    return pd.DataFrame(rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from-grid", metavar="TASK", help="take the rows from the grid's cells of TASK (no compute)")
     ap.add_argument("--budgets", default="0.7,0.6,0.5,0.4,0.3,0.2,0.1")
     ap.add_argument("--allocations", default="uniform_rank,max_fi,measured")
     ap.add_argument("--factorisations", default="svd,fwsvd,whiten,kfac")
@@ -153,9 +192,12 @@ def main():
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.allocations, args.factorisations = args.allocations.split(","), args.factorisations.split(",")
     params = load_params("params.yaml")
-    meta, splits = load_prepared(PREPARED)
-    with recorded(f"benchmarks/results/beyond_thesis_{meta['task']}.log.md"):
-        df = run(args, params, meta, splits)
+    if args.from_grid:
+        df = from_grid(args, params, args.from_grid)
+    else:
+        meta, splits = load_prepared(PREPARED)
+        with recorded(f"benchmarks/results/beyond_thesis_{meta['task']}.log.md"):
+            df = run(args, params, meta, splits)
     if CSV.exists():        # a rerun replaces the cells it computed and keeps every other row
         old = pd.read_csv(CSV)
         key = ["task", "model", "allocation", "factorisation", "budget"]
