@@ -23,7 +23,7 @@ import torch
 from fisvd.allocate import matrix_stats
 from fisvd.calibrate import measure, rank_grid, training_slice
 from fisvd.data import load_prepared
-from fisvd.factorize import factorize, whitened
+from fisvd.factorize import factorize, rank_factors, whitened
 from fisvd.fisher import load_fisher
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
@@ -49,8 +49,7 @@ def minilm(params, splits):
     sl = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
     grid = {M.name: rank_grid(M, o.points) for M in mats}
     t0 = time.perf_counter()
-    measure(model, infos, lambda n, r: factorize(c.method, W[n], per[n], r, opts=c.opts()), sl, grid, CPU,
-            metric=o.metric)
+    measure(model, infos, rank_factors(c.method, W, per, c.opts()), sl, grid, CPU, metric=o.metric)
     secs = time.perf_counter() - t0
     n = sum(map(len, grid.values()))
     print(f"MiniLM-L6 ({len(infos)} matrices, {c.method} factors): {n} measurements on {o.slice} training "

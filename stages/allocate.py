@@ -27,7 +27,7 @@ from fisvd.data import load_prepared
 from fisvd.factorize import FACTORISATIONS, whitened
 from fisvd.fisher import check_against, load_fisher
 from fisvd.io import remove, write_json
-from fisvd.factorize import factorize
+from fisvd.factorize import rank_factors
 from fisvd.models import compressible_linears, dense_weights, load_classifier, load_tokenizer, meta_model, pick_device
 from fisvd.errors import ParamError
 from fisvd.paths import FISHER, LATENCY_TABLE, MODEL, PREPARED, RANKS, STAGES, STATS
@@ -81,7 +81,7 @@ def main(params):
         model = load_classifier(MODEL, meta["num_labels"]).float().eval()
         tok = load_tokenizer(MODEL)
         slice_batches = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
-        factor_fn = lambda n, r: factorize(c.method, weights[n], per_matrix[n], r, opts=c.opts())  # noqa: E731
+        factor_fn = rank_factors(c.method, weights, per_matrix, c.opts())    # one SVD per matrix, sliced per rank
         points = measure(model, infos, factor_fn, slice_batches, {M.name: rank_grid(M, o.points) for M in mats},
                          device, metric=o.metric)
         mats = with_curves(mats, fit_curves(mats, points))

@@ -186,3 +186,21 @@ def test_decompose_truncated_equals_factorize_at_every_rank_and_gives_the_spectr
         decompose("tfwsvd", W, stats, None)
     with pytest.raises(ValueError, match="out of range"):
         truncate((A, B), min(m, n) + 1)
+
+
+def test_rank_factors_slices_one_decomposition_and_caches_tfwsvd():
+    from fisvd.factorize import TfwsvdParams, rank_factors
+    torch.manual_seed(1)
+    W = {"a": torch.randn(10, 14), "b": torch.randn(14, 10)}
+    st = {n: {"fisher": torch.rand(*w.shape)} for n, w in W.items()}
+    for method in ("fwsvd", "tfwsvd"):
+        fn = rank_factors(method, W, st, None if method == "fwsvd" else TfwsvdParams(max_iters=2, tol=0.0))
+        for n in W:
+            for r in (1, 4, 9):
+                A, B = fn(n, r)
+                A2, B2 = factorize(method, W[n], st[n], r, **({} if method == "fwsvd" else
+                                                              {"max_iters": 2, "tol": 0.0}))
+                assert A.dtype == W[n].dtype and A.shape == (W[n].shape[0], r)
+                torch.testing.assert_close(A @ B, A2 @ B2, atol=1e-5, rtol=1e-5)
+        if method == "tfwsvd":                                        # cached per (name, r)
+            assert fn("a", 4)[0] is fn("a", 4)[0]

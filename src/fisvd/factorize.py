@@ -372,3 +372,24 @@ def truncate(full: tuple[torch.Tensor, torch.Tensor], r: int, dtype=torch.float3
     if not 1 <= r <= A.shape[1]:
         raise ValueError(f"rank {r} out of range [1, {A.shape[1]}]")
     return A[:, :r].to(dtype).contiguous(), B[:r].to(dtype).contiguous()
+
+
+def rank_factors(method: str, weights: dict, stats: dict, opts=None):
+    """factor_fn(name, r) → (A, B) at rank r for the named matrices (`weights[name]`, `stats[name]`):
+    SLICEABLE methods decompose each matrix once, on first use, and slice (one SVD per matrix however
+    many ranks are asked for: `measured` asks for ~6 per matrix); tfwsvd factorises per (name, r),
+    cached. Factors in the weight's dtype."""
+    full: dict = {}
+    built: dict = {}
+
+    def factor_fn(name: str, r: int):
+        W = weights[name]
+        if method in SLICEABLE:
+            if name not in full:
+                A, B, _ = decompose(method, W, stats[name], opts)
+                full[name] = (A, B)
+            return truncate(full[name], r, W.dtype)
+        if (name, r) not in built:
+            built[(name, r)] = factorize(method, W, stats[name], r, opts=opts)
+        return built[(name, r)]
+    return factor_fn
