@@ -16,6 +16,7 @@ import numpy as np
 
 from fisvd.cli import run_stage
 from fisvd.data import collate, dev_splits, load_prepared, tokenize
+from fisvd.dist import is_main
 from fisvd.evaluate import predict_sorted
 from fisvd.factorize import factorize
 from fisvd.fisher import load_fisher
@@ -47,7 +48,8 @@ def main(params, args):
     model = load_classifier(MODEL, meta["num_labels"]).float()
     fisher, _ = load_fisher(FISHER)
     stats, smeta = load_stats(STATS)
-    remove(out, live_dir)
+    if is_main():
+        remove(out, live_dir)
     factors = {}
     for n, r in cell["ranks"].items():
         W = model.get_submodule(n).weight.detach()
@@ -61,10 +63,13 @@ def main(params, args):
     trainer = make_trainer(model, tok, task, train, devs["dev"], epochs=params.recover.epochs,
                            learning_rate=ft.learning_rate, batch_size=ft.batch_size, weight_decay=ft.weight_decay,
                            warmup_ratio=ft.warmup_ratio, seed=ft.seed, output_dir="data/.recover-checkpoints",
-                           callbacks=[callback])
+                           callbacks=[callback] if callback is not None else [])
     t0 = time.perf_counter()
     trainer.train()
-    callback.live.end()
+    if callback is not None:
+        callback.live.end()
+    if not is_main():          # a multi-process run (accelerate launch): rank 0 evaluates and writes
+        return
     model = trainer.model.float().eval()
     device = pick_device()
     per_split = {s: (predictions(task, predict_sorted(model, feats, params.evaluate.batch_size, collate(tok), device)),
