@@ -13,11 +13,15 @@ Rows land in benchmarks/results/finetune_select.csv as each run finishes (a reru
 (task, model, learning rate, epochs) runs already there); the chosen settings go to
 finetune_select.json and a Markdown summary beside them.
 
-    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4]
+    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4] [--apply]
+
+--apply writes the chosen settings of the given tasks into params.yaml's `grid.finetune` (in place,
+comments kept); then `python -m fisvd.grid && python -m fisvd.docs` regenerate the grid and README.
 """
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -73,6 +77,34 @@ def report(df: pd.DataFrame) -> None:
     MD.write_text("\n".join(lines))
 
 
+def _sci(x: float) -> str:
+    """3e-05 -> '3.0e-5' (the style of params.yaml; loads back as a YAML float)."""
+    return f"{x:.1e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def apply(chosen: dict, tasks: list[str], params: Path = Path("params.yaml")) -> list[str]:
+    """Rewrite each task's `grid.finetune.<task>` line of params.yaml to its chosen setting (a flow
+    mapping line; comments elsewhere kept). Returns the tasks changed."""
+    lines = params.read_text().splitlines(keepends=True)
+    start = next(i for i, l in enumerate(lines) if l.startswith("grid:"))
+    sect = next(i for i in range(start, len(lines)) if re.match(r"\s+finetune:", lines[i]))
+    changed = []
+    for task in tasks:
+        c = chosen[task]
+        for i in range(sect + 1, len(lines)):
+            m = re.match(rf"(\s+){task}: \{{learning_rate: [^,]+, epochs: \d+\}}", lines[i])
+            if m:
+                new = (f"{m.group(1)}{task}: {{learning_rate: {_sci(c['learning_rate'])}, epochs: {c['epochs']}}}"
+                       f"  # held-out {c['holdout_score']:.2f}\n")
+                changed += [task] if new != lines[i] else []
+                lines[i] = new
+                break
+        else:
+            raise SystemExit(f"params.yaml: no grid.finetune.{task} line to update")
+    params.write_text("".join(lines))
+    return changed
+
+
 def run(task: str, lr: float, model_name: str) -> list[dict]:
     rows, _ = load_local(task, resolve_glue_dir("."))
     train = subset(rows["train"], MAX_TRAIN.get(task), 0)
@@ -96,6 +128,7 @@ def main():
     ap.add_argument("--tasks", default="rte,stsb,cola,sst2,mrpc")
     ap.add_argument("--lrs", default="3e-5,1e-4")
     ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--apply", action="store_true", help="write the chosen settings into params.yaml grid.finetune")
     a = ap.parse_args()
     df = pd.read_csv(CSV) if CSV.exists() else pd.DataFrame()
     for task in a.tasks.split(","):
@@ -109,6 +142,8 @@ def main():
             OUT.mkdir(parents=True, exist_ok=True)
             df.to_csv(CSV, index=False)
             report(df)
+    if a.apply:
+        print("params.yaml grid.finetune updated:", apply(json.loads(JSON.read_text()), a.tasks.split(",")) or "none")
 
 
 if __name__ == "__main__":

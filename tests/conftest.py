@@ -81,3 +81,32 @@ def write_mnli(dir_: Path, n_train: int = 6, n_dev: int = 4, n_dev_mm: int = 5) 
                                     f"hypothesis {i}", *[gold] * votes, gold]))
         (dir_ / "MNLI" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return dir_
+
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore",
+                 "benchmarks/results/latency_table_cpu.json")   # the last: an allocate input (paths.LATENCY_TABLE)
+
+
+def copy_project(repo: Path) -> Path:
+    """The pipeline's sources copied into `repo` (a fresh temp project for end-to-end tests)."""
+    import shutil
+    repo.mkdir(parents=True, exist_ok=True)
+    for item in PROJECT_FILES:
+        src, dst = ROOT / item, repo / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) \
+            if src.is_dir() else shutil.copy(src, dst)
+    return repo
+
+
+def git_dvc_init(repo: Path) -> None:
+    """git init + dvc init + a first commit of everything in `repo`."""
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run(list(a), cwd=repo, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "ci@example.com")
+    run("git", "config", "user.name", "ci")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "init")

@@ -3,7 +3,6 @@ pipeline end to end in a temp git+DVC repo (tiny model, tiny MRPC), asserting vi
 which stages ran when nothing changed, when a budget is added, and when a method is added."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, write_mrpc
+from conftest import ROOT, copy_project, git_dvc_init, write_mrpc
 from fisvd import grid as G
 from fisvd.metrics import glue_metrics, task_metrics
 from fisvd.params import parse_params
@@ -30,18 +29,19 @@ def tiny_grid(raw=None, **grid):
 # ---- enumeration ---------------------------------------------------------------------------------
 
 def test_cells_are_the_product_minus_the_limits():
-    raw = tiny_grid(tasks=["mrpc", "rte"], seeds=[1, 2], budgets=[50, 20], allocations=["uniform_rank", "random"],
-                    factorisations=["fwsvd", "tfwsvd", "kfac"],
-                    limit={"tfwsvd": {"budgets": [50]}, "random": {"factorisations": ["fwsvd"], "tasks": ["rte"]}})
+    raw = tiny_grid(tasks=["mrpc", "rte"], seeds=[1, 2], budgets=[50, 20],
+                    allocations=["uniform_rank", "random", "max_fi"], factorisations=["fwsvd", "tfwsvd", "kfac"],
+                    limit={"tfwsvd": {"budgets": [50], "allocations": ["uniform_rank", "random"]},
+                           "random": {"factorisations": ["fwsvd"], "tasks": ["rte"]}})
     p = parse_params(raw)
     got = {(c.task, c.seed, c.factorisation, c.allocation, c.budget) for c in G.cells(p)}
     want = set()
     for t in ("mrpc", "rte"):
         for s in (1, 2):
             for f in ("fwsvd", "tfwsvd", "kfac"):
-                for a in ("uniform_rank", "random"):
+                for a in ("uniform_rank", "random", "max_fi"):
                     for b in (50, 20):
-                        if f == "tfwsvd" and b != 50:
+                        if f == "tfwsvd" and (b != 50 or a == "max_fi"):
                             continue
                         if a == "random" and (f != "fwsvd" or t != "rte"):
                             continue
@@ -63,7 +63,8 @@ def test_grid_params_errors_name_the_key():
     from fisvd.errors import ParamError
     for bad, key in ((dict(budgets=[50, 150]), "grid.budgets[1]"), (dict(tasks=["mrpc", "nope"]), "grid.tasks[1]"),
                      (dict(allocations=["max_fi", "max_fi"]), "grid.allocations"),
-                     (dict(limit={"bogus": {"budgets": [50]}}), "grid.limit.bogus")):
+                     (dict(limit={"bogus": {"budgets": [50]}}), "grid.limit.bogus"),
+                     (dict(limit={"kfac": {"allocations": ["max_fi", "nope"]}}), "grid.limit.kfac.allocations[1]")):
         with pytest.raises(ParamError, match=key.replace("[", r"\[").replace("]", r"\]")):
             parse_params(tiny_grid(**bad))
     raw = tiny_grid(tasks=["mrpc", "qnli"])
@@ -155,12 +156,7 @@ def reproduce(repo, target="grid/dvc.yaml"):
 
 @pytest.mark.slow
 def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_dir, monkeypatch):
-    repo = tmp_path / "proj"
-    repo.mkdir()
-    for item in ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore"):
-        src = ROOT / item
-        shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) \
-            if src.is_dir() else shutil.copy(src, repo / item)
+    repo = copy_project(tmp_path / "proj")
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["model"]["name"] = str(tiny_model_dir)
     raw["finetune"].update(batch_size=8, max_length=32)
@@ -184,12 +180,7 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
         assert G.main(["--root", str(repo)]) == 0
 
     generate()
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "ci@example.com")
-    git(repo, "config", "user.name", "ci")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "init")
+    git_dvc_init(repo)
 
     ran = reproduce(repo)
     assert ran == sorted(["prepare", "finetune", "fisher", "dense", "cells-fwsvd", "cells-kfac",

@@ -6,7 +6,6 @@ model loads back.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, write_mrpc
+from conftest import ROOT, copy_project, git_dvc_init, write_mrpc
 
 pytestmark = pytest.mark.slow
 ALL = ["prepare", "finetune", "fisher", "allocate", "compress", "evaluate"]
@@ -27,15 +26,7 @@ def git(repo, *args):
 
 @pytest.fixture
 def project(tmp_path, tiny_model_dir, monkeypatch):
-    repo = tmp_path / "proj"
-    repo.mkdir()
-    for item in ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore"):
-        src = ROOT / item
-        shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) \
-            if src.is_dir() else shutil.copy(src, repo / item)
-    table = "benchmarks/results/latency_table_cpu.json"      # an allocate input (fisvd.paths.LATENCY_TABLE)
-    (repo / table).parent.mkdir(parents=True)
-    shutil.copy(ROOT / table, repo / table)
+    repo = copy_project(tmp_path / "proj")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["name"] = str(tiny_model_dir)
     params["finetune"].update(epochs=1, batch_size=8, max_length=32)
@@ -53,12 +44,7 @@ def project(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(repo / "src"))
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     monkeypatch.chdir(repo)
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "ci@example.com")
-    git(repo, "config", "user.name", "ci")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "init")
+    git_dvc_init(repo)
     return repo
 
 

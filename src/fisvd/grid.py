@@ -63,6 +63,7 @@ def allowed(p: Params, task: str, fact: str, alloc: str, budget: int) -> bool:
             continue
         if (lim.tasks is not None and task not in lim.tasks
                 or lim.factorisations is not None and fact not in lim.factorisations
+                or lim.allocations is not None and alloc not in lim.allocations
                 or lim.budgets is not None and budget not in lim.budgets):
             return False
     return True

@@ -183,6 +183,7 @@ class Limit:
     OPTIONAL_KEYS = True
     tasks: Optional[list[str]]
     factorisations: Optional[list[str]]
+    allocations: Optional[list[str]]
     budgets: Optional[list[int]]
 
 
@@ -223,6 +224,8 @@ class GridParams:
                 _names(f"{key}.limit.{name}.tasks", lim.tasks, TASKS)
             if lim.factorisations is not None:
                 _names(f"{key}.limit.{name}.factorisations", lim.factorisations, reg["compress"].names())
+            if lim.allocations is not None:
+                _names(f"{key}.limit.{name}.allocations", lim.allocations, reg["allocate"].names())
         for t in list(self.max_train_samples) + list(self.finetune):
             choice(f"{key}.max_train_samples/finetune: task {t}", t, TASKS)
         for t in self.tasks:
