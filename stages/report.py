@@ -11,6 +11,11 @@ globbed) → metrics/report/ (git-tracked):
 - pareto.json (DVC plot, template .dvc/plots/pareto.json) and png/pareto_<task>.png (matplotlib):
   score vs total params, a line per allocation, dashes per factorisation.
 Runs in grid/ (`dvc repro grid/dvc.yaml`).
+
+While a grid is still running: `cd grid && python -m stages.report --partial` writes the same files
+from the results present so far to metrics/report-partial/ (outside DVC; tables.md opens with the
+count of cells present and the tasks missing). A method's average columns appear only where all of
+the report's tasks have it.
 """
 import json
 import logging
@@ -26,23 +31,41 @@ from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, paired_wi
 
 KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
 OUT = Path("../metrics/report")
+PARTIAL_OUT = Path("../metrics/report-partial")
 log = logging.getLogger("fisvd")
 
 
 def arguments(parser):
     parser.set_defaults(params="../params.yaml")
+    parser.add_argument("--partial", action="store_true",
+                        help=f"report the results present so far (to {PARTIAL_OUT.as_posix()[3:]}, outside DVC)")
 
 
 def load(path: str) -> dict:
     return json.loads((Path("..") / path).read_text())
 
 
-def collect(params):
-    """(tidy rows, {row key: bootstrap samples})."""
-    g, rows, boots = params.grid, [], {}
+def present(path: str) -> bool:
+    return (Path("..") / path).exists()
+
+
+def collect(params, partial: bool = False):
+    """(tidy rows, {row key: bootstrap samples}, (results read, results expected)). `partial`: skip
+    missing results (a task without its dense result entirely; a (cell, seed) without its file)."""
+    g, rows, boots, counts = params.grid, [], {}, [0, 0]
     model = params.model.name
+
+    def read(paths: dict) -> dict:
+        counts[1] += len(paths)
+        got = {k: load(v) for k, v in paths.items() if not partial or present(v)}
+        counts[0] += len(got)
+        return got
+
     for task in g.tasks:
-        dense = {s: load(f"{run_dir(task, s)}/results/dense.json") for s in g.seeds}
+        dense = read({s: f"{run_dir(task, s)}/results/dense.json" for s in g.seeds})
+        if not dense:
+            counts[1] += len(cells(params, task=task)) + len(recover_cells(params, task=task))
+            continue
         first = dense[g.seeds[0]]
         labels = {s: np.asarray(v) for s, v in first["labels"].items()}
         idx = resample_indices({s: len(v) for s, v in labels.items()})
@@ -68,16 +91,18 @@ def collect(params):
         add("dense", "dense", 100, 0, list(dense.values()))
         by_cell = {}
         for c in cells(params, task=task):
-            by_cell.setdefault((c.allocation, c.factorisation, c.budget), []).append(load(cell_result(c)))
-        for (a, f, b), recs in by_cell.items():
-            add(a, f, b, 0, recs)
+            by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
+        for (a, f, b), paths in by_cell.items():
+            if recs := read(paths):
+                add(a, f, b, 0, list(recs.values()))
         rec = {}
         for c in recover_cells(params, task=task):
-            rec.setdefault((c.allocation, c.factorisation, c.budget), []).append(
-                load(f"{run_dir(task, c.seed)}/results/{recover_name(c)}.json"))
-        for (a, f, b), recs in rec.items():
-            add(a, f, b, params.recover.epochs, recs)
-    return rows, boots
+            rec.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = \
+                f"{run_dir(task, c.seed)}/results/{recover_name(c)}.json"
+        for (a, f, b), paths in rec.items():
+            if recs := read(paths):
+                add(a, f, b, params.recover.epochs, list(recs.values()))
+    return rows, boots, tuple(counts)
 
 
 def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
@@ -135,17 +160,16 @@ def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[s
     return lines
 
 
-def summarise(df: pd.DataFrame, params) -> dict:
-    g = params.grid
+def summarise(df: pd.DataFrame, params, tasks: list[str]) -> dict:
     comp = df[df.allocation != "dense"]
     dense = df[df.allocation == "dense"].set_index("task").score
-    out = {"dense_avg": round(float(dense.mean()), 2), "tasks": len(g.tasks), "cells": int(len(comp))}
+    out = {"dense_avg": round(float(dense.mean()), 2), "tasks": len(tasks), "cells": int(len(comp))}
     for epochs in sorted(comp.recovery_epochs.unique()):
         for b in sorted(comp[comp.recovery_epochs == epochs].budget.unique(), reverse=True):
             sel = comp[(comp.budget == b) & (comp.recovery_epochs == epochs)]
             avg = sel.groupby(["allocation", "factorisation"]).agg(score=("score", "mean"), n=("task", "count"),
                                                                    margin=("margin_kept", "mean"))
-            avg = avg[avg.n == len(g.tasks)]
+            avg = avg[avg.n == len(tasks)]
             if avg.empty:
                 continue
             (a, f), best = avg.score.idxmax(), avg.score.max()
@@ -159,7 +183,7 @@ def summarise(df: pd.DataFrame, params) -> dict:
     return out
 
 
-def pareto_plots(df: pd.DataFrame) -> list[dict]:
+def pareto_plots(df: pd.DataFrame, out: Path) -> list[dict]:
     pts = df[(df.recovery_epochs == 0)]
     recs = [{"task": r.task, "allocation": r.allocation, "factorisation": r.factorisation,
              "method": f"{r.allocation}+{r.factorisation}", "kept_params": int(r.total_params),
@@ -167,7 +191,7 @@ def pareto_plots(df: pd.DataFrame) -> list[dict]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    (OUT / "png").mkdir(parents=True, exist_ok=True)
+    (out / "png").mkdir(parents=True, exist_ok=True)
     allocs = sorted(set(pts.allocation) - {"dense"})
     facts = sorted(set(pts.factorisation) - {"dense"})
     colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(allocs)}
@@ -184,22 +208,33 @@ def pareto_plots(df: pd.DataFrame) -> list[dict]:
         ax.set(xlabel="total params (M)", ylabel="score", title=f"{task}: score vs size (no recovery)")
         ax.legend(fontsize=6, ncol=2, loc="lower right")
         fig.tight_layout()
-        fig.savefig(OUT / "png" / f"pareto_{task}.png", dpi=110, metadata={"Software": None})
+        fig.savefig(out / "png" / f"pareto_{task}.png", dpi=110, metadata={"Software": None})
         plt.close(fig)
     return recs
 
 
 def main(params, args):
-    rows, boots = collect(params)
+    rows, boots, (got, expected) = collect(params, partial=args.partial)
+    if not rows:
+        raise SystemExit("report --partial: no task has its dense result yet")
     df = pd.DataFrame(rows)
-    OUT.mkdir(parents=True, exist_ok=True)
-    df.to_csv(OUT / "results.csv", index=False)
-    tasks = list(params.grid.tasks)
-    md = ["# Grid results", "",
+    out = PARTIAL_OUT if args.partial else OUT
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "results.csv", index=False)
+    tasks = [t for t in params.grid.tasks if t in set(df.task)]
+    missing = [t for t in params.grid.tasks if t not in tasks]
+    md = ["# Grid results" + (" (PARTIAL)" if args.partial else ""), ""]
+    if args.partial:
+        md += [f"**Partial report**: {got} of {expected} result files present"
+               + (f"; tasks not started: {', '.join(missing)}" if missing else "")
+               + ". Produced by `cd grid && python -m stages.report --partial`; averages only over methods "
+               "present on every task listed.", ""]
+    md += [
           f"Model {params.model.name}; tasks {', '.join(tasks)}; dev scores ×100 ± half the 95 % bootstrap "
           "interval over dev examples; † collapsed (≥ 95 % one class); ‡ beats every other compressed row of "
-          "its column beyond resampling noise (paired bootstrap). Produced by `dvc repro grid/dvc.yaml` "
-          "(metrics/report/results.csv holds every number).", "",
+          "its column beyond resampling noise (paired bootstrap). "
+          + ("" if args.partial else "Produced by `dvc repro grid/dvc.yaml` ")
+          + f"({out.as_posix()[3:]}/results.csv holds every number).", "",
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
                                              for r in df[df.allocation == "dense"].itertuples()), ""]
     for epochs in sorted(df.recovery_epochs.unique()):
@@ -209,9 +244,9 @@ def main(params, args):
             md += [f"## p = {b / 100:g}" + (f", after {epochs} epoch(s) of recovery fine-tuning" if epochs else
                                             ", no recovery"), ""]
             md += table(df, boots, b, epochs, tasks) + [""]
-    (OUT / "tables.md").write_text("\n".join(md))
-    write_json(OUT / "summary.json", summarise(df, params))
-    write_json(OUT / "pareto.json", pareto_plots(df))
+    (out / "tables.md").write_text("\n".join(md))
+    write_json(out / "summary.json", summarise(df, params, tasks))
+    write_json(out / "pareto.json", pareto_plots(df, out))
     log.info("report: %d rows over %d tasks", len(df), len(tasks))
 
 

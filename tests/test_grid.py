@@ -222,3 +222,19 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     assert reproduce(repo) == ["cells-fwsvd", "cells-kfac", "report"]
     assert len(set(memo.iterdir()) - before) == 2 * 3       # energy at 3 budgets x 2 factorisations
     assert len(pd.read_csv(repo / "metrics/report/results.csv")) == 1 + 3 * 2 * 3 + 1
+
+    # a partial report while a grid is running: a task not started and a missing cell are skipped, counted
+    full = (repo / "metrics/report/results.csv").read_bytes()
+    raw["grid"]["tasks"] = ["mrpc", "rte"]
+    raw["grid"]["finetune"]["rte"] = {"learning_rate": 1e-4, "epochs": 1}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    generate()
+    (repo / "grid/mrpc/s42/results/fwsvd/energy-p30.json").unlink()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "src")])}
+    subprocess.run([sys.executable, "-m", "stages.report", "--partial"], cwd=repo / "grid", env=env, check=True)
+    part = pd.read_csv(repo / "metrics/report-partial/results.csv")
+    assert len(part) == 1 + 3 * 2 * 3 - 1 + 1 and set(part.task) == {"mrpc"}
+    assert part[(part.allocation == "energy") & (part.budget == 0.3)].factorisation.tolist() == ["kfac"]
+    head = (repo / "metrics/report-partial/tables.md").read_text()
+    assert "19 of 40 result files present; tasks not started: rte" in head      # 2 tasks x (dense + 18 + 1)
+    assert (repo / "metrics/report/results.csv").read_bytes() == full          # the DVC report untouched
