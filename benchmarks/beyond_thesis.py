@@ -20,7 +20,8 @@ seeded training slice as the allocate stage, then solves and joint-checks each b
 `--from-grid TASK` computes nothing: it takes the cells of the grid run folder grid/TASK/s<seed>/
 (`make grid` or `dvc repro grid/TASK/s<seed>/dvc.yaml`; the first grid seed), whose fine-tune,
 Fisher, statistics, allocation and factorisation are the same code, and scores their stored dev
-predictions with the same bootstrap as above.
+predictions with the same bootstrap as above. It replaces every earlier row of TASK (those came
+from another fine-tune: the workspace's).
 """
 import argparse
 import copy
@@ -202,7 +203,10 @@ def main():
         old = pd.read_csv(CSV)
         key = ["task", "model", "allocation", "factorisation", "budget"]
         fresh = set(map(tuple, df[key].astype(str).values))
-        df = pd.concat([old[[tuple(r) not in fresh for r in old[key].astype(str).values]], df], ignore_index=True)
+        keep = [tuple(r) not in fresh for r in old[key].astype(str).values]
+        if args.from_grid:  # the grid's own fine-tune: every old row of the task came from another model
+            keep = [k and t != args.from_grid for k, t in zip(keep, old.task)]
+        df = pd.concat([old[keep], df], ignore_index=True)
     CSV.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(CSV, index=False, float_format="%.6g")
     CSV.with_suffix(".md").write_text(markdown(df))
