@@ -45,9 +45,11 @@ def arguments(parser):
 
 
 def keys_of(params, factorisation: str) -> dict:
-    """The params that determine a cell of this factorisation (besides allocation and budget)."""
+    """The params that determine a cell of this factorisation (besides allocation and budget). The
+    factorisation's name itself: methods without options (svd, fwsvd) have equal option dicts."""
     a = params.allocate
-    return {"rank_multiple": a.rank_multiple, "compress": params.compress.opts(factorisation),
+    return {"factorisation": factorisation, "rank_multiple": a.rank_multiple,
+            "compress": params.compress.opts(factorisation),
             "max_length": params.finetune.max_length, "batch_size": params.evaluate.batch_size,
             "budget_kind": a.budget_kind, "speed_table": a.speed_table and sha256_path(a.speed_table)}
 

@@ -57,3 +57,17 @@ def test_make_matrix_equals_matrix_stats_with_the_decomposition_spectrum():
     assert (a.fisher_total, a.fisher_energy, a.m, a.n) == (b.fisher_total, b.fisher_energy, b.m, b.n)
     A, B = truncate(decompose("svd", W, None)[:2], 3)
     assert A.shape == (24, 3) and B.shape == (3, 16) and A.dtype == torch.float32
+
+
+def test_memo_context_tells_every_factorisation_apart():
+    """Regression: svd and fwsvd have no options, so a context made of options alone made svd's cells
+    hit fwsvd's memo (the MRPC grid's svd cells came out equal to fwsvd's)."""
+    import json
+    import yaml
+    from conftest import ROOT
+    from fisvd.params import parse_params, registries
+    from stages.cells import keys_of
+    p = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    names = registries()["compress"].names()
+    contexts = {json.dumps(keys_of(p, f), sort_keys=True, default=str) for f in names}
+    assert len(names) >= 5 and len(contexts) == len(names)
