@@ -1,7 +1,8 @@
 """Wall time of the grid by stage type, from the run-time files its stages write beside their outputs
 (git-tracked, not DVC outputs): finetune (metrics/finetune/runtime.json: train_runtime), fisher
 (metrics/fisher/runtime.json), cells per factorisation (metrics/runtime/cells-<f>.json: stage total,
-cells computed vs memoised), recovery (metrics/runtime/recover-*.json). Missing files (stages not
+cells computed vs memoised; a stage re-run that took its cells from the memo counts them at the
+seconds they cost when computed, i.e. max(stage wall time, sum of per-cell seconds)), recovery (metrics/runtime/recover-*.json). Missing files (stages not
 run yet) are listed, not guessed. Writes benchmarks/results/grid_cost.md.
 
     python benchmarks/grid_cost.py
@@ -32,7 +33,8 @@ def main():
             for f in p.grid.factorisations:
                 if cells(p, t, s, f):
                     c = read(d / f"metrics/runtime/cells-{f}.json")
-                    rows.append({"task": t, "seed": s, "stage": f"cells ({f})", "seconds": c and c["stage_s"],
+                    cost = c and max(c["stage_s"], sum(c["cell_s"].values()))
+                    rows.append({"task": t, "seed": s, "stage": f"cells ({f})", "seconds": cost,
                                  "cells": c and c["computed"] + c["memoised"], "computed": c and c["computed"]})
             for c in recover_cells(p, t, s):
                 r = read(d / f"metrics/runtime/{recover_name(c)}.json")
