@@ -110,3 +110,12 @@ def git_dvc_init(repo: Path) -> None:
     run(sys.executable, "-m", "dvc", "init", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "init")
+
+
+def load_bench(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmark scripts are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

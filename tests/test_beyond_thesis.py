@@ -1,17 +1,12 @@
 """benchmarks/beyond_thesis.py: the targets section computed from a hand-made results table."""
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_beyond", ROOT / "benchmarks" / "beyond_thesis.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("beyond_thesis")
 
 
 def _rows():

@@ -1,19 +1,14 @@
 """benchmarks/finetune_select.py: the choice rule and --apply's in-place params.yaml edit."""
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_select", ROOT / "benchmarks" / "finetune_select.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("finetune_select")
 
 
 PARAMS = """\
