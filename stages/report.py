@@ -66,7 +66,7 @@ def collect(params, partial: bool = False):
         if not dense:
             counts[1] += len(cells(params, task=task)) + len(recover_cells(params, task=task))
             continue
-        first = dense[g.seeds[0]]
+        first = next(iter(dense.values()))   # partial: the first seed present
         labels = {s: np.asarray(v) for s, v in first["labels"].items()}
         idx = resample_indices({s: len(v) for s, v in labels.items()})
         const = first["constant_score"]
