@@ -115,13 +115,18 @@ def margin_kept(score: float, dense_score: float, const_score: float) -> Optiona
 def bootstrap_ci(task: str, per_split: Mapping[str, tuple[np.ndarray, np.ndarray]], n: int = 1000,
                  seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile-bootstrap interval of `task_metrics(task, per_split)["score"]` over dev examples:
-    `n` resamples with replacement of each split's (prediction, label) pairs, seeded; vectorised by
-    fisvd.report (one index matrix per split, the task score of every resample at once)."""
-    from .report import boot_scores, interval, resample_indices
+    `n` resamples with replacement of each split's (prediction, label) pairs, seeded."""
+    rng = np.random.default_rng(seed)
     arrays = {s: (np.asarray(p), np.asarray(y)) for s, (p, y) in per_split.items()}
-    idx = resample_indices({s: len(y) for s, (_, y) in arrays.items()}, n=n, seed=seed)
-    samples = boot_scores(task, [{s: p for s, (p, _) in arrays.items()}], {s: y for s, (_, y) in arrays.items()}, idx)
-    return interval(samples, level)
+    scores = np.empty(n)
+    for i in range(n):
+        sample = {}
+        for s, (p, y) in arrays.items():
+            idx = rng.integers(0, len(y), len(y))
+            sample[s] = (p[idx], y[idx])
+        scores[i] = task_metrics(task, sample)["score"]
+    lo, hi = np.quantile(scores, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def predictions(task: str, logits: np.ndarray) -> np.ndarray:
