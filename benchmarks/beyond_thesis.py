@@ -39,7 +39,8 @@ from fisvd.evaluate import predict
 from fisvd.factorize import factorize, whitened
 from fisvd.fisher import load_fisher
 from fisvd.lowrank import apply_lowrank
-from fisvd.metrics import bootstrap_ci, constant_score, margin_kept, predictions, task_metrics
+from fisvd.metrics import constant_score, margin_kept, predictions, task_metrics
+from fisvd.report import boot_scores, interval, resample_indices
 from fisvd.models import compressible_linears, count_params, load_classifier, load_tokenizer
 from fisvd.params import load_params
 from fisvd.paths import FISHER, MODEL, PREPARED, STATS
@@ -50,6 +51,13 @@ CSV = Path("benchmarks/results/beyond_thesis.csv")
 CPU = torch.device("cpu")
 
 
+def bootstrap(task, per):
+    """95 % percentile-bootstrap interval of the task score (fisvd.report's vectorised resampling:
+    1000 resamples, seed 0, one index matrix per dev split)."""
+    idx = resample_indices({s: len(y) for s, (_, y) in per.items()})
+    return interval(boot_scores(task, [{s: p for s, (p, _) in per.items()}], {s: y for s, (_, y) in per.items()}, idx))
+
+
 def scorer(task, devs, tok):
     dev_batches = {s: list(batches(f, 64, collate(tok))) for s, f in devs.items()}
     labels = {s: np.array([x["labels"] for x in f]) for s, f in devs.items()}
@@ -57,7 +65,7 @@ def scorer(task, devs, tok):
     def score(model):
         per = {s: (predictions(task, predict(model, b, CPU)), labels[s]) for s, b in dev_batches.items()}
         m = task_metrics(task, per)
-        lo, hi = bootstrap_ci(task, per, n=1000, seed=0)
+        lo, hi = bootstrap(task, per)
         return {**{k: v for k, v in m.items()}, "score_lo": lo, "score_hi": hi}
     return score, labels
 
@@ -217,7 +225,7 @@ def from_grid(args, params, task):
     def row(rec, alloc, fact, budget, kept):
         per = {s: (np.asarray(p), labels[s]) for s, p in rec["predictions"].items()}
         m = task_metrics(task, per)
-        lo, hi = bootstrap_ci(task, per, n=1000, seed=0)
+        lo, hi = bootstrap(task, per)
         return {"task": task, "model": params.model.name, "allocation": alloc, "factorisation": fact, "budget": budget,
                 "kept_ratio": kept, "total_params": rec["total_params"], **m, "score_lo": lo, "score_hi": hi,
                 "constant_score": dense["constant_score"],
