@@ -51,22 +51,48 @@ CSV = Path("benchmarks/results/beyond_thesis.csv")
 CPU = torch.device("cpu")
 
 
-def bootstrap(task, per):
-    """95 % percentile-bootstrap interval of the task score (fisvd.report's vectorised resampling:
-    1000 resamples, seed 0, one index matrix per dev split)."""
-    idx = resample_indices({s: len(y) for s, (_, y) in per.items()})
-    return interval(boot_scores(task, [{s: p for s, (p, _) in per.items()}], {s: y for s, (_, y) in per.items()}, idx))
+def bootstrap(task, per, idx=None):
+    """[1000] resampled task scores (fisvd.report's vectorised percentile bootstrap, seed 0, one index
+    matrix per dev split). Every cell of a task is resampled on the same `idx`, so the scores of two
+    cells are paired and their difference has an interval of its own (`paired_deltas`)."""
+    if idx is None:
+        idx = resample_indices({s: len(y) for s, (_, y) in per.items()})
+    return boot_scores(task, [{s: p for s, (p, _) in per.items()}], {s: y for s, (_, y) in per.items()}, idx)
+
+
+FWSVD_BASELINES = (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"))
+
+
+def paired_deltas(rows: list[dict], boots: dict) -> None:
+    """Adds to each compressed row (in place) the paired 95 % bootstrap interval of its score minus
+    (a) `uniform_rank` on the same factorisation and budget: d_uniform_lo/hi; (b) the better-scoring
+    of the two FWSVD baselines at that budget: d_fwsvd_lo/hi. `boots`: (allocation, factorisation,
+    budget) → resampled scores on one shared set of indices."""
+    score = {(r["allocation"], r["factorisation"], r["budget"]): r["score"] for r in rows}
+    for r in rows:
+        key = (r["allocation"], r["factorisation"], r["budget"])
+        if r["allocation"] == "dense":
+            continue
+        u = ("uniform_rank", r["factorisation"], r["budget"])
+        if r["allocation"] != "uniform_rank" and u in boots:
+            r["d_uniform_lo"], r["d_uniform_hi"] = interval(boots[key] - boots[u])
+        base = [(a, f, r["budget"]) for a, f in FWSVD_BASELINES if (a, f, r["budget"]) in boots]
+        if len(base) == len(FWSVD_BASELINES) and (r["allocation"], r["factorisation"]) not in FWSVD_BASELINES:
+            ref = max(base, key=score.get)
+            r["d_fwsvd_lo"], r["d_fwsvd_hi"] = interval(boots[key] - boots[ref])
 
 
 def scorer(task, devs, tok):
     dev_batches = {s: list(batches(f, 64, collate(tok))) for s, f in devs.items()}
     labels = {s: np.array([x["labels"] for x in f]) for s, f in devs.items()}
+    idx = resample_indices({s: len(y) for s, y in labels.items()})
 
     def score(model):
+        """(metrics with the score's 95 % interval, resampled scores)."""
         per = {s: (predictions(task, predict(model, b, CPU)), labels[s]) for s, b in dev_batches.items()}
-        m = task_metrics(task, per)
-        lo, hi = bootstrap(task, per)
-        return {**{k: v for k, v in m.items()}, "score_lo": lo, "score_hi": hi}
+        boot = bootstrap(task, per, idx)
+        lo, hi = interval(boot)
+        return {**task_metrics(task, per), "score_lo": lo, "score_hi": hi}, boot
     return score, labels
 
 
@@ -82,7 +108,8 @@ def run(args, params, meta, splits):
     W = {m.name: dense.get_submodule(m.name).weight.detach().float() for m in infos}
     per_matrix = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
     const = constant_score(task, labels)
-    base = score(dense)
+    base, boot = score(dense)
+    boots = {("dense", "dense", 1.0): boot}
     rows = [{"task": task, "model": params.model.name, "allocation": "dense", "factorisation": "dense",
              "budget": 1.0, "kept_ratio": 1.0, "total_params": count_params(dense), **base,
              "constant_score": const, "margin_kept": 1.0}]
@@ -115,7 +142,7 @@ def run(args, params, meta, splits):
                 model = copy.deepcopy(dense)
                 factors = {M.name: factor_fn(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar}
                 apply_lowrank(model, factors)
-                m = score(model)
+                m, boots[(alloc, fact, p)] = score(model)
                 kept = total_size(mats, ranks) / sum(M.dense_size for M in mats)
                 margin = margin_kept(m["score"], base["score"], const)
                 rows.append({"task": task, "model": params.model.name, "allocation": alloc, "factorisation": fact,
@@ -126,6 +153,7 @@ def run(args, params, meta, splits):
                       f"{'n/a' if margin is None else f'{margin:5.2f}'}{'  COLLAPSED' if m['collapsed'] else ''}",
                       flush=True)
         print(f"  ({fact}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    paired_deltas(rows, boots)
     return pd.DataFrame(rows)
 
 
@@ -172,18 +200,36 @@ def targets(df: pd.DataFrame) -> list[str]:
     out = ["## Targets", "",
            f"Preset = `{PRESET[0]} + {PRESET[1]}` (the pipeline default, fixed before these runs); dev-best = the best "
            "combination with a new factorisation (whiten, kfac) or the new allocator (measured) at that budget, "
-           "chosen on the dev set it is scored on (optimistic). Δ = score − the better of the two FWSVD baselines. "
+           "chosen on the dev set it is scored on (optimistic). Δ = score − the better of the two FWSVD baselines, "
+           "with the paired 95 % bootstrap interval of the preset's Δ; † collapsed (same resampled dev examples for both). "
            "% = share of the dense score; target: ≥ 98 / 97 / 95 % at p = 0.5 / 0.3 / 0.2. Margin = share of the "
            "dense model's margin over the constant predictor kept by the preset.", "",
            "| task | p | preset | dev-best new | uniform_rank + fwsvd | max_fi + fwsvd | Δ preset | Δ dev-best "
            "| % preset | % dev-best | margin preset | target |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     thesis = ["", "Thesis question (p ≤ 0.3): FI-allocated vs uniform ranks on the same two-sided factorisation "
-              "(score; Δ = best FI allocator − uniform_rank).", "",
-              "| task | factorisation | p | uniform_rank | max_fi | measured | Δ |", "|---|---|---|---|---|---|---|"]
+              "(score, † collapsed; Δ = best FI allocator (a non-collapsed one first) − uniform_rank, in brackets its paired 95 % bootstrap interval; "
+              "beyond noise = the interval excludes 0).", "",
+              "| task | factorisation | p | uniform_rank | max_fi | measured | Δ | beyond noise |",
+              "|---|---|---|---|---|---|---|---|"]
     for (task, model), g in df.groupby(["task", "model"], sort=False):
         dense = float(g[g.allocation == "dense"].score.iloc[0])
         const = float(g[g.allocation == "dense"].constant_score.iloc[0])
         at = {(r.allocation, r.factorisation, round(float(r.budget), 2)): float(r.score) for r in g.itertuples()}
+        rec = {(r.allocation, r.factorisation, round(float(r.budget), 2)): r for r in g.itertuples()}
+
+        def paired(key, side):
+            """' [lo, hi]' of the row's paired Δ interval (d_<side>_lo/hi), '' when absent."""
+            r = rec.get(key)
+            lo, hi = (getattr(r, f"d_{side}_{e}", float("nan")) for e in ("lo", "hi"))
+            return "" if r is None or pd.isna(lo) else f" [{lo:+.1f}, {hi:+.1f}]"
+
+        def cell(key):
+            """The row's score, † when collapsed; – when the cell is missing."""
+            r = rec.get(key)
+            if r is None:
+                return "–"
+            c = getattr(r, "collapsed", False)
+            return f"{r.score:.1f}{' †' if not pd.isna(c) and bool(c) else ''}"
         for b in sorted({round(float(x), 2) for x in g[g.allocation != "dense"].budget if x <= 0.7}, reverse=True):
             new = {(a, f): v for (a, f, bb), v in at.items()
                    if bb == b and (f in NEW_FACTS or a in NEW_ALLOCS)}
@@ -198,8 +244,9 @@ def targets(df: pd.DataFrame) -> list[str]:
                 return "–" if v is None else fmt.format(v)
             tgt = KEEP_TARGET.get(b)
             met = "" if tgt is None else ("met" if pre is not None and 100 * pre / dense >= tgt else f"missed ({tgt} %)")
-            out.append(f"| {task} | {b:g} | {num(pre)} | {new[best]:.1f} ({best[0]} + {best[1]}) | {base[0]:.1f} "
-                       f"| {base[1]:.1f} | {num(None if pre is None else pre - ref, '{:+.1f}')} | {new[best] - ref:+.1f} "
+            out.append(f"| {task} | {b:g} | {cell((*PRESET, b))} | {cell((*best, b))} ({best[0]} + {best[1]}) "
+                       f"| {cell(('uniform_rank', 'fwsvd', b))} | {cell(('max_fi', 'fwsvd', b))} | {num(None if pre is None else pre - ref, '{:+.1f}')}{paired((*PRESET, b), 'fwsvd')} "
+                       f"| {new[best] - ref:+.1f} "
                        f"| {num(None if pre is None else 100 * pre / dense)} | {100 * new[best] / dense:.1f} "
                        f"| {num(None if pre is None or dense <= const else (pre - const) / (dense - const), '{:.2f}')} "
                        f"| {met} |")
@@ -207,9 +254,13 @@ def targets(df: pd.DataFrame) -> list[str]:
                 u = at.get(("uniform_rank", f, b))
                 fi = {a: at.get((a, f, b)) for a in ("max_fi", "measured")}
                 if b <= 0.3 and u is not None and any(v is not None for v in fi.values()):
-                    d = max(v for v in fi.values() if v is not None) - u
-                    thesis.append(f"| {task} | {f} | {b:g} | {u:.1f} | {num(fi['max_fi'])} | {num(fi['measured'])} "
-                                  f"| {d:+.1f} |")
+                    a = max((a for a in fi if fi[a] is not None),   # a collapsed model wins nothing
+                            key=lambda a: (not cell((a, f, b)).endswith("†"), fi[a]))
+                    iv = paired((a, f, b), "uniform")
+                    noise = "" if not iv else ("yes" if rec[(a, f, b)].d_uniform_lo > 0 else "no")
+                    thesis.append(f"| {task} | {f} | {b:g} | {cell(('uniform_rank', f, b))} | {cell(('max_fi', f, b))} "
+                                  f"| {cell(('measured', f, b))} "
+                                  f"| {fi[a] - u:+.1f}{iv} | {noise} |")
     return out + thesis + [""]
 
 
@@ -221,11 +272,14 @@ def from_grid(args, params, task):
     folder = Path(run_dir(task, params.grid.seeds[0]))
     dense = json.loads((folder / "results/dense.json").read_text())
     labels = {s: np.asarray(v) for s, v in dense["labels"].items()}
+    idx = resample_indices({s: len(y) for s, y in labels.items()})
+    boots = {}
 
     def row(rec, alloc, fact, budget, kept):
         per = {s: (np.asarray(p), labels[s]) for s, p in rec["predictions"].items()}
         m = task_metrics(task, per)
-        lo, hi = bootstrap(task, per)
+        boots[(alloc, fact, budget)] = bootstrap(task, per, idx)
+        lo, hi = interval(boots[(alloc, fact, budget)])
         return {"task": task, "model": params.model.name, "allocation": alloc, "factorisation": fact, "budget": budget,
                 "kept_ratio": kept, "total_params": rec["total_params"], **m, "score_lo": lo, "score_hi": hi,
                 "constant_score": dense["constant_score"],
@@ -242,6 +296,7 @@ def from_grid(args, params, task):
                 else:
                     print(f"missing (not run yet): {path}")
     print(f"{task}: {len(rows) - 1} cells from {folder}")
+    paired_deltas(rows, boots)
     return pd.DataFrame(rows)
 
 
