@@ -201,7 +201,7 @@ def targets(df: pd.DataFrame) -> list[str]:
            f"Preset = `{PRESET[0]} + {PRESET[1]}` (the pipeline default, fixed before these runs); dev-best = the best "
            "combination with a new factorisation (whiten, kfac) or the new allocator (measured) at that budget, "
            "chosen on the dev set it is scored on (optimistic). Δ = score − the better of the two FWSVD baselines, "
-           "with the paired 95 % bootstrap interval of the preset's Δ; † collapsed (same resampled dev examples for both). "
+           "with the paired 95 % bootstrap interval of the preset's Δ (same resampled dev examples for both); † collapsed. "
            "% = share of the dense score; target: ≥ 98 / 97 / 95 % at p = 0.5 / 0.3 / 0.2. Margin = share of the "
            "dense model's margin over the constant predictor kept by the preset.", "",
            "| task | p | preset | dev-best new | uniform_rank + fwsvd | max_fi + fwsvd | Δ preset | Δ dev-best "
