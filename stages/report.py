@@ -12,7 +12,7 @@ globbed) → metrics/report/ (git-tracked):
   score vs total params, a line per allocation, dashes per factorisation.
 Runs in grid/ (`dvc repro grid/dvc.yaml`).
 
-While a grid is still running: `cd grid && python -m stages.report --partial` writes the same files
+While a grid is still running: `cd grid && PYTHONPATH=.. python -m stages.report --partial` writes the same files
 from the results present so far to metrics/report-partial/ (outside DVC; tables.md opens with the
 count of cells present and the tasks missing). A method's average columns appear only where all of
 the report's tasks have it.
@@ -227,8 +227,8 @@ def main(params, args):
     if args.partial:
         md += [f"**Partial report**: {got} of {expected} result files present"
                + (f"; tasks not started: {', '.join(missing)}" if missing else "")
-               + ". Produced by `cd grid && python -m stages.report --partial`; averages only over methods "
-               "present on every task listed.", ""]
+               + ". Produced by `cd grid && PYTHONPATH=.. python -m stages.report --partial`; averages only "
+               "over methods present on every task listed.", ""]
     md += [
           f"Model {params.model.name}; tasks {', '.join(tasks)}; dev scores ×100 ± half the 95 % bootstrap "
           "interval over dev examples; † collapsed (≥ 95 % one class); ‡ beats every other compressed row of "
