@@ -13,7 +13,11 @@ Rows land in benchmarks/results/finetune_select.csv as each run finishes (a reru
 (task, model, learning rate, epochs) runs already there); the chosen settings go to
 finetune_select.json and a Markdown summary beside them.
 
-    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4] [--apply]
+    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4] [--epochs N] [--apply]
+
+`--epochs N` runs the candidates with an N-epoch schedule instead of the task's default length
+(MAX_EPOCHS), e.g. when the held-out score was still rising at the last epoch; every complete run
+of any length competes in the choice (column `run_epochs`: its schedule length).
 
 --apply writes the chosen settings of the given tasks into params.yaml's `grid.finetune` (in place,
 comments kept); then `python -m fisvd.grid && python -m fisvd.docs` regenerate the grid and README.
@@ -46,13 +50,27 @@ def holdout_split(rows: list, share: float = 0.1, minimum: int = 200, seed: int 
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def with_run_epochs(df: pd.DataFrame) -> pd.DataFrame:
+    """`run_epochs` (each row's schedule length) filled for rows written before the column existed:
+    their run was one schedule per (task, model, learning rate), as long as its last epoch."""
+    df = df.copy()
+    if "run_epochs" not in df:
+        df["run_epochs"] = float("nan")
+    old = df.run_epochs.isna()
+    df.loc[old, "run_epochs"] = df[old].groupby(["task", "model", "learning_rate"]).epochs.transform("max")
+    df["run_epochs"] = df["run_epochs"].astype(int)
+    return df
+
+
 def choose(df: pd.DataFrame) -> dict:
     """Best held-out score at the end of each run (the only reading that is a complete fine-tune with
     its own schedule: an earlier epoch of a longer linear schedule is not "training e epochs", and
-    choosing it gave RTE a collapsed 1-epoch model); ties → the smaller learning rate. The per-epoch
-    scores are reported, not chosen from."""
-    last = df[df.epochs == df.epochs.max()]
-    best = last.sort_values(["score", "learning_rate"], ascending=[False, True]).iloc[0]
+    choosing it gave RTE a collapsed 1-epoch model); ties → the smaller learning rate, then the
+    shorter run. The per-epoch scores are reported, not chosen from."""
+    if "run_epochs" not in df:
+        df = df.assign(run_epochs=df.epochs.max())
+    last = df[df.epochs == df.run_epochs]
+    best = last.sort_values(["score", "learning_rate", "epochs"], ascending=[False, True, True]).iloc[0]
     return {"learning_rate": float(best.learning_rate), "epochs": int(best.epochs),
             "holdout_score": round(float(best.score), 2)}
 
@@ -67,12 +85,13 @@ def report(df: pd.DataFrame) -> None:
              + ", ".join(f"{k} {v}" for k, v in FIXED.items()) + f", max_length {MAX_LENGTH}. "
              "Training subsets: " + ", ".join(f"{t} {n}" for t, n in MAX_TRAIN.items()) + ".", ""]
     for t, g in df.groupby("task"):
-        piv = g.pivot_table(index="learning_rate", columns="epochs", values="score")
+        piv = g.pivot_table(index=["learning_rate", "run_epochs"], columns="epochs", values="score")
         lines += [f"## {t}: chosen lr {chosen[t]['learning_rate']:g}, {chosen[t]['epochs']} epochs "
                   f"(held-out {chosen[t]['holdout_score']:.2f})", "",
-                  "| lr \\ epoch | " + " | ".join(str(c) for c in piv.columns) + " |",
+                  "| lr (run of N epochs) \\ epoch | " + " | ".join(str(c) for c in piv.columns) + " |",
                   "|---|" + "---|" * len(piv.columns)]
-        lines += [f"| {lr:g} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for lr, row in piv.iterrows()]
+        lines += [f"| {lr:g} ({n}) | " + " | ".join("" if pd.isna(v) else f"{v:.2f}" for v in row) + " |"
+                  for (lr, n), row in piv.iterrows()]
         lines.append("")
     MD.write_text("\n".join(lines))
 
@@ -105,7 +124,7 @@ def apply(chosen: dict, tasks: list[str], params: Path = Path("params.yaml")) ->
     return changed
 
 
-def run(task: str, lr: float, model_name: str) -> list[dict]:
+def run(task: str, lr: float, model_name: str, epochs: int) -> list[dict]:
     rows, _ = load_local(task, resolve_glue_dir("."))
     train = subset(rows["train"], MAX_TRAIN.get(task), 0)
     fit, held = holdout_split(train)
@@ -114,11 +133,12 @@ def run(task: str, lr: float, model_name: str) -> list[dict]:
     spec = TASKS[task]
     model = load_classifier(path, spec.num_labels, spec.labels)
     trainer = make_trainer(model, tok, task, tokenize(tok, fit, MAX_LENGTH), tokenize(tok, held, MAX_LENGTH),
-                           epochs=MAX_EPOCHS[task], learning_rate=lr, output_dir="/tmp/fisvd-select", **FIXED)
+                           epochs=epochs, learning_rate=lr, output_dir="/tmp/fisvd-select", **FIXED)
     t0 = time.time()
     trainer.train()
     secs = time.time() - t0
-    return [{"task": task, "model": model_name, "learning_rate": lr, "epochs": e.pop("epoch"),
+    return [{"task": task, "model": model_name, "learning_rate": lr, "run_epochs": epochs,
+             "epochs": e.pop("epoch"),
              "fit_rows": len(fit), "holdout_rows": len(held), "seconds": round(secs), **e}
             for e in epoch_scores(trainer)]
 
@@ -128,14 +148,17 @@ def main():
     ap.add_argument("--tasks", default="rte,stsb,cola,sst2,mrpc")
     ap.add_argument("--lrs", default="3e-5,1e-4")
     ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--epochs", type=int, help="schedule length of these runs (default: the task's MAX_EPOCHS)")
     ap.add_argument("--apply", action="store_true", help="write the chosen settings into params.yaml grid.finetune")
     a = ap.parse_args()
-    df = pd.read_csv(CSV) if CSV.exists() else pd.DataFrame()
+    df = with_run_epochs(pd.read_csv(CSV)) if CSV.exists() else pd.DataFrame()
     for task in a.tasks.split(","):
+        n = a.epochs or MAX_EPOCHS[task]
         for lr in (float(x) for x in a.lrs.split(",")):
-            if len(df) and ((df.task == task) & (df.model == a.model) & (df.learning_rate == lr)).any():
+            if len(df) and ((df.task == task) & (df.model == a.model) & (df.learning_rate == lr)
+                            & (df.run_epochs == n)).any():
                 continue
-            new = pd.DataFrame(run(task, lr, a.model))
+            new = pd.DataFrame(run(task, lr, a.model, n))
             print(new[["task", "learning_rate", "epochs", "score", "collapsed", "seconds"]].to_string(index=False),
                   flush=True)
             df = pd.concat([df, new], ignore_index=True)

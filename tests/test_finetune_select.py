@@ -56,3 +56,18 @@ def test_choose_reads_complete_runs_only_and_breaks_ties_to_the_smaller_rate():
                        "score": [90.0, 70.0, 60.0, 75.0, 50.0, 75.0]})
     # 3e-5's epoch-1 reading (90) is the best number but not a complete run; 5e-5 and 1e-4 tie at 75
     assert bench.choose(df) == {"learning_rate": 5e-5, "epochs": 2, "holdout_score": 75.0}
+
+
+def test_runs_of_different_lengths_compete_at_their_own_last_epoch():
+    bench = _bench()
+    old = pd.DataFrame({"task": "cola", "model": "m", "learning_rate": [3e-5] * 4 + [1e-4] * 4,
+                        "epochs": [1, 2, 3, 4] * 2, "score": [5, 22, 27, 33, 0, 20, 32, 29]})
+    df = bench.with_run_epochs(old)                 # rows from before the column: one run per rate
+    assert df.run_epochs.tolist() == [4] * 8
+    new = pd.DataFrame({"task": "cola", "model": "m", "learning_rate": 3e-5, "run_epochs": 8,
+                        "epochs": range(1, 9), "score": [4, 20, 26, 30, 36, 34, 37, 35.0]})
+    df = bench.with_run_epochs(pd.concat([old, new], ignore_index=True))
+    assert df.run_epochs.tolist() == [4] * 8 + [8] * 8    # the 8-epoch run does not stretch the old ones
+    # complete readings: 3e-5/4 → 33, 1e-4/4 → 29, 3e-5/8 → 35 (its epoch-7 37 is not a complete run)
+    assert bench.choose(df) == {"learning_rate": 3e-5, "epochs": 8, "holdout_score": 35.0}
+    assert bench.choose(df[df.run_epochs == 4]) == {"learning_rate": 3e-5, "epochs": 4, "holdout_score": 33.0}
