@@ -201,14 +201,15 @@ def targets(df: pd.DataFrame) -> list[str]:
            f"Preset = `{PRESET[0]} + {PRESET[1]}` (the pipeline default, fixed before these runs); dev-best = the best "
            "combination with a new factorisation (whiten, kfac) or the new allocator (measured) at that budget, "
            "chosen on the dev set it is scored on (optimistic). Δ = score − the better of the two FWSVD baselines, "
-           "with the paired 95 % bootstrap interval of the preset's Δ (same resampled dev examples for both); † collapsed. "
+           "with the paired 95 % bootstrap interval of the preset's Δ (same resampled dev examples for both); "
+           "† collapsed. "
            "% = share of the dense score; target: ≥ 98 / 97 / 95 % at p = 0.5 / 0.3 / 0.2. Margin = share of the "
            "dense model's margin over the constant predictor kept by the preset.", "",
            "| task | p | preset | dev-best new | uniform_rank + fwsvd | max_fi + fwsvd | Δ preset | Δ dev-best "
            "| % preset | % dev-best | margin preset | target |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     thesis = ["", "Thesis question (p ≤ 0.3): FI-allocated vs uniform ranks on the same two-sided factorisation "
-              "(score, † collapsed; Δ = best FI allocator (a non-collapsed one first) − uniform_rank, in brackets its paired 95 % bootstrap interval; "
-              "beyond noise = the interval excludes 0).", "",
+              "(score, † collapsed; Δ = best FI allocator (a non-collapsed one first) − uniform_rank, in brackets "
+              "its paired 95 % bootstrap interval; beyond noise = the interval excludes 0).", "",
               "| task | factorisation | p | uniform_rank | max_fi | measured | Δ | beyond noise |",
               "|---|---|---|---|---|---|---|---|"]
     for (task, model), g in df.groupby(["task", "model"], sort=False):
@@ -245,7 +246,8 @@ def targets(df: pd.DataFrame) -> list[str]:
             tgt = KEEP_TARGET.get(b)
             met = "" if tgt is None else ("met" if pre is not None and 100 * pre / dense >= tgt else f"missed ({tgt} %)")
             out.append(f"| {task} | {b:g} | {cell((*PRESET, b))} | {cell((*best, b))} ({best[0]} + {best[1]}) "
-                       f"| {cell(('uniform_rank', 'fwsvd', b))} | {cell(('max_fi', 'fwsvd', b))} | {num(None if pre is None else pre - ref, '{:+.1f}')}{paired((*PRESET, b), 'fwsvd')} "
+                       f"| {cell(('uniform_rank', 'fwsvd', b))} | {cell(('max_fi', 'fwsvd', b))} "
+                       f"| {num(None if pre is None else pre - ref, '{:+.1f}')}{paired((*PRESET, b), 'fwsvd')} "
                        f"| {new[best] - ref:+.1f} "
                        f"| {num(None if pre is None else 100 * pre / dense)} | {100 * new[best] / dense:.1f} "
                        f"| {num(None if pre is None or dense <= const else (pre - const) / (dense - const), '{:.2f}')} "
