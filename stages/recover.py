@@ -3,8 +3,9 @@
 `recover.epochs` epochs), per-epoch loss and dev metric logged by DVCLive to metrics/recover/<name>/.
 
 The cell's ranks come from results/<factorisation>/<allocation>-p<budget>.json; the factors are rebuilt with
-fisvd.factorize and trained as two Linears each (LowRankLinear: first = B, second = A with the
-bias) together with everything else, with the task's fine-tune setup (fisvd.train: its learning rate,
+fisvd.factorize, balanced (fisvd.balance: the same product, each rank component's two factors of equal
+norm, so that Adam's steps are of one relative size on both) and trained as two Linears each
+(LowRankLinear: first = B, second = A with the bias) together with everything else, with the task's fine-tune setup (fisvd.train: its learning rate,
 batch size, warm-up, weight decay, seed) on the whole training split.
 """
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fisvd.balance import balance
 from fisvd.cli import run_stage
 from fisvd.data import collate, dev_splits, load_prepared, tokenize
 from fisvd.dist import is_main
@@ -54,8 +56,8 @@ def main(params, args):
     for n, r in cell["ranks"].items():
         W = model.get_submodule(n).weight.detach()
         if r < W.numel() // sum(W.shape):           # below break-even r̄ (allocate: r ≥ r̄ is dense)
-            factors[n] = factorize(args.factorisation, W, {"fisher": fisher[n], **stats_of(stats, smeta, n)}, r,
-                                   opts=params.compress.opts(args.factorisation))
+            factors[n] = balance(*factorize(args.factorisation, W, {"fisher": fisher[n], **stats_of(stats, smeta, n)},
+                                            r, opts=params.compress.opts(args.factorisation)))
     apply_lowrank(model, factors)
     train = tokenize(tok, splits["train"], ft.max_length)
     devs = {s: tokenize(tok, splits[s], ft.max_length) for s in dev_splits(task)}
