@@ -3,10 +3,14 @@ globbed) → metrics/report/ (git-tracked):
 - results.csv: one tidy row per cell and per task's dense model (task, model, allocation,
   factorisation, budget, kept_ratio, total_params, recovery_epochs, score, 95 % bootstrap interval,
   % of dense, margin kept over the constant predictor, every task metric, collapsed, seeds);
-- tables.md: per budget, without and with recovery, rows = methods, columns = per-task score ± half
+- tables.md: first an overview (the headline budgets p = 0.5, 0.3 and every recovered budget, before
+  and after recovery: the thesis's FWSVD baselines, the top methods by average, per-task scores,
+  average ± half its interval, average % of dense and average share of the dense model's margin over
+  the constant predictor kept); then per budget, without and with recovery, rows = methods, columns = per-task score ± half
   interval, NLI / similarity / single-sentence averages, overall average, params (M); † collapsed,
   ‡ beats every other row of its column beyond resampling noise (paired bootstrap, fisvd.report);
-- summary.json (DVC metrics): headline numbers (best method per budget, its average and margin kept,
+- summary.json (DVC metrics): headline numbers (best method per budget, its average and margin kept
+  (avg − constant avg) / (dense avg − constant avg),
   the FWSVD baselines, the thesis's fi_retention vs uniform_rank check);
 - pareto.json (DVC plot, template .dvc/plots/pareto.json) and png/pareto_<task>.png (matplotlib):
   score vs total params, a line per allocation, dashes per factorisation.
@@ -160,22 +164,60 @@ def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[s
     return lines
 
 
+HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
+BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "fwsvd"), ("uniform_rank", "tfwsvd")]
+TOP = 3                  # the overview's best methods by average, besides the baselines
+
+
+def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
+    """Compact table: rows = dense, the FWSVD baselines, the TOP methods by average (no recovery) or
+    every recovered method (with recovery, and its average before recovery); only methods on every task."""
+    b = budget / 100
+    comp = df[(df.allocation != "dense") & (df.budget == b)]
+    sel = comp[comp.recovery_epochs == epochs]
+    full = [m for m, g in sel.groupby(["allocation", "factorisation"]) if set(g.task) >= set(tasks)]
+    avg = {m: float(sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score.mean()) for m in full}
+    if epochs:
+        rows = sorted(full, key=lambda m: -avg[m])
+    else:
+        rows = [m for m in BASELINES if m in avg]
+        rows += [m for m in sorted(avg, key=lambda m: -avg[m]) if m not in rows][:TOP]
+    head = ["method", *tasks, "avg", "% of dense", "margin kept", "params (M)"] + (["avg before recovery"] if epochs else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dense = df[df.allocation == "dense"].set_index("task")
+    d_avg, c_avg = dense.loc[tasks].score.mean(), dense.loc[tasks].constant_score.mean()
+    lines.append("| " + " | ".join(["dense", *(fmt(dense.score[t]) for t in tasks), fmt(d_avg), "100.0", "1.00",
+                                    f"{dense.loc[tasks].total_params.mean() / 1e6:.2f}"] + ([""] if epochs else [])) + " |")
+    for m in rows:
+        r = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].set_index("task").loc[tasks]
+        lo, hi = interval(np.mean([boots[(t, m[0], m[1], budget, epochs)] for t in tasks], axis=0))
+        cells_ = [fmt(r.score[t], collapsed=bool(r.collapsed[t])) for t in tasks]
+        cells_ += [fmt(avg[m], (hi - lo) / 2), f"{r.pct_of_dense.mean():.1f}",
+                   f"{(avg[m] - c_avg) / (d_avg - c_avg):.2f}" if d_avg > c_avg else "–",
+                   f"{r.total_params.mean() / 1e6:.2f}"]
+        if epochs:
+            before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0]) & (comp.factorisation == m[1])]
+            cells_.append(fmt(float(before.score.mean())) if set(before.task) >= set(tasks) else "–")
+        lines.append("| " + " | ".join([f"{m[0]} + {m[1]}", *cells_]) + " |")
+    return lines
+
+
 def summarise(df: pd.DataFrame, params, tasks: list[str]) -> dict:
     comp = df[df.allocation != "dense"]
-    dense = df[df.allocation == "dense"].set_index("task").score
-    out = {"dense_avg": round(float(dense.mean()), 2), "tasks": len(tasks), "cells": int(len(comp))}
+    dense = df[df.allocation == "dense"].set_index("task")
+    d_avg, c_avg = float(dense.score.mean()), float(dense.constant_score.mean())
+    out = {"dense_avg": round(d_avg, 2), "tasks": len(tasks), "cells": int(len(comp))}
     for epochs in sorted(comp.recovery_epochs.unique()):
         for b in sorted(comp[comp.recovery_epochs == epochs].budget.unique(), reverse=True):
             sel = comp[(comp.budget == b) & (comp.recovery_epochs == epochs)]
-            avg = sel.groupby(["allocation", "factorisation"]).agg(score=("score", "mean"), n=("task", "count"),
-                                                                   margin=("margin_kept", "mean"))
+            avg = sel.groupby(["allocation", "factorisation"]).agg(score=("score", "mean"), n=("task", "count"))
             avg = avg[avg.n == len(tasks)]
             if avg.empty:
                 continue
             (a, f), best = avg.score.idxmax(), avg.score.max()
             tag = f"p{int(round(b * 100)):02d}" + (f"_ft{epochs}" if epochs else "")
             entry = {"best": f"{a}+{f}", "best_avg": round(float(best), 2),
-                     "best_margin_kept": round(float(avg.loc[(a, f)].margin), 3)}
+                     "best_margin_kept": round((float(best) - c_avg) / (d_avg - c_avg), 3) if d_avg > c_avg else None}
             for ref in (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"), ("fi_retention", "fwsvd")):
                 if ref in avg.index:
                     entry[f"{ref[0]}+{ref[1]}_avg"] = round(float(avg.loc[ref].score), 2)
@@ -237,6 +279,21 @@ def main(params, args):
           + f"({out.as_posix()[3:]}/results.csv holds every number).", "",
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
                                              for r in df[df.allocation == "dense"].itertuples()), ""]
+    recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
+    heads = [(b, 0) for b in (*HEADLINE, *recovered) if b in params.grid.budgets]
+    heads += [(b, e) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
+    md += ["## Overview", "",
+           "Scores ×100 (collapsed †); avg ± half its 95 % bootstrap interval; % of dense: averaged over the "
+           "tasks; margin kept: (avg − constant predictor's avg) / (dense avg − constant predictor's avg), the "
+           "share of the dense model's lead over the constant predictor that the compressed model keeps "
+           "(1 = as good as dense, 0 = no better than constant; per task in results.csv); rows: the FWSVD "
+           f"baselines and the {TOP} best methods by average (no recovery), every recovered method (with recovery). "
+           "Only methods run on every task. Full tables with intervals per task below.", ""]
+    for b, e in dict.fromkeys(heads):
+        if df[(df.budget == b / 100) & (df.recovery_epochs == e)].empty:
+            continue
+        md += [f"### p = {b / 100:g}" + (f", after {e} epoch(s) of recovery fine-tuning" if e else ", no recovery"), ""]
+        md += overview(df, boots, b, e, tasks) + [""]
     for epochs in sorted(df.recovery_epochs.unique()):
         for b in sorted(params.grid.budgets, reverse=True):
             if df[(df.budget == b / 100) & (df.recovery_epochs == epochs)].empty:
