@@ -199,6 +199,17 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     assert (repo / "metrics/report/png/pareto_mrpc.png").stat().st_size > 0
     tables = (repo / "metrics/report/tables.md").read_text()
     assert "## p = 0.5, no recovery" in tables and "after 1 epoch(s)" in tables
+    over = tables.split("## Overview")[1].split("\n## ")[0]            # headline budgets + every recovered one
+    assert [h for h in over.splitlines() if h.startswith("### ")] == [
+        "### p = 0.5, no recovery", "### p = 0.2, no recovery", "### p = 0.2, after 1 epoch(s) of recovery fine-tuning"]
+    rec_rows = [r for r in over.split("after 1 epoch(s)")[1].splitlines() if r.startswith("| max_fi + kfac")]
+    before = df[(df.allocation == "max_fi") & (df.factorisation == "kfac") & (df.budget == 0.2) & (df.recovery_epochs == 0)]
+    assert len(rec_rows) == 1 and rec_rows[0].rstrip(" |").endswith(f"{before.score.iloc[0]:.1f}")
+    d = df[df.allocation == "dense"].iloc[0]
+    best = df[(df.budget == 0.5) & (df.recovery_epochs == 0) & (df.allocation != "dense")].score.max()
+    assert summary["p50"]["best_avg"] == pytest.approx(best, abs=0.01)
+    pooled = (best - d.constant_score) / (d.score - d.constant_score) if d.score > d.constant_score else None
+    assert summary["p50"]["best_margin_kept"] == (pytest.approx(pooled, abs=2e-3) if pooled is not None else None)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "grid")
 
