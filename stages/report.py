@@ -5,8 +5,7 @@ globbed) → metrics/report/ (git-tracked):
   % of dense, margin kept over the constant predictor, every task metric, collapsed, seeds);
 - tables.md: first an overview (the headline budgets p = 0.5, 0.3 and every recovered budget, before
   and after recovery: the thesis's FWSVD baselines, the top methods by average, per-task scores,
-  average ± half its interval, average % of dense and average share of the dense model's margin over
-  the constant predictor kept); then per budget, without and with recovery, rows = methods, columns = per-task score ± half
+  average ± half its interval, average % of dense, margin kept of the averages); then per budget, without and with recovery, rows = methods, columns = per-task score ± half
   interval, NLI / similarity / single-sentence averages, overall average, params (M); † collapsed,
   ‡ beats every other row of its column beyond resampling noise (paired bootstrap, fisvd.report);
 - summary.json (DVC metrics): headline numbers (best method per budget, its average and margin kept
@@ -31,7 +30,7 @@ import pandas as pd
 from fisvd.cli import run_stage
 from fisvd.grid import cell_result, cells, recover_cells, recover_name, run_dir
 from fisvd.io import write_json
-from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, paired_win, resample_indices
+from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, margin_kept, paired_win, resample_indices
 
 KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
 OUT = Path("../metrics/report")
@@ -86,7 +85,7 @@ def collect(params, partial: bool = False):
                    "total_params": int(np.mean([r["total_params"] for r in recs])), "recovery_epochs": epochs,
                    "score": round(score, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                    "pct_of_dense": round(100 * score / d_score, 2) if d_score > 0 else None,
-                   "margin_kept": round((score - const) / (d_score - const), 4) if d_score > const else None,
+                   "margin_kept": None if (mk := margin_kept(score, d_score, const)) is None else round(mk, 4),
                    **{k: round(v, 6) for k, v in metrics.items()},
                    "collapsed": any(r["collapsed"] for r in recs), "constant_score": const, "seeds": len(recs)}
             rows.append(row)
@@ -193,7 +192,7 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
         lo, hi = interval(np.mean([boots[(t, m[0], m[1], budget, epochs)] for t in tasks], axis=0))
         cells_ = [fmt(r.score[t], collapsed=bool(r.collapsed[t])) for t in tasks]
         cells_ += [fmt(avg[m], (hi - lo) / 2), f"{r.pct_of_dense.mean():.1f}",
-                   f"{(avg[m] - c_avg) / (d_avg - c_avg):.2f}" if d_avg > c_avg else "–",
+                   "–" if (mk := margin_kept(avg[m], d_avg, c_avg)) is None else f"{mk:.2f}",
                    f"{r.total_params.mean() / 1e6:.2f}"]
         if epochs:
             before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0]) & (comp.factorisation == m[1])]
@@ -217,7 +216,7 @@ def summarise(df: pd.DataFrame, params, tasks: list[str]) -> dict:
             (a, f), best = avg.score.idxmax(), avg.score.max()
             tag = f"p{int(round(b * 100)):02d}" + (f"_ft{epochs}" if epochs else "")
             entry = {"best": f"{a}+{f}", "best_avg": round(float(best), 2),
-                     "best_margin_kept": round((float(best) - c_avg) / (d_avg - c_avg), 3) if d_avg > c_avg else None}
+                     "best_margin_kept": None if (mk := margin_kept(float(best), d_avg, c_avg)) is None else round(mk, 3)}
             for ref in (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"), ("fi_retention", "fwsvd")):
                 if ref in avg.index:
                     entry[f"{ref[0]}+{ref[1]}_avg"] = round(float(avg.loc[ref].score), 2)
