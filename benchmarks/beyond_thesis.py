@@ -250,7 +250,7 @@ def targets(df: pd.DataFrame) -> list[str]:
                        f"| {num(None if pre is None else pre - ref, '{:+.1f}')}{paired((*PRESET, b), 'fwsvd')} "
                        f"| {new[best] - ref:+.1f} "
                        f"| {num(None if pre is None else 100 * pre / dense)} | {100 * new[best] / dense:.1f} "
-                       f"| {num(None if pre is None or dense <= const else (pre - const) / (dense - const), '{:.2f}')} "
+                       f"| {num(None if pre is None else margin_kept(pre, dense, const), '{:.2f}')} "
                        f"| {met} |")
             for f in sorted(NEW_FACTS):
                 u = at.get(("uniform_rank", f, b))

@@ -30,17 +30,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from fisvd.data import TASKS, load_local, resolve_glue_dir, subset, tokenize
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
+from fisvd.params import load_params
 from fisvd.train import epoch_scores, make_trainer
 
 OUT = Path("benchmarks/results")
 CSV, JSON, MD = OUT / "finetune_select.csv", OUT / "finetune_select.json", OUT / "finetune_select.md"
 MAX_EPOCHS = {"rte": 5, "stsb": 4, "cola": 4, "sst2": 3, "mrpc": 4, "qnli": 3, "mnli": 2, "qqp": 2, "wnli": 5}
 # the grid's seeded training subsets (params.yaml grid.max_train_samples), so selection sees the grid's data
-MAX_TRAIN = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["grid"].get("max_train_samples") or {}
+MAX_TRAIN = load_params(Path(__file__).resolve().parents[1] / "params.yaml").grid.max_train_samples
 FIXED = dict(batch_size=16, weight_decay=0.01, warmup_ratio=0.1, seed=42)
 MAX_LENGTH = 128
 

@@ -30,7 +30,8 @@ import pandas as pd
 from fisvd.cli import run_stage
 from fisvd.grid import cell_result, cells, recover_cells, recover_name, run_dir
 from fisvd.io import write_json
-from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, margin_kept, paired_win, resample_indices
+from fisvd.metrics import margin_kept
+from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, paired_win, resample_indices
 
 KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
 OUT = Path("../metrics/report")

@@ -15,7 +15,7 @@ from conftest import ROOT, copy_project, git_dvc_init, write_mrpc
 from fisvd import grid as G
 from fisvd.metrics import glue_metrics, task_metrics
 from fisvd.params import parse_params
-from fisvd.report import boot_scores, margin_kept, paired_win, resample_indices, split_scores
+from fisvd.report import boot_scores, paired_win, resample_indices, split_scores
 
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -133,13 +133,6 @@ def test_boot_scores_resample_pairs_and_average_seeds_and_mnli_splits():
         want = np.mean([task_metrics("mnli", {s: (pr[s][idx[s][i]], labels[s][idx[s][i]]) for s in labels})["score"]
                         for pr in preds])
         assert got[i] == pytest.approx(want)
-
-
-def test_margin_kept_is_the_share_of_the_lead_over_constant():
-    assert margin_kept(80.0, 90.0, 70.0) == pytest.approx(0.5)       # half of the 20-point lead kept
-    assert margin_kept(90.0, 90.0, 70.0) == pytest.approx(1.0)
-    assert margin_kept(60.0, 90.0, 70.0) == pytest.approx(-0.5)      # below the constant predictor
-    assert margin_kept(5.0, 0.0, 0.0) is None and margin_kept(5.0, 50.0, 52.7) is None   # no lead to keep
 
 
 def test_paired_win_needs_the_whole_interval_above_zero():

@@ -117,6 +117,9 @@ def test_margin_kept():
     assert margin_kept(90.0, 90.0, 50.0) == pytest.approx(1.0)
     assert margin_kept(40.0, 90.0, 50.0) == pytest.approx(-0.25)      # below the floor
     assert margin_kept(74.8, 74.8, 74.8) is None and margin_kept(60.0, 70.0, 74.8) is None
+    assert margin_kept(80.0, 90.0, 70.0) == pytest.approx(0.5)       # half of the 20-point lead kept
+    assert margin_kept(60.0, 90.0, 70.0) == pytest.approx(-0.5)      # below the constant predictor
+    assert margin_kept(5.0, 0.0, 0.0) is None and margin_kept(5.0, 50.0, 52.7) is None   # no lead to keep
 
 
 def test_task_metrics_mnli_averages_matched_and_mismatched():

@@ -84,12 +84,6 @@ def paired_win(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> bool:
     return bool(np.quantile(a - b, (1 - level) / 2) > 0)
 
 
-def margin_kept(score: float, dense: float, constant: float) -> float | None:
-    """Share of the dense model's lead over the constant predictor that `score` keeps:
-    (score − constant) / (dense − constant); None when dense is no better than constant."""
-    return (score - constant) / (dense - constant) if dense > constant else None
-
-
 def group_of(task: str) -> str:
     return next(g for g, ts in GROUPS.items() if task in ts)
 
