@@ -17,17 +17,18 @@ import dataclasses
 import numpy as np
 import torch
 
-from fisvd.allocate import METHODS, allocate, matrix_stats
-from fisvd.data import batches, collate, load_prepared, tokenize
-from fisvd.evaluate import predict
-from fisvd.factorize import fwsvd_scale
-from fisvd.fisher import load_fisher
+from fisvd.allocate import allocate
+from fisvd.data import collate, dev_features, load_prepared
+from fisvd.evaluate import score_dev
+from fisvd.factorize import Factors
 from fisvd.lowrank import apply_lowrank
-from fisvd.metrics import glue_metrics, predictions
+from fisvd.methods import ALLOCATORS
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
-from fisvd.paths import FISHER, MODEL, PREPARED
+from fisvd.paths import FISHER, MODEL, PREPARED, STATS
+from fisvd.plan import matrices
 from fisvd.results import recorded
+from fisvd.stats import load_statistics
 
 TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
 
@@ -35,7 +36,7 @@ TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
-    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS.names() if m != "measured"],
+    ap.add_argument("--methods", nargs="+", default=[m for m in ALLOCATORS.names() if m != "measured"],
                     help="allocation methods (default: every spectral one; `measured` needs the model and "
                          "data: benchmarks/beyond_thesis.py)")
     args = ap.parse_args()
@@ -49,22 +50,15 @@ def sweep(args, params, meta, splits):
     task = meta["task"]
     tok = load_tokenizer(MODEL)
     dense = load_classifier(MODEL, meta["num_labels"]).float().eval()
-    fisher, _ = load_fisher(FISHER)
-    dev = tokenize(tok, splits["dev"], params.finetune.max_length)
-    labels = np.array([f["labels"] for f in dev])
-    dev_batches = list(batches(dev, 64, collate(tok)))
+    devs = dev_features(task, splits, tok, params.finetune.max_length)
     infos = compressible_linears(dense)
-    W = {m.name: dense.get_submodule(m.name).weight.detach().double() for m in infos}
-    mats = [matrix_stats(m.name, m.layer, m.type, W[m.name].float(), fisher[m.name]) for m in infos]
-    svds = {}
-    for m in infos:
-        s = fwsvd_scale(fisher[m.name])
-        U, S, Vh = torch.linalg.svd(W[m.name] * s[None, :], full_matrices=False)
-        svds[m.name] = (U * S, Vh / s[None, :])
+    W = {m.name: dense.get_submodule(m.name).weight.detach() for m in infos}
+    stats = load_statistics({"fisher"}, {m.name: m.shape for m in infos}, FISHER, STATS)
+    factors = Factors("fwsvd", W, stats)       # one weighted SVD per matrix, truncated per rank
+    mats = matrices(infos, W, stats, factors)
 
-    def score(model):
-        m = glue_metrics(task, predictions(task, predict(model, dev_batches, torch.device("cpu"))), labels)
-        return m
+    def score(model):       # file order, batches of 64 (as this sweep's recorded results)
+        return score_dev(model, devs, task, 64, collate(tok), torch.device("cpu"), by_length=False)[0]
 
     base = score(dense)
     rows = []
@@ -81,9 +75,7 @@ def sweep(args, params, meta, splits):
                 opts = dataclasses.replace(opts, calibrate=True)
             ranks, info = allocate(method, mats, budget=p, rank_multiple=a.rank_multiple, opts=opts)
             model = copy.deepcopy(dense)
-            factors = {M.name: (svds[M.name][0][:, :r].float(), svds[M.name][1][:r].float())
-                       for M, r in zip(mats, ranks) if r < M.rbar}
-            apply_lowrank(model, factors)
+            apply_lowrank(model, {M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar})
             m = score(model)
             achieved = sum(M.size(r) for M, r in zip(mats, ranks)) / sum(M.dense_size for M in mats)
             per_type = {t: np.mean([min(M.m, M.n) if r >= M.rbar else r for M, r in zip(mats, ranks) if M.type == t])

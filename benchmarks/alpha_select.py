@@ -17,15 +17,15 @@ import torch
 
 from fisvd.allocate import allocate
 from fisvd.calibrate import joint_deltas, training_slice
-from fisvd.cells import make_matrix
 from fisvd.data import load_prepared
-from fisvd.factorize import KfacParams, WhitenParams, decompose, truncate
-from fisvd.fisher import load_fisher
+from fisvd.factorize import Factors
+from fisvd.methods import FACTORISATIONS, KfacParams, WhitenParams
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
 from fisvd.paths import FISHER, MODEL, PREPARED, STATS
+from fisvd.plan import matrices
 from fisvd.results import recorded
-from fisvd.stats import load_stats, matrix_stats as stats_of
+from fisvd.stats import load_statistics
 
 BUDGETS = (0.5, 0.3, 0.2)
 
@@ -40,13 +40,12 @@ def main():
     tok = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float().eval()
     infos = compressible_linears(model)
-    fisher, _ = load_fisher(FISHER)
-    stats, smeta = load_stats(STATS)
     o = params.allocate.opts("measured")
     slice_batches = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
     feats = [None] * sum(len(b["input_ids"]) for b in slice_batches)
     W = {m.name: model.get_submodule(m.name).weight.detach() for m in infos}
-    per = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
+    per = load_statistics({"fisher", *FACTORISATIONS["whiten"].needs, *FACTORISATIONS["kfac"].needs},
+                          {m.name: m.shape for m in infos}, FISHER, STATS)
     cands = [("whiten", WhitenParams(ax)) for ax in alphas] + \
             [("kfac", KfacParams(ax, ag)) for ax, ag in itertools.product(alphas, alphas)]
     print(f"{meta['task']}: KL(dense || compressed) on {len(feats)} training examples, uniform_rank at p = "
@@ -55,15 +54,12 @@ def main():
           + f" {'geo-mean':>10}")
     best = {}
     for method, opts in cands:
-        full, mats = {}, []
-        for m in infos:
-            A, B, g = decompose(method, W[m.name], per[m.name], opts=opts)
-            full[m.name] = (A, B)
-            mats.append(make_matrix(m.name, m.layer, m.type, W[m.name], fisher[m.name], g))
+        factors = Factors(method, W, per, opts)          # one decomposition per matrix, sliced per rank
+        mats = matrices(infos, W, per, factors)
         models = []
         for p in BUDGETS:
             ranks, _ = allocate("uniform_rank", mats, budget=p, rank_multiple=params.allocate.rank_multiple)
-            models.append({M.name: truncate(full[M.name], r) for M, r in zip(mats, ranks) if r < M.rbar})
+            models.append({M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar})
         kl = joint_deltas(model, models, slice_batches, torch.device("cpu"), metric="kl")
         geo = float(np.exp(np.mean(np.log(np.maximum(kl, 1e-12)))))
         ag = getattr(opts, "alpha_g", None)

@@ -2,8 +2,9 @@
 
 For the workspace pipeline's task (its fine-tuned model, Fisher and two-sided statistics: run
 `dvc repro fisher` first, or `dvc repro` with `data.task` set), every combination of
-allocation × factorisation × budget p is compressed with the library's own code (`allocate` on the
-factorisation's spectrum σ_k(T)², `factorize` per matrix) and scored on the dev split(s): task
+allocation × factorisation × budget p is compressed with the library's own code (`fisvd.plan.plan` on
+the factorisation's spectrum σ_k(T)², `fisvd.factorize.Factors`: one decomposition per matrix, sliced
+per rank) and scored on the dev split(s) (`fisvd.evaluate.score_dev`): task
 metrics, score with a 95 % bootstrap interval over dev examples, achieved kept ratio, total params,
 collapsed flag, share of the dense model's margin over the constant predictor kept. A dense row per
 task. Options of every method come from params.yaml. Rows are merged into
@@ -11,7 +12,8 @@ benchmarks/results/beyond_thesis.csv (a rerun replaces the cells it computes, ke
 allocation, factorisation and budget) and the Markdown table beside it is rebuilt from the CSV.
 
 `measured` (the loss-calibrated allocator) measures its curves once per factorisation on the same
-seeded training slice as the allocate stage, then solves and joint-checks each budget.
+seeded training slice as the allocate stage (a `fisvd.plan.Probe`), then solves and joint-checks each
+budget (`plan`).
 
     python benchmarks/beyond_thesis.py [--budgets 0.7,0.6,0.5,0.4,0.3,0.2,0.1]
         [--allocations uniform_rank,max_fi,measured] [--factorisations svd,fwsvd,whiten,kfac]
@@ -32,20 +34,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fisvd.allocate import allocate, matrix_stats, total_size
-from fisvd.calibrate import fit_curves, joint_refine, measure, rank_grid, training_slice, with_curves
-from fisvd.data import batches, collate, dev_splits, load_prepared, tokenize
-from fisvd.evaluate import predict
-from fisvd.factorize import factorize, whitened
-from fisvd.fisher import load_fisher
+from fisvd.allocate import total_size
+from fisvd.data import collate, dev_features, load_prepared
+from fisvd.evaluate import score_dev
+from fisvd.factorize import Factors
 from fisvd.lowrank import apply_lowrank
-from fisvd.metrics import constant_score, margin_kept, predictions, task_metrics
+from fisvd.methods import ALLOCATORS, FACTORISATIONS
+from fisvd.metrics import constant_score, margin_kept, task_metrics
 from fisvd.report import boot_scores, interval, resample_indices
 from fisvd.models import compressible_linears, count_params, load_classifier, load_tokenizer
 from fisvd.params import load_params
 from fisvd.paths import FISHER, MODEL, PREPARED, STATS
+from fisvd.plan import Probe, matrices, plan
 from fisvd.results import recorded
-from fisvd.stats import load_stats, matrix_stats as stats_of
+from fisvd.stats import load_statistics
 
 CSV = Path("benchmarks/results/beyond_thesis.csv")
 CPU = torch.device("cpu")
@@ -83,16 +85,15 @@ def paired_deltas(rows: list[dict], boots: dict) -> None:
 
 
 def scorer(task, devs, tok):
-    dev_batches = {s: list(batches(f, 64, collate(tok))) for s, f in devs.items()}
     labels = {s: np.array([x["labels"] for x in f]) for s, f in devs.items()}
     idx = resample_indices({s: len(y) for s, y in labels.items()})
 
     def score(model):
-        """(metrics with the score's 95 % interval, resampled scores)."""
-        per = {s: (predictions(task, predict(model, b, CPU)), labels[s]) for s, b in dev_batches.items()}
+        """(metrics with the score's 95 % interval, resampled scores); dev in file order, batches of 64."""
+        m, per = score_dev(model, devs, task, 64, collate(tok), CPU, by_length=False)
         boot = bootstrap(task, per, idx)
         lo, hi = interval(boot)
-        return {**task_metrics(task, per), "score_lo": lo, "score_hi": hi}, boot
+        return {**m, "score_lo": lo, "score_hi": hi}, boot
     return score, labels
 
 
@@ -100,13 +101,12 @@ def run(args, params, meta, splits):
     task = meta["task"]
     tok = load_tokenizer(MODEL)
     dense = load_classifier(MODEL, meta["num_labels"]).float().eval()
-    devs = {s: tokenize(tok, splits[s], params.finetune.max_length) for s in dev_splits(task)}
+    devs = dev_features(task, splits, tok, params.finetune.max_length)
     score, labels = scorer(task, devs, tok)
-    fisher, _ = load_fisher(FISHER)
-    stats, smeta = load_stats(STATS)
     infos = compressible_linears(dense)
     W = {m.name: dense.get_submodule(m.name).weight.detach().float() for m in infos}
-    per_matrix = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
+    per_matrix = load_statistics({"fisher", *(n for f in args.factorisations for n in FACTORISATIONS[f].needs)},
+                                 {m.name: m.shape for m in infos}, FISHER, STATS)
     const = constant_score(task, labels)
     base, boot = score(dense)
     boots = {("dense", "dense", 1.0): boot}
@@ -115,33 +115,25 @@ def run(args, params, meta, splits):
              "constant_score": const, "margin_kept": 1.0}]
     print(f"{task}: dense score {base['score']:.2f} [{base['score_lo']:.1f}, {base['score_hi']:.1f}], "
           f"constant predictor {const:.2f}", flush=True)
-    c, k = params.compress, params.allocate.rank_multiple
-    o = params.allocate.opts("measured")     # the measured method's training slice, as the allocate stage's
-    slice_batches = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
-    rows_slice = [None] * o.slice
+    c, a = params.compress, params.allocate
     for fact in args.factorisations:
         t0 = time.perf_counter()
-        mats = [matrix_stats(m.name, m.layer, m.type, W[m.name], fisher[m.name],
-                             whitened(fact, W[m.name], per_matrix[m.name], opts=c.opts(fact))) for m in infos]
-        factor_fn = lambda n, r: factorize(fact, W[n], per_matrix[n], r, opts=c.opts(fact))  # noqa: E731
+        factors = Factors(fact, W, per_matrix, c.opts(fact))
+        mats = matrices(infos, W, per_matrix, factors)
+        # methods that need measurements (`measured`): curves on the allocate stage's seeded training
+        # slice, measured once per factorisation (the probe's cache), then solved and joint-checked per budget
+        probe = Probe(dense, infos, factors, splits["train"], tok, params.finetune.max_length, CPU)
         for alloc in args.allocations:
-            if alloc == "measured":
+            o = a.opts(alloc)
+            if "measurements" in ALLOCATORS[alloc].needs:
                 t1 = time.perf_counter()
-                points = measure(dense, infos, factor_fn, slice_batches, {M.name: rank_grid(M, o.points) for M in mats},
-                                 CPU, metric=o.metric)
-                alloc_mats = with_curves(mats, fit_curves(mats, points))
-                print(f"  ({fact}: measured curves on {len(rows_slice)} training examples in "
+                probe.curves(mats, o)
+                print(f"  ({fact}: measured curves on {o.slice} training examples in "
                       f"{time.perf_counter() - t1:.0f} s)", flush=True)
-            else:
-                alloc_mats = mats
             for p in args.budgets:
-                ranks, _ = allocate(alloc, alloc_mats, budget=p, rank_multiple=k, opts=params.allocate.opts(alloc))
-                if alloc == "measured":
-                    ranks, _ = joint_refine(dense, alloc_mats, ranks, factor_fn, slice_batches, p, o.swaps,
-                                            rank_multiple=k, metric=o.metric, device=CPU)
+                ranks, _ = plan(alloc, mats, budget=p, rank_multiple=a.rank_multiple, opts=o, probe=lambda: probe)
                 model = copy.deepcopy(dense)
-                factors = {M.name: factor_fn(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar}
-                apply_lowrank(model, factors)
+                apply_lowrank(model, {M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar})
                 m, boots[(alloc, fact, p)] = score(model)
                 kept = total_size(mats, ranks) / sum(M.dense_size for M in mats)
                 margin = margin_kept(m["score"], base["score"], const)

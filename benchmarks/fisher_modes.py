@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from fisvd.allocate import allocate, matrix_stats
-from fisvd.data import batches, collate, load_prepared, tokenize
-from fisvd.evaluate import predict
-from fisvd.factorize import fwsvd
+from fisvd.allocate import allocate
+from fisvd.data import batches, collate, dev_features, load_prepared, tokenize
+from fisvd.evaluate import score_dev
+from fisvd.factorize import Factors
 from fisvd.fisher import fisher_per_batch, fisher_per_sample
 from fisvd.lowrank import apply_lowrank
-from fisvd.metrics import glue_metrics, predictions
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
+from fisvd.plan import matrices
 from fisvd.results import recorded
 
 
@@ -38,8 +38,7 @@ def main():
     tok = load_tokenizer("data/model")
     rows = splits["train"][: args.max_samples] if args.max_samples else splits["train"]
     feats = tokenize(tok, rows, params.finetune.max_length)
-    dev = tokenize(tok, splits["dev"], params.finetune.max_length)
-    labels = np.array([f["labels"] for f in dev])
+    devs = dev_features(meta["task"], splits, tok, params.finetune.max_length)
     cpu = torch.device("cpu")
     fishers = {}
     for mode in ("per_batch", "per_sample"):
@@ -61,22 +60,24 @@ def main():
           f"{np.median(per):.4f} (min {np.min(per):.4f})")
     dense = load_classifier("data/model", meta["num_labels"]).float().eval()
     infos = compressible_linears(dense)
-    dev_b = list(batches(dev, 64, collate(tok)))
+    W = {m.name: dense.get_submodule(m.name).weight.detach() for m in infos}
 
-    def report(label, model):
-        m = glue_metrics(meta["task"], predictions(meta["task"], predict(model, dev_b, cpu)), labels)
+    def report(label, model):       # file order, batches of 64 (as the recorded results)
+        m, _ = score_dev(model, devs, meta["task"], 64, collate(tok), cpu, by_length=False)
         print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), flush=True)
     report("dense", dense)
+    by_fisher = {}                  # per Fisher: one weighted SVD per matrix, truncated per rank
+    for mode, F in fishers.items():
+        stats = {m.name: {"fisher": F[m.name]} for m in infos}
+        factors = Factors("fwsvd", W, stats)
+        by_fisher[mode] = factors, matrices(infos, W, stats, factors)
     for p in (float(b) for b in args.budgets.split(",")):
-        for mode, F in fishers.items():
-            mats = [matrix_stats(m.name, m.layer, m.type, dense.get_submodule(m.name).weight.detach(), F[m.name])
-                    for m in infos]
+        for mode, (factors, mats) in by_fisher.items():
             for method in ("uniform_ratio", "max_fi"):
                 ranks, _ = allocate(method, mats, budget=p, rank_multiple=params.allocate.rank_multiple,
                                     opts=params.allocate.opts(method))
                 model = copy.deepcopy(dense)
-                apply_lowrank(model, {M.name: fwsvd(model.get_submodule(M.name).weight.detach(), F[M.name], r)
-                                      for M, r in zip(mats, ranks) if r < M.rbar})
+                apply_lowrank(model, {M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar})
                 report(f"FWSVD p={p} {method:13} with {mode:10}", model)
 
 

@@ -26,11 +26,12 @@ import copy
 
 import torch
 
-from fisvd.allocate import allocate, matrix_stats
+from fisvd.allocate import allocate
 from fisvd.evaluate import forward_fn, interleaved_ms, model_inputs
 from fisvd.factorize import svd
 from fisvd.lowrank import LowRankLinear, apply_lowrank
 from fisvd.models import compressible_linears, load_classifier, resolve_model
+from fisvd.plan import make_matrix
 from fisvd.results import recorded
 
 TYPES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")
@@ -42,7 +43,7 @@ def allocated_ranks(model, p, multiple):
     stats = []
     for m in infos:
         W = model.get_submodule(m.name).weight.detach()
-        stats.append(matrix_stats(m.name, m.layer, m.type, W, torch.ones_like(W)))
+        stats.append(make_matrix(m.name, m.layer, m.type, W, torch.ones_like(W)))
     ranks, _ = allocate("uniform_ratio", stats, budget=p, rank_multiple=multiple)
     return {M.name: r for M, r in zip(stats, ranks) if r < M.rbar}
 

@@ -17,19 +17,18 @@ the fit through the two measured positions gives every block's cost).
 import argparse
 import time
 
-import numpy as np
 import torch
 
-from fisvd.allocate import matrix_stats
 from fisvd.calibrate import measure, rank_grid, training_slice
 from fisvd.data import load_prepared
-from fisvd.factorize import factorize, rank_factors, whitened
-from fisvd.fisher import load_fisher
+from fisvd.factorize import Factors, factorize
+from fisvd.methods import FACTORISATIONS
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer
 from fisvd.params import load_params
 from fisvd.paths import FISHER, MODEL, PREPARED, STATS
+from fisvd.plan import make_matrix, matrices
 from fisvd.results import recorded
-from fisvd.stats import load_stats, matrix_stats as stats_of
+from fisvd.stats import load_statistics
 
 CPU = torch.device("cpu")
 
@@ -40,16 +39,15 @@ def minilm(params, splits):
     tok = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float().eval()
     infos = compressible_linears(model)
-    fisher, _ = load_fisher(FISHER)
-    stats, smeta = load_stats(STATS)
-    per = {m.name: {"fisher": fisher[m.name], **stats_of(stats, smeta, m.name)} for m in infos}
+    per = load_statistics({"fisher", *FACTORISATIONS[c.method].needs}, {m.name: m.shape for m in infos},
+                          FISHER, STATS)
     W = {m.name: model.get_submodule(m.name).weight.detach() for m in infos}
-    mats = [matrix_stats(m.name, m.layer, m.type, W[m.name], fisher[m.name],
-                         whitened(c.method, W[m.name], per[m.name], opts=c.opts())) for m in infos]
+    factors = Factors(c.method, W, per, c.opts())
+    mats = matrices(infos, W, per, factors)      # decomposes every matrix (its spectrum): not timed below
     sl = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
     grid = {M.name: rank_grid(M, o.points) for M in mats}
     t0 = time.perf_counter()
-    measure(model, infos, rank_factors(c.method, W, per, c.opts()), sl, grid, CPU, metric=o.metric)
+    measure(model, infos, factors, sl, grid, CPU, metric=o.metric)
     secs = time.perf_counter() - t0
     n = sum(map(len, grid.values()))
     print(f"MiniLM-L6 ({len(infos)} matrices, {c.method} factors): {n} measurements on {o.slice} training "
@@ -66,7 +64,7 @@ def big(params, splits, path):
     L = 1 + max(m.layer for m in infos)
     sl = training_slice(splits["train"], o.slice, tok, params.finetune.max_length)
     W = {m.name: model.get_submodule(m.name).weight.detach() for m in infos}
-    mats = {m.name: matrix_stats(m.name, m.layer, m.type, W[m.name], torch.ones_like(W[m.name])) for m in infos}
+    mats = {m.name: make_matrix(m.name, m.layer, m.type, W[m.name], torch.ones_like(W[m.name])) for m in infos}
     per_block = {}
     for layer in (0, L - 1):
         sub = [m for m in infos if m.layer == layer and m.type in ("q", "ffn_in")]   # a small and a large one

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from fisvd.allocate import break_even
 from fisvd.factorize import factorize, weighted_error
 from fisvd.fisher import fisher_per_batch, load_fisher
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, resolve_model
@@ -90,7 +91,7 @@ def main():
         for m in mats:
             W = model.get_submodule(m.name).weight.detach().to(device)
             F = fisher[m.name].to(device)
-            r = max(1, int(args.p * (m.shape[0] * m.shape[1] // sum(m.shape))))
+            r = max(1, int(args.p * break_even(*m.shape)))
             A, B = factorize(method, W, F, r, **kw)
             objective[method][m.name] = weighted_error(W.cpu(), F.cpu(), A.cpu(), B.cpu())
         print(f"{method:7} all matrices: {time.perf_counter() - t0:7.2f} s")

@@ -4,13 +4,11 @@ predictions and labels the report bootstraps). Runs in a grid run folder (fisvd.
 """
 import logging
 
-import numpy as np
-
 from fisvd.cli import run_stage
-from fisvd.data import collate, dev_splits, load_prepared, tokenize
-from fisvd.evaluate import predict_sorted
+from fisvd.data import collate, dev_features, load_prepared
+from fisvd.evaluate import dev_record, score_dev
 from fisvd.io import remove, write_json
-from fisvd.metrics import constant_score, predictions, task_metrics
+from fisvd.metrics import constant_score
 from fisvd.models import count_params, load_classifier, load_tokenizer, pick_device
 from fisvd.paths import DENSE_RESULT as OUT, MODEL, PREPARED
 
@@ -24,18 +22,12 @@ def main(params):
     tok = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float().eval()
     remove(OUT)
-    device = pick_device()
-    per_split = {}
-    for s in dev_splits(task):
-        feats = tokenize(tok, splits[s], params.finetune.max_length)
-        logits = predict_sorted(model, feats, params.evaluate.batch_size, collate(tok), device)
-        per_split[s] = (predictions(task, logits), np.array([f["labels"] for f in feats]))
-    m = task_metrics(task, per_split)
-    out = {"task": task, "score": round(m["score"], 4), "collapsed": m["collapsed"],
-           "metrics": {k: round(v, 6) for k, v in m.items() if k not in ("score", "collapsed")},
+    devs = dev_features(task, splits, tok, params.finetune.max_length)
+    m, per_split = score_dev(model, devs, task, params.evaluate.batch_size, collate(tok), pick_device())
+    rec = dev_record(m, per_split)
+    out = {"task": task, **{k: rec[k] for k in ("score", "collapsed", "metrics")},
            "constant_score": round(constant_score(task, {s: y for s, (_, y) in per_split.items()}), 4),
-           "total_params": count_params(model),
-           "predictions": {s: [round(float(v), 5) for v in p] for s, (p, _) in per_split.items()},
+           "total_params": count_params(model), "predictions": rec["predictions"],
            "labels": {s: [float(v) if task == "stsb" else int(v) for v in y] for s, (_, y) in per_split.items()}}
     write_json(OUT, out)
     log.info("%s dense: score %.2f (constant %.2f), %d params", task, out["score"], out["constant_score"],

@@ -3,31 +3,30 @@
 `recover.epochs` epochs), per-epoch loss and dev metric logged by DVCLive to metrics/recover/<name>/.
 
 The cell's ranks come from results/<factorisation>/<allocation>-p<budget>.json; the factors are rebuilt with
-fisvd.factorize, balanced (fisvd.balance: the same product, each rank component's two factors of equal
+fisvd.factorize.Factors, balanced (fisvd.balance: the same product, each rank component's two factors of equal
 norm, so that Adam's steps are of one relative size on both) and trained as two Linears each
-(LowRankLinear: first = B, second = A with the bias) together with everything else, with the task's fine-tune setup (fisvd.train: its learning rate,
-batch size, warm-up, weight decay, seed) on the whole training split.
+(LowRankLinear: first = B, second = A with the bias) together with everything else, with the task's
+fine-tune setup (fisvd.train: its learning rate, batch size, warm-up, weight decay, seed) on the whole
+training split.
 """
 import json
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
+from fisvd.allocate import break_even
 from fisvd.balance import balance
 from fisvd.cli import run_stage
-from fisvd.data import collate, dev_splits, load_prepared, tokenize
+from fisvd.data import collate, dev_features, load_prepared, tokenize
 from fisvd.dist import is_main
-from fisvd.evaluate import predict_sorted
-from fisvd.factorize import factorize
-from fisvd.fisher import load_fisher
+from fisvd.evaluate import dev_record, score_dev
+from fisvd.factorize import Factors
 from fisvd.io import remove, write_json
 from fisvd.lowrank import apply_lowrank
-from fisvd.metrics import predictions, task_metrics
+from fisvd.methods import FACTORISATIONS
 from fisvd.models import count_params, load_classifier, load_tokenizer, pick_device
 from fisvd.paths import FISHER, MODEL, PREPARED, RECOVER_LIVE, STATS, cell_result, recover_result
-from fisvd.stats import load_stats, matrix_stats as stats_of
+from fisvd.stats import load_statistics
 from fisvd.train import live_callback, make_trainer
 
 KEYS = ["recover.epochs", "finetune", "compress.<factorisation>", "evaluate.batch_size"]
@@ -48,19 +47,16 @@ def main(params, args):
     task, ft = meta["task"], params.finetune
     tok = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float()
-    fisher, _ = load_fisher(FISHER)
-    stats, smeta = load_stats(STATS)
+    weights = {n: model.get_submodule(n).weight.detach() for n in cell["ranks"]}
+    low = {n: r for n, r in cell["ranks"].items() if r < break_even(*weights[n].shape)}   # r ≥ r̄ is dense
+    stats = load_statistics(FACTORISATIONS[args.factorisation].needs, {n: tuple(weights[n].shape) for n in low},
+                            FISHER, STATS)
     if is_main():
         remove(out, live_dir)
-    factors = {}
-    for n, r in cell["ranks"].items():
-        W = model.get_submodule(n).weight.detach()
-        if r < W.numel() // sum(W.shape):           # below break-even r̄ (allocate: r ≥ r̄ is dense)
-            factors[n] = balance(*factorize(args.factorisation, W, {"fisher": fisher[n], **stats_of(stats, smeta, n)},
-                                            r, opts=params.compress.opts(args.factorisation)))
-    apply_lowrank(model, factors)
+    factors = Factors(args.factorisation, weights, stats, params.compress.opts(args.factorisation), keep=False)
+    apply_lowrank(model, {n: balance(*factors.at(n, r)) for n, r in low.items()})
     train = tokenize(tok, splits["train"], ft.max_length)
-    devs = {s: tokenize(tok, splits[s], ft.max_length) for s in dev_splits(task)}
+    devs = dev_features(task, splits, tok, ft.max_length)
     callback, runtime = live_callback(live_dir)
     trainer = make_trainer(model, tok, task, train, devs["dev"], epochs=params.recover.epochs,
                            learning_rate=ft.learning_rate, batch_size=ft.batch_size, weight_decay=ft.weight_decay,
@@ -73,17 +69,12 @@ def main(params, args):
     if not is_main():          # a multi-process run (accelerate launch): rank 0 evaluates and writes
         return
     model = trainer.model.float().eval()
-    device = pick_device()
-    per_split = {s: (predictions(task, predict_sorted(model, feats, params.evaluate.batch_size, collate(tok), device)),
-                     np.array([f["labels"] for f in feats])) for s, feats in devs.items()}
-    m = task_metrics(task, per_split)
+    m, per_split = score_dev(model, devs, task, params.evaluate.batch_size, collate(tok), pick_device())
     keep = ("kept_ratio", "total_params", "compressible_params_kept", "num_dense", "ranks")
     write_json(out, {"task": task, "seed": ft.seed, "factorisation": args.factorisation, "allocation": args.allocation,
                      "budget": args.budget, "recovery_epochs": params.recover.epochs,
                      **{k: cell[k] for k in keep}, "params_counted": count_params(model),
-                     "score": round(m["score"], 4), "collapsed": m["collapsed"],
-                     "metrics": {k: round(v, 6) for k, v in m.items() if k not in ("score", "collapsed")},
-                     "predictions": {s: [round(float(v), 5) for v in p] for s, (p, _) in per_split.items()}})
+                     **dev_record(m, per_split)})
     write_json(f"metrics/runtime/{name}.json", {"train_s": round(time.perf_counter() - t0, 1),
                                                 **{k: round(v, 3) for k, v in runtime.items()}})
     log.info("%s: score %.2f -> %.2f after %d epoch(s)", name, cell["score"], m["score"], params.recover.epochs)

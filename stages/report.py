@@ -1,310 +1,67 @@
 """report (grid): every expected grid result (fisvd.grid enumerates them from params.yaml; nothing is
-globbed) → metrics/report/ (git-tracked):
-- results.csv: one tidy row per cell and per task's dense model (task, model, allocation,
-  factorisation, budget, kept_ratio, total_params, recovery_epochs, score, 95 % bootstrap interval,
-  % of dense, margin kept over the constant predictor, every task metric, collapsed, seeds);
-- tables.md: first an overview (the headline budgets p = 0.5, 0.3 and every recovered budget, before
-  and after recovery: the thesis's FWSVD baselines, the top methods by average, per-task scores,
-  average ± half its interval, average % of dense, margin kept of the averages); then per budget, without and with recovery, rows = methods, columns = per-task score ± half
-  interval, NLI / similarity / single-sentence averages, overall average, params (M); † collapsed,
-  ‡ beats every other row of its column beyond resampling noise (paired bootstrap, fisvd.report);
-- summary.json (DVC metrics): headline numbers (best method per budget, its average and margin kept
-  (avg − constant avg) / (dense avg − constant avg),
-  the FWSVD baselines, the thesis's fi_retention vs uniform_rank check);
-- pareto.json (DVC plot, template .dvc/plots/pareto.json) and png/pareto_<task>.png (matplotlib):
-  score vs total params, a line per allocation, dashes per factorisation.
-Runs in grid/ (`dvc repro grid/dvc.yaml`).
+globbed) → metrics/report/ (git-tracked): results.csv (one tidy row per cell and per task's dense
+model), tables.md (overview and per-budget tables, before and after recovery; † collapsed, ‡ beats
+every other row of its column beyond resampling noise), summary.json (DVC metrics: best method per
+budget, its average and margin kept, the FWSVD baselines), pareto.json (DVC plot) and
+png/pareto_<task>.png. The contents: fisvd.tables. Runs in grid/ (`dvc repro grid/dvc.yaml`).
 
 While a grid is still running: `cd grid && PYTHONPATH=.. python -m stages.report --partial` writes the same files
 from the results present so far to metrics/report-partial/ (outside DVC; tables.md opens with the
-count of cells present and the tasks missing). A method's average columns appear only where all of
-the report's tasks have it.
+count of cells present and the tasks missing).
 """
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from fisvd.cli import run_stage
-from fisvd.grid import cell_result, cells, recover_cells, recover_name, run_dir
+from fisvd.grid import cell_result, cells, recover_cells, recover_result, run_dir
 from fisvd.io import write_json
-from fisvd.metrics import margin_kept
-from fisvd.report import GROUPS, boot_scores, fmt, group_of, interval, paired_win, resample_indices
+from fisvd.tables import markdown, pareto, rows_from_results, summarise
 
 KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
-OUT = Path("../metrics/report")
-PARTIAL_OUT = Path("../metrics/report-partial")
+OUT, PARTIAL_OUT = "metrics/report", "metrics/report-partial"     # relative to the project root (..)
 log = logging.getLogger("fisvd")
 
 
 def arguments(parser):
     parser.set_defaults(params="../params.yaml")
     parser.add_argument("--partial", action="store_true",
-                        help=f"report the results present so far (to {PARTIAL_OUT.as_posix()[3:]}, outside DVC)")
-
-
-def load(path: str) -> dict:
-    return json.loads((Path("..") / path).read_text())
-
-
-def present(path: str) -> bool:
-    return (Path("..") / path).exists()
-
-
-def collect(params, partial: bool = False):
-    """(tidy rows, {row key: bootstrap samples}, (results read, results expected)). `partial`: skip
-    missing results (a task without its dense result entirely; a (cell, seed) without its file)."""
-    g, rows, boots, counts = params.grid, [], {}, [0, 0]
-    model = params.model.name
-
-    def read(paths: dict) -> dict:
-        counts[1] += len(paths)
-        got = {k: load(v) for k, v in paths.items() if not partial or present(v)}
-        counts[0] += len(got)
-        return got
-
-    for task in g.tasks:
-        dense = read({s: f"{run_dir(task, s)}/results/dense.json" for s in g.seeds})
-        if not dense:
-            counts[1] += len(cells(params, task=task)) + len(recover_cells(params, task=task))
-            continue
-        first = next(iter(dense.values()))   # partial: the first seed present
-        labels = {s: np.asarray(v) for s, v in first["labels"].items()}
-        idx = resample_indices({s: len(v) for s, v in labels.items()})
-        const = first["constant_score"]
-        d_score = float(np.mean([d["score"] for d in dense.values()]))
-
-        def add(alloc, fact, budget, epochs, recs):
-            b = boot_scores(task, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
-            score = float(np.mean([r["score"] for r in recs]))
-            lo, hi = interval(b)
-            metrics = {k: float(np.mean([r["metrics"][k] for r in recs])) for k in recs[0]["metrics"]}
-            row = {"task": task, "model": model, "allocation": alloc, "factorisation": fact,
-                   "budget": budget / 100, "kept_ratio": float(np.mean([r.get("kept_ratio", 1.0) for r in recs])),
-                   "total_params": int(np.mean([r["total_params"] for r in recs])), "recovery_epochs": epochs,
-                   "score": round(score, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
-                   "pct_of_dense": round(100 * score / d_score, 2) if d_score > 0 else None,
-                   "margin_kept": None if (mk := margin_kept(score, d_score, const)) is None else round(mk, 4),
-                   **{k: round(v, 6) for k, v in metrics.items()},
-                   "collapsed": any(r["collapsed"] for r in recs), "constant_score": const, "seeds": len(recs)}
-            rows.append(row)
-            boots[(task, alloc, fact, budget, epochs)] = b
-
-        add("dense", "dense", 100, 0, list(dense.values()))
-        by_cell = {}
-        for c in cells(params, task=task):
-            by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
-        for (a, f, b), paths in by_cell.items():
-            if recs := read(paths):
-                add(a, f, b, 0, list(recs.values()))
-        rec = {}
-        for c in recover_cells(params, task=task):
-            rec.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = \
-                f"{run_dir(task, c.seed)}/results/{recover_name(c)}.json"
-        for (a, f, b), paths in rec.items():
-            if recs := read(paths):
-                add(a, f, b, params.recover.epochs, list(recs.values()))
-    return rows, boots, tuple(counts)
-
-
-def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
-    sel = df[((df.budget == budget / 100) & (df.recovery_epochs == epochs)) | (df.allocation == "dense")]
-    methods = [("dense", "dense")] + sorted({(a, f) for a, f in zip(sel.allocation, sel.factorisation)} - {("dense", "dense")},
-                                            key=lambda m: (m[1], m[0]))
-    groups = [gname for gname, ts in GROUPS.items() if any(t in ts for t in tasks)]
-    head = ["method", *tasks, *groups, "avg", "params (M)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def key(m, t):
-        a, f = m
-        return (t, a, f, 100, 0) if a == "dense" else (t, a, f, budget, epochs)
-
-    full = [m for m in methods if all(key(m, t) in boots for t in tasks)]
-    avg_boot = {m: np.mean([boots[key(m, t)] for t in tasks], axis=0) for m in full}
-
-    def winner(column: dict) -> tuple | None:
-        """The row beating every other compressed row of the column beyond noise (dense excluded)."""
-        comp = {m: b for m, b in column.items() if m[0] != "dense"}
-        if len(comp) < 2:
-            return None
-        best = max(comp, key=lambda m: float(np.mean(comp[m])))
-        return best if all(paired_win(comp[best], b) for m, b in comp.items() if m != best) else None
-
-    wins = {t: winner({m: boots[key(m, t)] for m in methods if key(m, t) in boots}) for t in tasks}
-    wins["avg"] = winner(avg_boot)
-    for m in methods:
-        cells_ = []
-        params_m = []
-        for t in tasks:
-            r = sel[(sel.task == t) & (sel.allocation == m[0]) & (sel.factorisation == m[1])]
-            if r.empty:
-                cells_.append("–")
-                continue
-            r = r.iloc[0]
-            params_m.append(r.total_params)
-            cells_.append(fmt(r.score, (r.ci_high - r.ci_low) / 2, bool(r.collapsed), wins[t] == m))
-        for gname in groups:
-            ts = [t for t in tasks if t in GROUPS[gname]]
-            if m in avg_boot:
-                vals = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1]) & sel.task.isin(ts)].score
-                cells_.append(fmt(float(vals.mean())))
-            else:
-                cells_.append("–")
-        if m in avg_boot:
-            vals = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score
-            lo, hi = interval(avg_boot[m])
-            cells_.append(fmt(float(vals.mean()), (hi - lo) / 2, False, wins["avg"] == m))
-        else:
-            cells_.append("–")
-        cells_.append(f"{np.mean(params_m) / 1e6:.2f}" if params_m else "–")
-        name = "dense" if m[0] == "dense" else f"{m[0]} + {m[1]}"
-        lines.append("| " + " | ".join([name, *cells_]) + " |")
-    return lines
-
-
-HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
-BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "fwsvd"), ("uniform_rank", "tfwsvd")]
-TOP = 3                  # the overview's best methods by average, besides the baselines
-
-
-def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
-    """Compact table: rows = dense, the FWSVD baselines, the TOP methods by average (no recovery) or
-    every recovered method (with recovery, and its average before recovery); only methods on every task."""
-    b = budget / 100
-    comp = df[(df.allocation != "dense") & (df.budget == b)]
-    sel = comp[comp.recovery_epochs == epochs]
-    full = [m for m, g in sel.groupby(["allocation", "factorisation"]) if set(g.task) >= set(tasks)]
-    avg = {m: float(sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score.mean()) for m in full}
-    if epochs:
-        rows = sorted(full, key=lambda m: -avg[m])
-    else:
-        rows = [m for m in BASELINES if m in avg]
-        rows += [m for m in sorted(avg, key=lambda m: -avg[m]) if m not in rows][:TOP]
-    head = ["method", *tasks, "avg", "% of dense", "margin kept", "params (M)"] + (["avg before recovery"] if epochs else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    dense = df[df.allocation == "dense"].set_index("task")
-    d_avg, c_avg = dense.loc[tasks].score.mean(), dense.loc[tasks].constant_score.mean()
-    lines.append("| " + " | ".join(["dense", *(fmt(dense.score[t]) for t in tasks), fmt(d_avg), "100.0", "1.00",
-                                    f"{dense.loc[tasks].total_params.mean() / 1e6:.2f}"] + ([""] if epochs else [])) + " |")
-    for m in rows:
-        r = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].set_index("task").loc[tasks]
-        lo, hi = interval(np.mean([boots[(t, m[0], m[1], budget, epochs)] for t in tasks], axis=0))
-        cells_ = [fmt(r.score[t], collapsed=bool(r.collapsed[t])) for t in tasks]
-        cells_ += [fmt(avg[m], (hi - lo) / 2), f"{r.pct_of_dense.mean():.1f}",
-                   "–" if (mk := margin_kept(avg[m], d_avg, c_avg)) is None else f"{mk:.2f}",
-                   f"{r.total_params.mean() / 1e6:.2f}"]
-        if epochs:
-            before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0]) & (comp.factorisation == m[1])]
-            cells_.append(fmt(float(before.score.mean())) if set(before.task) >= set(tasks) else "–")
-        lines.append("| " + " | ".join([f"{m[0]} + {m[1]}", *cells_]) + " |")
-    return lines
-
-
-def summarise(df: pd.DataFrame, params, tasks: list[str]) -> dict:
-    comp = df[df.allocation != "dense"]
-    dense = df[df.allocation == "dense"].set_index("task")
-    d_avg, c_avg = float(dense.score.mean()), float(dense.constant_score.mean())
-    out = {"dense_avg": round(d_avg, 2), "tasks": len(tasks), "cells": int(len(comp))}
-    for epochs in sorted(comp.recovery_epochs.unique()):
-        for b in sorted(comp[comp.recovery_epochs == epochs].budget.unique(), reverse=True):
-            sel = comp[(comp.budget == b) & (comp.recovery_epochs == epochs)]
-            avg = sel.groupby(["allocation", "factorisation"]).agg(score=("score", "mean"), n=("task", "count"))
-            avg = avg[avg.n == len(tasks)]
-            if avg.empty:
-                continue
-            (a, f), best = avg.score.idxmax(), avg.score.max()
-            tag = f"p{int(round(b * 100)):02d}" + (f"_ft{epochs}" if epochs else "")
-            entry = {"best": f"{a}+{f}", "best_avg": round(float(best), 2),
-                     "best_margin_kept": None if (mk := margin_kept(float(best), d_avg, c_avg)) is None else round(mk, 3)}
-            for ref in (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"), ("fi_retention", "fwsvd")):
-                if ref in avg.index:
-                    entry[f"{ref[0]}+{ref[1]}_avg"] = round(float(avg.loc[ref].score), 2)
-            out[tag] = entry
-    return out
-
-
-def pareto_plots(df: pd.DataFrame, out: Path) -> list[dict]:
-    pts = df[(df.recovery_epochs == 0)]
-    recs = [{"task": r.task, "allocation": r.allocation, "factorisation": r.factorisation,
-             "method": f"{r.allocation}+{r.factorisation}", "kept_params": int(r.total_params),
-             "kept_ratio": r.kept_ratio, "score": r.score, "collapsed": bool(r.collapsed)} for r in pts.itertuples()]
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    (out / "png").mkdir(parents=True, exist_ok=True)
-    allocs = sorted(set(pts.allocation) - {"dense"})
-    facts = sorted(set(pts.factorisation) - {"dense"})
-    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(allocs)}
-    dashes = {f: d for f, d in zip(facts, ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))])}
-    for task, t in pts.groupby("task"):
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        d = t[t.allocation == "dense"].iloc[0]
-        ax.axhline(d.score, color="black", lw=1, label=f"dense ({d.score:.1f})")
-        ax.axhline(d.constant_score, color="grey", lw=1, ls=":", label=f"constant ({d.constant_score:.1f})")
-        for (a, f), s in t[t.allocation != "dense"].groupby(["allocation", "factorisation"]):
-            s = s.sort_values("total_params")
-            ax.plot(s.total_params / 1e6, s.score, ls=dashes[f], color=colors[a], marker=".", lw=1.2,
-                    label=f"{a} + {f}")
-        ax.set(xlabel="total params (M)", ylabel="score", title=f"{task}: score vs size (no recovery)")
-        ax.legend(fontsize=6, ncol=2, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(out / "png" / f"pareto_{task}.png", dpi=110, metadata={"Software": None})
-        plt.close(fig)
-    return recs
+                        help=f"report the results present so far (to {PARTIAL_OUT}, outside DVC)")
 
 
 def main(params, args):
-    rows, boots, (got, expected) = collect(params, partial=args.partial)
-    if not rows:
+    g, counts, dense, cells_, recovered = params.grid, [0, 0], {}, {}, {}
+
+    def read(paths: dict) -> list[dict]:     # {seed: path} → records (--partial: those present)
+        recs = [json.loads((Path("..") / p).read_text()) for p in paths.values()
+                if not args.partial or (Path("..") / p).exists()]
+        counts[0], counts[1] = counts[0] + len(recs), counts[1] + len(paths)
+        return recs
+
+    for task in g.tasks:
+        by_cell, by_rec = {}, {}
+        for c in cells(params, task=task):
+            by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
+        for c in recover_cells(params, task=task):
+            by_rec.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = recover_result(c)
+        if not (recs := read({s: f"{run_dir(task, s)}/results/dense.json" for s in g.seeds})):
+            counts[1] += sum(map(len, [*by_cell.values(), *by_rec.values()]))
+            continue
+        dense[task] = recs
+        cells_[task] = {k: read(paths) for k, paths in by_cell.items()}
+        recovered[task] = {k: read(paths) for k, paths in by_rec.items()}
+    if not dense:
         raise SystemExit("report --partial: no task has its dense result yet")
-    df = pd.DataFrame(rows)
-    out = PARTIAL_OUT if args.partial else OUT
+    df, boots = rows_from_results(dense, cells_, recovered, params.recover.epochs, params.model.name)
+    name = PARTIAL_OUT if args.partial else OUT
+    out = Path("..") / name
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
-    tasks = [t for t in params.grid.tasks if t in set(df.task)]
-    missing = [t for t in params.grid.tasks if t not in tasks]
-    md = ["# Grid results" + (" (PARTIAL)" if args.partial else ""), ""]
-    if args.partial:
-        md += [f"**Partial report**: {got} of {expected} result files present"
-               + (f"; tasks not started: {', '.join(missing)}" if missing else "")
-               + ". Produced by `cd grid && PYTHONPATH=.. python -m stages.report --partial`; averages only "
-               "over methods present on every task listed.", ""]
-    md += [
-          f"Model {params.model.name}; tasks {', '.join(tasks)}; dev scores ×100 ± half the 95 % bootstrap "
-          "interval over dev examples; † collapsed (≥ 95 % one class); ‡ beats every other compressed row of "
-          "its column beyond resampling noise (paired bootstrap). "
-          + ("" if args.partial else "Produced by `dvc repro grid/dvc.yaml` ")
-          + f"({out.as_posix()[3:]}/results.csv holds every number).", "",
-          "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
-                                             for r in df[df.allocation == "dense"].itertuples()), ""]
-    recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
-    heads = [(b, 0) for b in (*HEADLINE, *recovered) if b in params.grid.budgets]
-    heads += [(b, e) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
-    md += ["## Overview", "",
-           "Scores ×100 (collapsed †); avg ± half its 95 % bootstrap interval; % of dense: averaged over the "
-           "tasks; margin kept: (avg − constant predictor's avg) / (dense avg − constant predictor's avg), the "
-           "share of the dense model's lead over the constant predictor that the compressed model keeps "
-           "(1 = as good as dense, 0 = no better than constant; per task in results.csv); rows: the FWSVD "
-           f"baselines and the {TOP} best methods by average (no recovery), every recovered method (with recovery). "
-           "Only methods run on every task. Full tables with intervals per task below.", ""]
-    for b, e in dict.fromkeys(heads):
-        if df[(df.budget == b / 100) & (df.recovery_epochs == e)].empty:
-            continue
-        md += [f"### p = {b / 100:g}" + (f", after {e} epoch(s) of recovery fine-tuning" if e else ", no recovery"), ""]
-        md += overview(df, boots, b, e, tasks) + [""]
-    for epochs in sorted(df.recovery_epochs.unique()):
-        for b in sorted(params.grid.budgets, reverse=True):
-            if df[(df.budget == b / 100) & (df.recovery_epochs == epochs)].empty:
-                continue
-            md += [f"## p = {b / 100:g}" + (f", after {epochs} epoch(s) of recovery fine-tuning" if epochs else
-                                            ", no recovery"), ""]
-            md += table(df, boots, b, epochs, tasks) + [""]
-    (out / "tables.md").write_text("\n".join(md))
-    write_json(out / "summary.json", summarise(df, params, tasks))
-    write_json(out / "pareto.json", pareto_plots(df, out))
-    log.info("report: %d rows over %d tasks", len(df), len(tasks))
+    (out / "tables.md").write_text(markdown(df, boots, params.model.name, g.tasks, g.budgets, name,
+                                            partial=tuple(counts) if args.partial else None))
+    write_json(out / "summary.json", summarise(df, list(dense)))
+    write_json(out / "pareto.json", pareto(df, out))
+    log.info("report: %d rows over %d tasks", len(df), len(dense))
 
 
 if __name__ == "__main__":

@@ -119,3 +119,87 @@ def load_bench(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+# ---- the tiny DVC project: one reproduced run shared by the end-to-end tests ----------------------
+
+ALL_STAGES = ["prepare", "finetune", "fisher", "allocate", "compress", "evaluate"]
+
+
+def git(repo, *args):
+    import subprocess
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def reproduce(repo) -> list[str]:
+    """`Repo.reproduce()` in `repo`: the names of the stages that ran, in order."""
+    from dvc.repo import Repo
+    with Repo(str(repo)) as r:
+        return [s.addressing for s in r.reproduce()]
+
+
+def tiny_project(repo: Path, model_dir: Path, glue: Path) -> Path:
+    """The pipeline's sources in `repo` with params for a tiny run (tiny model, 40 MRPC rows), git+DVC
+    initialised and committed."""
+    import yaml
+    copy_project(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["name"] = str(model_dir)
+    params["finetune"].update(epochs=1, batch_size=8, max_length=32)
+    params["fisher"]["batch_size"] = 8
+    params["evaluate"].update(batch_size=8, latency_batches=2)
+    params["allocate"]["method"] = "fi_retention"   # the tests change its tau, then other methods
+    params["compress"]["method"] = "fwsvd"
+    params["allocate"]["speed_table"] = None        # the committed table times MiniLM's shapes, not the tiny model's
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git_dvc_init(repo)
+    return repo
+
+
+def tiny_env(mp, repo: Path, glue: Path, scratch: Path) -> None:
+    """Environment of a tiny project's DVC run (offline, its own DVC site cache, its sources first)."""
+    import sys
+    for k, v in {"GLUE_DIR": str(glue), "DVC_SITE_CACHE_DIR": str(scratch / "dvc-site-cache"),
+                 "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo / "src"),
+                 "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}.items():
+        mp.setenv(k, v)
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory) -> Path:
+    return write_mrpc(tmp_path_factory.mktemp("glue"), n_train=40, n_dev=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir, tiny_glue) -> Path:
+    """One tiny project reproduced once (every stage runs) and committed; tests that need a finished
+    run take a copy (`ran_project`) instead of paying for another."""
+    base = tmp_path_factory.mktemp("tiny-run")
+    repo = tiny_project(base / "proj", tiny_model_dir, tiny_glue)
+    with pytest.MonkeyPatch.context() as mp:
+        tiny_env(mp, repo, tiny_glue, base)
+        mp.chdir(repo)
+        assert reproduce(repo) == ALL_STAGES
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "run")
+    return repo
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir, tiny_glue, monkeypatch) -> Path:
+    """A fresh tiny project, not run yet; the test runs in it."""
+    repo = tiny_project(tmp_path / "proj", tiny_model_dir, tiny_glue)
+    tiny_env(monkeypatch, repo, tiny_glue, tmp_path)
+    monkeypatch.chdir(repo)
+    return repo
+
+
+@pytest.fixture
+def ran_project(tiny_run, tmp_path, tiny_glue, monkeypatch) -> Path:
+    """A copy of the shared finished run (workspace, git history, DVC cache); the test runs in it."""
+    import shutil
+    repo = tmp_path / "proj"
+    shutil.copytree(tiny_run, repo, symlinks=True)
+    tiny_env(monkeypatch, repo, tiny_glue, tmp_path)
+    monkeypatch.chdir(repo)
+    return repo

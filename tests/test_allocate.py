@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fisvd.allocate import (METHODS, AllocationError, Matrix, allocate as _allocate, equivalent_uniform_rank,
-                            matrix_stats, min_ratio, ranks_for_tau, report, total_size)
+from fisvd.allocate import (AllocationError, Matrix, allocate as _allocate, equivalent_uniform_rank, min_ratio,
+                            ranks_for_tau, report, total_size)
+from fisvd.methods import ALLOCATORS as METHODS
+from fisvd.plan import make_matrix
 
 CONTROLS = ["uniform_rank", "uniform_ratio"]
 FILLED = ["energy", "random", "inter_layer_fi", "max_fi"]
@@ -237,7 +239,7 @@ def test_budget_below_minimum_names_minimum():
 def test_matrix_stats_spectrum_is_fwsvd_weighted_and_report_counts():
     W = torch.randn(12, 8, dtype=torch.float64)
     F = torch.rand(12, 8, dtype=torch.float64)
-    M = matrix_stats("x", 0, "q", W, F)
+    M = make_matrix("x", 0, "q", W, F)
     s = torch.sqrt(F.sum(0))
     assert np.allclose(M.g, torch.linalg.svdvals(W * s) ** 2)
     assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)
@@ -254,7 +256,7 @@ def test_nan_weights_rejected():
     W = torch.ones(4, 4)
     W[0, 0] = float("inf")
     with pytest.raises(AllocationError, match="NaN or inf"):
-        matrix_stats("bad", 0, "q", W, torch.ones(4, 4))
+        make_matrix("bad", 0, "q", W, torch.ones(4, 4))
 
 
 def test_spectrum_is_that_of_the_factorisations_whitened_matrix():
@@ -264,9 +266,10 @@ def test_spectrum_is_that_of_the_factorisations_whitened_matrix():
     X = torch.randn(50, 8, generator=g, dtype=torch.float64)
     G = torch.randn(50, 12, generator=g, dtype=torch.float64)
     stats = {"fisher": F, "cov_x": X.T @ X, "cov_g": G.T @ G}
-    default = matrix_stats("x", 0, "q", W, F)
-    assert np.allclose(matrix_stats("x", 0, "q", W, F, whitened("fwsvd", W, stats)).g, default.g)
+    default = make_matrix("x", 0, "q", W, F)
+    svals2 = lambda T: torch.linalg.svdvals(T.double()) ** 2  # noqa: E731
+    assert np.allclose(make_matrix("x", 0, "q", W, F, svals2(whitened("fwsvd", W, stats))).g, default.g)
     T = whitened("kfac", W, stats, alpha_x=0.01, alpha_g=0.01)
-    M = matrix_stats("x", 0, "q", W, F, T)
+    M = make_matrix("x", 0, "q", W, F, svals2(T))
     assert np.allclose(M.g, torch.linalg.svdvals(T) ** 2) and not np.allclose(M.g, default.g)
     assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)             # `energy` keeps the plain spectrum

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_bert
-from fisvd.allocate import METHODS, AllocationError, Matrix, allocate, matrix_stats, total_size
+from fisvd.allocate import AllocationError, Matrix, allocate, total_size
+from fisvd.methods import ALLOCATORS as METHODS
+from fisvd.plan import make_matrix
 from fisvd.calibrate import fit_curve, fit_curves, joint_refine, measure, rank_grid, with_curves
 from fisvd.errors import ParamError
 from fisvd.factorize import svd
@@ -274,8 +276,8 @@ def test_measured_params_are_registered_and_validated():
 
 def calibrated(model, bs, fn, points, metric="kl"):
     infos = compressible_linears(model)
-    mats = [matrix_stats(i.name, i.layer, i.type, fn.weights[i.name], torch.ones(i.shape), fn.weights[i.name])
-            for i in infos]
+    mats = [make_matrix(i.name, i.layer, i.type, fn.weights[i.name], torch.ones(i.shape),
+                        torch.linalg.svdvals(fn.weights[i.name].double()) ** 2) for i in infos]
     grid = {M.name: rank_grid(M, points) for M in mats}
     pts = measure(model, infos, fn, bs, grid, "cpu", metric=metric)
     return with_curves(mats, fit_curves(mats, pts)), pts

@@ -1,11 +1,13 @@
-"""fisvd.cells: the memo keys on everything that determines a cell, the swap restores the model
-exactly, and make_matrix equals allocate.matrix_stats without a second SVD."""
+"""fisvd.cells: the memo keys on everything that determines a cell (its code list is the stage's DVC
+code deps), the swap restores the model exactly, and the Matrix of a decomposition carries its
+spectrum."""
+import pytest
 import torch
 
 from conftest import tiny_bert
-from fisvd.allocate import matrix_stats
-from fisvd.cells import Memo, Swapped, make_matrix, sha256_path
-from fisvd.factorize import decompose, truncate, whitened
+from fisvd.cells import Memo, Swapped, sha256_path
+from fisvd.factorize import Factors, decompose, fwsvd_scale, truncate
+from fisvd.plan import make_matrix
 from fisvd.lowrank import LowRankLinear
 
 
@@ -46,28 +48,40 @@ def test_swapped_replaces_then_restores_the_same_modules():
     torch.testing.assert_close(model(input_ids=ids).logits, before)
 
 
-def test_make_matrix_equals_matrix_stats_with_the_decomposition_spectrum():
+def test_make_matrix_of_a_decomposition_carries_its_spectrum_and_fisher_sums():
     torch.manual_seed(0)
     W, F = torch.randn(24, 16), torch.rand(24, 16)
-    _, _, g = decompose("fwsvd", W, {"fisher": F})
-    a = make_matrix("w", 0, "q", W, F, g)
-    b = matrix_stats("w", 0, "q", W, F, whitened("fwsvd", W, {"fisher": F}))
-    for field in ("g", "e"):
-        torch.testing.assert_close(torch.tensor(getattr(a, field)), torch.tensor(getattr(b, field)))
-    assert (a.fisher_total, a.fisher_energy, a.m, a.n) == (b.fisher_total, b.fisher_energy, b.m, b.n)
+    factors = Factors("fwsvd", {"w": W}, {"w": {"fisher": F}})
+    a = make_matrix("w", 0, "q", W, F, factors.spectrum("w"))
+    s = fwsvd_scale(F)                                                 # brute force: SVD of W diag(s)
+    torch.testing.assert_close(torch.tensor(a.g), torch.linalg.svdvals(W.double() * s[None, :]) ** 2)
+    torch.testing.assert_close(torch.tensor(a.e), torch.linalg.svdvals(W.double()) ** 2)
+    assert a.fisher_total == pytest.approx(float(F.double().sum()))
+    assert a.fisher_energy == pytest.approx(float((F.double() * W.double() ** 2).sum()))
+    assert (a.m, a.n, a.rbar) == (24, 16, 24 * 16 // 40)
     A, B = truncate(decompose("svd", W, None)[:2], 3)
     assert A.shape == (24, 3) and B.shape == (3, 16) and A.dtype == torch.float32
 
 
-def test_memo_context_tells_every_factorisation_apart():
+def test_memo_context_tells_every_factorisation_apart_and_hashes_the_stage_code_deps(tmp_path, monkeypatch):
     """Regression: svd and fwsvd have no options, so a context made of options alone made svd's cells
-    hit fwsvd's memo (the MRPC grid's svd cells came out equal to fwsvd's)."""
+    hit fwsvd's memo (the MRPC grid's svd cells came out equal to fwsvd's). The code hashed is exactly
+    the stage's DVC code deps (fisvd.deps.code_deps), plus versions, device and dtype."""
     import json
     import yaml
     from conftest import ROOT
+    from fisvd.cells import memo_context
+    from fisvd.deps import code_deps
     from fisvd.params import parse_params, registries
-    from stages.cells import keys_of
     p = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    monkeypatch.chdir(tmp_path)                       # a run folder: the input files are relative to it
+    (tmp_path / "in.txt").write_text("x")
+    (tmp_path / p.allocate.speed_table).parent.mkdir(parents=True)
+    (tmp_path / p.allocate.speed_table).write_text("{}")
     names = registries()["compress"].names()
-    contexts = {json.dumps(keys_of(p, f), sort_keys=True, default=str) for f in names}
-    assert len(names) >= 5 and len(contexts) == len(names)
+    ctx = {f: memo_context(p, f, ("in.txt",)) for f in names}
+    assert len(names) >= 5 and len({json.dumps(c, sort_keys=True, default=str) for c in ctx.values()}) == len(names)
+    c = ctx["kfac"]
+    assert sorted(c["code"]) == sorted(code_deps("stages/cells.py"))
+    assert "src/fisvd/speed.py" in c["code"] and "src/fisvd/plan.py" in c["code"]
+    assert set(c["versions"]) >= {"torch", "transformers"} and c["device"] == "cpu" and c["dtype"] == "float32"

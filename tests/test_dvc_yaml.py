@@ -1,9 +1,8 @@
-"""dvc.yaml stays honest: each stage's deps are exactly the fisvd modules it imports (transitively,
-module-level imports; the lazily imported method registries that params validation reads do not
-shape a stage's outputs) plus exactly its pipeline inputs from `fisvd.paths`; its outs cover exactly
-the paths `fisvd.paths` gives it; its params are exactly the keys the stage declares (its `KEYS`,
-which read the method registries), and every key is declared in params.yaml."""
-import ast
+"""dvc.yaml stays honest: each stage's code deps are exactly `fisvd.deps.code_deps` of its script
+(the computing modules it imports, transitively; interface modules — params, CLI, method specs,
+paths, errors — excluded, with the reasons in fisvd.deps), plus exactly its pipeline inputs from
+`fisvd.paths`; its outs cover exactly the paths `fisvd.paths` gives it; its params are exactly the
+keys the stage declares (its `KEYS`), the method stages naming the chosen method's section only."""
 import importlib
 import re
 
@@ -12,49 +11,33 @@ import yaml
 
 from conftest import ROOT
 from fisvd import paths
+from fisvd.deps import INTERFACE, code_deps, imports
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+MODULES = sorted((ROOT / "src" / "fisvd").glob("*.py"))
 
 
-def fisvd_imports(path, lazy=False):
-    """fisvd modules imported at module level (lazy=True: only those imported inside functions)."""
-    tree = ast.parse(path.read_text())
-    top = set(map(id, tree.body))
-    mods = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and ((id(node) not in top) == lazy):
-            if node.level == 1:
-                mods.add(node.module)
-            elif node.module.startswith("fisvd."):
-                mods.add(node.module.split(".", 1)[1])
-    return mods
+def test_no_module_imports_fisvd_lazily():
+    """The dependency closure reads module-level imports: a lazy `from .x import` would hide a dep."""
+    assert {p.stem: imports(p, lazy=True) for p in MODULES if imports(p, lazy=True)} == {}
 
 
-def closure(mods):
-    todo, seen = list(mods), set()
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        todo.extend(fisvd_imports(ROOT / "src" / "fisvd" / f"{m}.py"))
-    return seen
-
-
-def test_only_params_imports_lazily_and_only_the_registries():
-    lazy = {p.stem: fisvd_imports(p, lazy=True) for p in (ROOT / "src" / "fisvd").glob("*.py")}
-    assert {k: v for k, v in lazy.items() if v} == {"params": {"allocate", "factorize"}}
+@pytest.mark.parametrize("module", INTERFACE)
+def test_interface_modules_compute_nothing(module):
+    """The modules left out of code deps import neither torch nor numpy, nor any computing module."""
+    src = (ROOT / "src" / "fisvd" / f"{module}.py").read_text()
+    assert not re.search(r"^\s*(import|from)\s+(torch|numpy|scipy|sklearn)\b", src, re.M)
+    assert imports(ROOT / "src" / "fisvd" / f"{module}.py") <= set(INTERFACE)
 
 
 @pytest.mark.parametrize("stage", list(DVC))
-def test_deps_are_exactly_the_imported_modules_and_inputs(stage):
+def test_deps_are_exactly_the_code_deps_and_inputs(stage):
     deps = DVC[stage]["deps"]
-    declared = {d[len("src/fisvd/"):-3] for d in deps if d.startswith("src/fisvd/")}
-    assert declared == closure(fisvd_imports(ROOT / "stages" / f"{stage}.py"))
-    assert f"stages/{stage}.py" in deps and DVC[stage]["cmd"] == f"python -m stages.{stage}"
-    data_deps = [d for d in deps if not d.startswith(("src/", "stages/"))]
-    assert data_deps == list(paths.STAGES[stage][0])
+    assert DVC[stage]["cmd"] == f"python -m stages.{stage}"
+    code = [d for d in deps if d.startswith(("src/", "stages/"))]
+    assert code == code_deps(f"stages/{stage}.py")
+    assert [d for d in deps if d not in code] == list(paths.STAGES[stage][0])
 
 
 @pytest.mark.parametrize("stage", list(DVC))
@@ -75,12 +58,25 @@ def test_runtime_figures_are_top_level_metrics_not_stage_outputs():
         assert "write_json(" in src and any(c in src for c in ("FINETUNE_RUNTIME", "FISHER_RUNTIME", "LATENCY"))
 
 
+def resolve(key: str, raw: dict) -> str:
+    """A dvc.yaml params entry with `${a.b}` interpolated from params.yaml (as DVC does)."""
+    def value(m):
+        node = raw
+        for part in m.group(1).split("."):
+            node = node[part]
+        return str(node)
+    return re.sub(r"\$\{([^}]+)\}", value, key)
+
+
 def direct_reads(stage):
     """params keys the stage script reads directly: `params.<section>.<key>` and `<alias>.<key>`."""
     src = (ROOT / "stages" / f"{stage}.py").read_text()
     keys = set(re.findall(r"params\.([a-z_]+)\.([a-z_]+)", src))
     for alias, section in re.findall(r"(\w+) = params\.([a-z_]+)\n", src):
         keys |= {(section, k) for k in re.findall(rf"\b{alias}\.([a-z_]+)\b(?!\()", src)}
+    for a1, a2, s1, s2 in re.findall(r"(\w+), (\w+) = params\.([a-z_]+), params\.([a-z_]+)\n", src):
+        for alias, section in ((a1, s1), (a2, s2)):
+            keys |= {(section, k) for k in re.findall(rf"\b{alias}\.([a-z_]+)\b(?!\()", src)}
     return {f"{s}.{k}" for s, k in keys}
 
 
@@ -91,16 +87,22 @@ def test_params_are_exactly_the_declared_keys(stage):
     assert sorted(declared) == sorted(keys) and len(set(declared)) == len(declared)
     for key in declared:
         node = PARAMS
-        for part in key.split("."):
+        for part in resolve(key, PARAMS).split("."):
             node = node[part]
-    # every key the script reads directly is declared (registry sections are read through opts())
+    # every key the script reads directly is declared (method sections are read through opts())
     assert direct_reads(stage) <= set(declared) | {"allocate.opts", "compress.opts"}
 
 
-def test_method_sections_are_param_deps_of_their_stage():
+def test_method_stages_depend_on_the_chosen_methods_options_only():
+    """`allocate`/`compress` name `<section>.${<section>.method}`, never another method's section, and
+    every method has a section (`{}` without options), so the interpolation resolves for any choice."""
     from fisvd.params import registries
     for section, registry in registries().items():
-        stage = {"allocate": "allocate", "compress": "compress"}[section]
-        declared = set(DVC[stage]["params"])
-        assert {f"{section}.{m}" for m in registry.with_params()} <= declared
-        assert f"{section}.method" in declared
+        assert set(registry.names()) <= set(PARAMS[section])
+        for stage in {"allocate": ("allocate",), "compress": ("allocate", "compress")}[section]:
+            declared = DVC[stage]["params"]
+            assert f"{section}.method" in declared and f"{section}.${{{section}.method}}" in declared
+            assert not {f"{section}.{m}" for m in registry.names()} & set(declared)
+        for name in registry.names():
+            raw = {**PARAMS, section: {**PARAMS[section], "method": name}}
+            assert resolve(f"{section}.${{{section}.method}}", raw) == f"{section}.{name}"

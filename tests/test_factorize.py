@@ -93,7 +93,7 @@ def test_tfwsvd_converges_to_same_value_from_different_inits():
 
 def test_every_registered_factorisation_is_tested_here():
     """svd / fwsvd / tfwsvd here; whiten / kfac (two-sided statistics) in tests/test_twosided.py."""
-    from fisvd.factorize import FACTORISATIONS
+    from fisvd.methods import FACTORISATIONS
     assert FACTORISATIONS.names() == ("svd", "fwsvd", "tfwsvd", "whiten", "kfac")
     assert FACTORISATIONS.with_params() == ("tfwsvd", "whiten", "kfac")
     assert [FACTORISATIONS[m].needs for m in FACTORISATIONS.names()] == [
@@ -163,16 +163,20 @@ def test_als_half_step_equals_per_row_weighted_least_squares(max_elems):
 
 
 @pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
-def test_decompose_truncated_equals_factorize_at_every_rank_and_gives_the_spectrum(shape):
-    """One SVD serves every rank (the grid's per-(task, factorisation) decomposition): slicing the
-    full factors equals factorising at that rank, and s² is the SVD spectrum of the whitened T."""
-    from fisvd.factorize import SLICEABLE, KfacParams, WhitenParams, decompose, truncate, whitened
+def test_decompose_truncated_equals_the_closed_forms_at_every_rank_and_gives_the_spectrum(shape):
+    """One SVD serves every rank: slicing the full factors equals each method's closed form at that
+    rank (svd, fwsvd, whiten, kfac: written out independently), s² is the SVD spectrum of the whitened
+    T, and `factorize` returns exactly the slice (the one way to build factors)."""
+    from fisvd.factorize import SLICEABLE, KfacParams, WhitenParams, decompose, kfac, truncate, whiten, whitened
     torch.manual_seed(0)
     m, n = shape
     W = torch.randn(m, n, dtype=torch.float64)
     X, G = torch.randn(50, n, dtype=torch.float64), torch.randn(60, m, dtype=torch.float64)
     stats = {"fisher": torch.rand(m, n, dtype=torch.float64), "cov_x": X.T @ X, "cov_g": G.T @ G}
     opts = {"svd": None, "fwsvd": None, "whiten": WhitenParams(0.01), "kfac": KfacParams(0.01, 0.05)}
+    closed = {"svd": lambda r: svd(W, r), "fwsvd": lambda r: fwsvd(W, stats["fisher"], r),
+              "whiten": lambda r: whiten(W, stats["cov_x"], r, alpha_x=0.01),
+              "kfac": lambda r: kfac(W, stats["cov_x"], stats["cov_g"], r, alpha_x=0.01, alpha_g=0.05)}
     assert set(SLICEABLE) == set(opts)
     for method in SLICEABLE:
         A, B, s2 = decompose(method, W, stats, opts[method])
@@ -180,27 +184,34 @@ def test_decompose_truncated_equals_factorize_at_every_rank_and_gives_the_spectr
         torch.testing.assert_close(s2, torch.linalg.svdvals(T) ** 2)
         for r in range(1, min(m, n) + 1):
             a, b = truncate((A, B), r, torch.float64)
-            a2, b2 = factorize(method, W, stats, r, opts[method])
+            a2, b2 = closed[method](r)
             torch.testing.assert_close(a @ b, a2 @ b2, atol=1e-10, rtol=1e-10)
+            a3, b3 = factorize(method, W, stats, r, opts[method])
+            assert torch.equal(a3, a) and torch.equal(b3, b)
     with pytest.raises(ValueError, match="depend on the rank"):
         decompose("tfwsvd", W, stats, None)
     with pytest.raises(ValueError, match="out of range"):
         truncate((A, B), min(m, n) + 1)
 
 
-def test_rank_factors_slices_one_decomposition_and_caches_tfwsvd():
-    from fisvd.factorize import TfwsvdParams, rank_factors
+def test_factors_slice_one_decomposition_and_cache_tfwsvd():
+    from fisvd.factorize import Factors, TfwsvdParams, whitened
     torch.manual_seed(1)
     W = {"a": torch.randn(10, 14), "b": torch.randn(14, 10)}
     st = {n: {"fisher": torch.rand(*w.shape)} for n, w in W.items()}
     for method in ("fwsvd", "tfwsvd"):
-        fn = rank_factors(method, W, st, None if method == "fwsvd" else TfwsvdParams(max_iters=2, tol=0.0))
+        fn = Factors(method, W, st, None if method == "fwsvd" else TfwsvdParams(max_iters=2, tol=0.0))
         for n in W:
             for r in (1, 4, 9):
                 A, B = fn(n, r)
-                A2, B2 = factorize(method, W[n], st[n], r, **({} if method == "fwsvd" else
-                                                              {"max_iters": 2, "tol": 0.0}))
+                A2, B2 = (fwsvd(W[n], st[n]["fisher"], r) if method == "fwsvd" else
+                          tfwsvd(W[n], st[n]["fisher"], r, max_iters=2, tol=0.0))
                 assert A.dtype == W[n].dtype and A.shape == (W[n].shape[0], r)
                 torch.testing.assert_close(A @ B, A2 @ B2, atol=1e-5, rtol=1e-5)
+            # the spectrum the allocators spend on: σ(T)² of the FWSVD-whitened weight (tfwsvd: its start's)
+            torch.testing.assert_close(fn.spectrum(n), torch.linalg.svdvals(whitened("fwsvd", W[n], st[n])) ** 2)
         if method == "tfwsvd":                                        # cached per (name, r)
             assert fn("a", 4)[0] is fn("a", 4)[0]
+    once = Factors("fwsvd", W, st, keep=False)                        # compress: one rank per matrix
+    once.at("a", 3)
+    assert "a" not in once._full

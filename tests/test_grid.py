@@ -90,14 +90,15 @@ def test_generated_grid_files_are_current():
     assert res.returncode == 0, res.stderr
 
 
-def test_grid_stage_deps_are_the_imported_modules():
-    from test_dvc_yaml import closure, fisvd_imports
+def test_grid_stage_deps_are_the_code_deps():
+    """The same list the cell memo hashes (fisvd.cells.memo_context): they cannot drift apart."""
+    from fisvd.deps import code_deps
     pipe = yaml.safe_load((ROOT / "grid/mrpc/s42/dvc.yaml").read_text())["stages"]
     for name, st in pipe.items():
         script = st["cmd"].split("python -m stages.")[1].split()[0]
-        mods = {d.rsplit("/", 1)[1][:-3] for d in st["deps"] if "/src/fisvd/" in d}
-        assert mods == closure(fisvd_imports(ROOT / "stages" / f"{script}.py")), name
-        assert f"../../../stages/{script}.py" in st["deps"]
+        code = [d[len("../../../"):] for d in st["deps"] if d.startswith("../../../")
+                and not d.startswith("../../../benchmarks/")]
+        assert code == code_deps(f"stages/{script}.py"), name
     report = yaml.safe_load((ROOT / "grid/dvc.yaml").read_text())["stages"]["report"]
     p = parse_params(RAW)
     assert sum(d.endswith(".json") for d in report["deps"]) == (
@@ -216,6 +217,15 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     assert reproduce(repo) == []                             # nothing changed: nothing runs
 
     memo = repo / "grid/mrpc/s42/.cellcache"
+    before = set(memo.iterdir())
+    with open(repo / "src/fisvd/speed.py", "a") as f:       # a code dep of the cells: DVC re-runs them and
+        f.write("\n# an edit that changes no number\n")     # the memo (same code list) misses, no stale cell
+    assert reproduce(repo) == ["cells-fwsvd", "cells-kfac"]  # same result bytes: recovery, report skipped
+    assert len(set(memo.iterdir()) - before) == 2 * 2 * 2
+    with open(repo / "src/fisvd/params.py", "a") as f:      # a schema edit: nothing re-runs
+        f.write("\nSCHEMA_EDIT = 1\n")
+    assert reproduce(repo) == []
+
     before = set(memo.iterdir())
     raw["grid"]["budgets"] = [50, 30, 20]                    # a new budget: only its cells are computed
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -87,7 +87,9 @@ def test_bad_values_name_the_key(path, value, needle):
     (lambda r: r["allocate"].update(fi_retension=0.9), "allocate.fi_retension: unknown key"),
     (lambda r: r["allocate"]["fi_retention"].update(tau2=0.9), "allocate.fi_retention.tau2: unknown key"),
     (lambda r: r["allocate"].update(calibrate=True), "allocate.calibrate: unknown key; allowed keys under "
-     "allocate: method, budget, rank_multiple, budget_kind, speed_table, random, inter_layer_fi, fi_retention, max_fi"),
+     "allocate: method, budget, rank_multiple, budget_kind, speed_table, uniform_rank, uniform_ratio, energy, random, "
+     "inter_layer_fi, fi_retention, max_fi, measured"),
+    (lambda r: r["allocate"].update(uniform_rank={"x": 1}), "allocate.uniform_rank: uniform_rank has no options"),
     (lambda r: r.update(allocation={}), "allocation: unknown key"),
     (lambda r: r["compress"]["tfwsvd"].update(iters=3), "compress.tfwsvd.iters: unknown key"),
     (lambda r: r.update(fisher=[1, 2]), "fisher: expected a mapping"),

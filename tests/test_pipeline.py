@@ -1,8 +1,10 @@
 """End to end: the real DVC pipeline in a temp git+DVC repo on a tiny model and tiny MRPC data.
 
-Asserts via `Repo.reproduce()` exactly which stages ran after changing one param, that a second
-repro does nothing, that metrics are git-tracked while data/ is ignored, and that the compressed
-model loads back.
+One tiny run is reproduced once per session (conftest `tiny_run`: every stage runs) and copied by the
+tests that start from a finished run. Asserts via `Repo.reproduce()` exactly which stages ran after
+changing one param or one module, that a second repro does nothing, that metrics are git-tracked
+while data/ is ignored, that a run killed midway resumes to the same bytes as the uninterrupted one,
+that queued experiments equal serial runs, and that the compressed model loads back.
 """
 import json
 import os
@@ -14,45 +16,9 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, git_dvc_init, write_mrpc
+from conftest import ALL_STAGES as ALL, git, reproduce
 
 pytestmark = pytest.mark.slow
-ALL = ["prepare", "finetune", "fisher", "allocate", "compress", "evaluate"]
-
-
-def git(repo, *args):
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
-@pytest.fixture
-def project(tmp_path, tiny_model_dir, monkeypatch):
-    repo = copy_project(tmp_path / "proj")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["model"]["name"] = str(tiny_model_dir)
-    params["finetune"].update(epochs=1, batch_size=8, max_length=32)
-    params["fisher"]["batch_size"] = 8
-    params["evaluate"].update(batch_size=8, latency_batches=2)
-    params["allocate"]["method"] = "fi_retention"   # the steps below change its tau, then other methods
-    params["compress"]["method"] = "fwsvd"
-    params["allocate"]["speed_table"] = None        # the committed table times MiniLM's shapes, not the tiny model's
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    glue = write_mrpc(tmp_path / "glue", n_train=40, n_dev=16)
-    monkeypatch.setenv("GLUE_DIR", str(glue))
-    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("PYTHONPATH", str(repo / "src"))
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    monkeypatch.chdir(repo)
-    git_dvc_init(repo)
-    return repo
-
-
-def reproduce(repo):
-    from dvc.repo import Repo
-    with Repo(str(repo)) as r:
-        stages = r.reproduce()
-    return [s.addressing for s in stages]
 
 
 def set_param(repo, key, value):
@@ -65,9 +31,8 @@ def set_param(repo, key, value):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_pipeline_reruns_exactly_the_affected_stages(project):
-    repo = project
-    assert reproduce(repo) == ALL
+def test_pipeline_reruns_exactly_the_affected_stages(ran_project):
+    repo = ran_project                                               # every stage ran (tiny_run asserts it)
     metrics = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
     assert metrics["task"] == "mrpc" and 0 < metrics["kept_ratio"] <= 1
     for side in ("dense", "compressed"):
@@ -93,14 +58,13 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert json.loads((repo / "metrics/fisher/runtime.json").read_text())["fisher_and_stats_pass_s"] >= 0  # tiny: ~0.0 s
     assert metrics["constant_score"] > 0 and "margin_kept" in metrics and "pct_of_dense" in metrics
 
-    git(repo, "add", "-A")
     status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True, text=True).stdout
     tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True).stdout.split()
-    assert "dvc.lock" in tracked and "metrics/evaluate/metrics.json" in tracked
+    assert "dvc.lock" in tracked and "metrics/evaluate/metrics.json" in tracked    # committed by tiny_run
     assert "metrics/allocate/ranks.json" in tracked and "metrics/finetune/metrics.json" in tracked
     assert "metrics/evaluate/latency.json" in tracked
     assert not any(t.startswith("data/") and not t.endswith(".gitignore") for t in tracked), status
-    git(repo, "commit", "-qm", "run")
+    assert "!! data/" in status                                       # ignored, not untracked
 
     assert reproduce(repo) == []  # nothing changed: nothing runs
 
@@ -113,8 +77,16 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
     assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["kept_ratio"] <= 0.5
 
-    set_param(repo, "allocate.max_fi.objective", "layerwise")    # another method's section: a param dep
-    assert reproduce(repo) == ["allocate"]                       # same ranks.json bytes: compress skipped
+    set_param(repo, "allocate.max_fi.objective", "layerwise")    # another method's options: not a dep
+    set_param(repo, "compress.tfwsvd.tol", 0.01)                 # (compress runs fwsvd)
+    assert reproduce(repo) == []
+    for module in ("params", "cli", "methods", "validate"):      # schema / CLI / spec edits compute nothing
+        with open(repo / "src" / "fisvd" / f"{module}.py", "a") as f:
+            f.write("\nSCHEMA_EDIT = 1  # a new key, help text, error wording…\n")
+    assert reproduce(repo) == []
+    with open(repo / "src" / "fisvd" / "factorize.py", "a") as f:   # code the factors come from
+        f.write("\n# an edit that changes no number\n")
+    assert reproduce(repo) == ["allocate", "compress"]           # same bytes out: evaluate skipped
 
     set_param(repo, "allocate.rank_multiple", 4)
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
@@ -124,9 +96,8 @@ def test_pipeline_reruns_exactly_the_affected_stages(project):
     assert {n: r for n, r in json.loads((repo / "data/compressed/ranks.json").read_text()).items()} == \
         {row["name"]: row["rank"] for row in aligned["matrices"] if not row["dense"]}
 
-    set_param(repo, "compress.method", "svd")       # allocation runs on the factorisation's spectrum
-    assert reproduce(repo) == ["allocate", "compress", "evaluate"]
-    set_param(repo, "compress.method", "kfac")      # two-sided: the fisher stage's statistics
+    set_param(repo, "compress.method", "kfac")      # allocation runs on the factorisation's spectrum;
+                                                    # two-sided: the fisher stage's statistics
     set_param(repo, "allocate.method", "max_fi")
     assert reproduce(repo) == ["allocate", "compress", "evaluate"]
     assert json.loads((repo / "metrics/allocate/ranks.json").read_text())["totals"]["spectrum"] == "kfac"
@@ -188,7 +159,10 @@ def _lock_stages(repo):
     return set(yaml.safe_load(lock.read_text())["stages"]) if lock.exists() else set()
 
 
-def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project):
+def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project, tiny_run):
+    """Killed twice (while fine-tuning, then in the Fisher pass), `dvc repro` completes and every tracked
+    file (dvc.lock, metrics, ranks) is byte-identical to the uninterrupted shared run in another
+    folder, run-time figures aside: deterministic on CPU, so DVC skips unchanged downstream stages."""
     repo = project
     _kill_when(repo, lambda: (repo / "metrics/finetune/params.yaml").exists())  # finetune is training
     assert "finetune" not in _lock_stages(repo) and not (repo / "data/model/model.safetensors").exists()
@@ -201,23 +175,11 @@ def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project):
     with Repo(str(repo)) as r:
         assert r.status() == {}
     assert not list((repo / "data").glob(".*.tmp-*"))
-    fisher = (repo / "data/fisher.safetensors").read_bytes()
-    metrics = (repo / "metrics/evaluate/metrics.json").read_text()
-    ranks = (repo / "metrics/allocate/ranks.json").read_text()
-
-    with Repo(str(repo)) as r:  # `dvc repro -f`: every stage again, bit-identical results on CPU
-        assert [s.addressing for s in r.reproduce(force=True)] == ALL
-    assert (repo / "data/fisher.safetensors").read_bytes() == fisher
-    assert (repo / "metrics/evaluate/metrics.json").read_text() == metrics
-    assert (repo / "metrics/allocate/ranks.json").read_text() == ranks
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "run")
-    with Repo(str(repo)) as r:  # a forced re-run changes no tracked file except run-time figures
-        r.reproduce(force=True)
-    changed = {line[3:] for line in subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
-                                                   text=True).stdout.splitlines()}
-    assert changed <= {"metrics/evaluate/latency.json", "metrics/finetune/runtime.json",
-                       "metrics/fisher/runtime.json"}, changed
+    assert (repo / "data/fisher.safetensors").read_bytes() == (tiny_run / "data/fisher.safetensors").read_bytes()
+    runtime = {"metrics/evaluate/latency.json", "metrics/finetune/runtime.json", "metrics/fisher/runtime.json"}
+    tracked = subprocess.run(["git", "ls-files"], cwd=tiny_run, capture_output=True, text=True).stdout.split()
+    differ = [f for f in tracked if f not in runtime and (repo / f).read_bytes() != (tiny_run / f).read_bytes()]
+    assert differ == [] and "dvc.lock" in tracked and "metrics/allocate/ranks.json" in tracked
 
 
 def _find_runs(node, out):
@@ -237,12 +199,9 @@ def _find_runs(node, out):
             _find_runs(v, out)
 
 
-def test_queued_experiments_with_two_workers_equal_serial_runs(project):
-    repo = project
+def test_queued_experiments_with_two_workers_equal_serial_runs(ran_project):
+    repo = ran_project                                               # the committed baseline run
     dvc = [sys.executable, "-m", "dvc"]
-    reproduce(repo)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
     taus = (0.6, 0.8)
     for tau in taus:
         subprocess.run(dvc + ["exp", "run", "--queue", "-S", f"allocate.fi_retention.tau={tau}"], cwd=repo, check=True,

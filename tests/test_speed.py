@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from fisvd.allocate import METHODS, TIME_UNITS, AllocationError, allocate as _allocate, min_ratio, total_size
+from fisvd.methods import ALLOCATORS as METHODS
+from fisvd.allocate import TIME_UNITS, AllocationError, allocate as _allocate, min_ratio, total_size
 from fisvd.params import ParamError, parse_params
 from fisvd.paths import LATENCY_TABLE, STAGES
-from fisvd.speed import (break_even, check_table, default_grid, dense_time, faster_ranks, load_table, predicted,
+from fisvd.allocate import break_even
+from fisvd.speed import (check_table, default_grid, dense_time, faster_ranks, load_table, predicted,
                          save_table, shape_key, speed_aware, time_of, times)
 from test_allocate import OPTS, synthetic
 

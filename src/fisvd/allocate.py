@@ -23,7 +23,8 @@ loss under that factorisation's quadratic model, comparable across matrices (met
 `energy` uses the plain spectrum of W. Computed once per matrix; FI retained
 ρ_ℓ(r) = Σ_{k≤r} g_ℓ,k / Σ_k g_ℓ,k, and ρ = 1 when dense.
 
-Methods (one registry entry each, `METHODS`; all but `fi_retention` with a fixed τ take a budget p):
+Methods (one spec each in fisvd.methods.ALLOCATORS, implemented here; all but `fi_retention` with a
+fixed τ take a budget p):
 - uniform_rank   control: one rank for all (dense where ≥ r̄), the largest meeting p. No fill.
 - uniform_ratio  control: r_ℓ = ⌊p·r̄_ℓ⌋ (aligned down). No fill.
 - energy         control: smallest r with unweighted energy ≥ τ, τ bisected to meet p.
@@ -53,14 +54,14 @@ from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
-import torch
 
 from .errors import AllocationError
-from .factorize import fwsvd_scale, spectrum
-from .params import at_least, choice, positive, unit
-from .registry import Registry
+from .methods import ALLOCATORS, FiRetentionParams, InterLayerFiParams, MaxFiParams, MeasuredParams, RandomParams
 
 
+def break_even(m: int, n: int) -> int:
+    """r̄ = ⌊mn/(m+n)⌋, the break-even rank of an m×n matrix: a rank ≥ r̄ keeps it dense (r(m+n) ≥ mn)."""
+    return (m * n) // (m + n)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Matrix:
 
     @property
     def rbar(self) -> int:
-        return (self.m * self.n) // (self.m + self.n)
+        return break_even(self.m, self.n)
 
     def params(self, r: int) -> int:
         """Parameters kept at rank r: r(m+n), or mn when dense (r ≥ r̄)."""
@@ -148,20 +149,6 @@ def _cumratio(s: np.ndarray) -> np.ndarray:
     c = np.cumsum(s) / total
     c[-1] = 1.0
     return c
-
-
-def matrix_stats(name: str, layer: int, type_: str, W: torch.Tensor, F: torch.Tensor,
-                 T: torch.Tensor | None = None) -> Matrix:
-    """Spectra and Fisher scores of one matrix (W, F: [out, in]). The spectrum g the FI allocators
-    spend on is σ_k(T)² of the factorisation's whitened matrix T (`fisvd.factorize.whitened`:
-    FWSVD W diag(s), whiten W L_x, kfac L_gᵀ W L_x, …); without T, FWSVD's."""
-    if not torch.isfinite(W).all():
-        raise AllocationError(f"{name}: weight contains NaN or inf")
-    g = (spectrum(W, fwsvd_scale(F)) if T is None else torch.linalg.svdvals(T.double()) ** 2).cpu().numpy()
-    e = spectrum(W).numpy()
-    Fd, Wd = F.double(), W.double()
-    return Matrix(name, layer, type_, W.shape[0], W.shape[1], g, e,
-                  float(Fd.sum()), float((Fd * Wd * Wd).sum()))
 
 
 def total_size(mats: list[Matrix], ranks: list[int]) -> float:
@@ -329,62 +316,7 @@ def _mck_dp(mats: list[Matrix], budget: float, values: list[list[float]], max_ce
     return ranks
 
 
-METHODS = Registry("allocate")
-
-
-@dataclass(frozen=True)
-class FiRetentionParams:
-    tau: float          # share of each matrix's FWSVD spectrum kept (fixed-τ mode)
-    calibrate: bool     # bisect τ to meet the budget instead (= max-min retained FI)
-
-    def validate(self, key: str) -> None:
-        unit(f"{key}.tau", self.tau)
-
-
-@dataclass(frozen=True)
-class InterLayerFiParams:
-    score: str          # total | density | energy
-    alpha: float        # parameters ∝ score^α
-    r_min: int          # smallest rank
-
-    def validate(self, key: str) -> None:
-        choice(f"{key}.score", self.score, ("total", "density", "energy"))
-        positive(f"{key}.alpha", self.alpha)
-        at_least(f"{key}.r_min", self.r_min, 1)
-
-
-@dataclass(frozen=True)
-class MaxFiParams:
-    objective: str      # total | layerwise
-
-    def validate(self, key: str) -> None:
-        choice(f"{key}.objective", self.objective, ("total", "layerwise"))
-
-
-@dataclass(frozen=True)
-class RandomParams:
-    seed: int
-
-    def validate(self, key: str) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class MeasuredParams:
-    points: int         # candidate ranks measured per matrix (fisvd.calibrate.rank_grid)
-    metric: str         # kl (logit KL to the dense model; squared logit error for regression) | loss
-    slice: int          # held-out training examples the losses are measured on (never dev)
-    swaps: int          # most greedy swaps tried in the joint check (0: measure the joint model only)
-
-    def validate(self, key: str) -> None:
-        at_least(f"{key}.points", self.points, 1)
-        choice(f"{key}.metric", self.metric, ("kl", "loss"))
-        at_least(f"{key}.slice", self.slice, 1)
-        at_least(f"{key}.swaps", self.swaps, 0)
-
-
-@METHODS.register("uniform_rank", help="control: one rank r for every matrix (dense where r >= break-even), "
-                  "the largest r meeting p; no leftover fill")
+@ALLOCATORS.implements("uniform_rank")
 def uniform_rank(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
     B = _budget(mats, p)
     k = mats[0].step
@@ -394,7 +326,7 @@ def uniform_rank(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
     return [M.floor(r0) for M in mats], {"uniform_rank": r0}
 
 
-@METHODS.register("uniform_ratio", help="control: r = floor(p * break-even rank) for every matrix; no fill")
+@ALLOCATORS.implements("uniform_ratio")
 def uniform_ratio(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
     _budget(mats, p)
     if _timed(mats):    # latency: the largest allowed rank keeping share p of the matrix's own time
@@ -402,13 +334,12 @@ def uniform_ratio(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
     return [M.floor(math.floor(p * M.rbar + 1e-9)) for M in mats], {}
 
 
-@METHODS.register("energy", help="control: smallest r with unweighted energy >= tau, tau bisected to meet p")
+@ALLOCATORS.implements("energy")
 def energy(mats: list[Matrix], p: float, opts) -> tuple[list[int], dict]:
     return _calibrated_tau(mats, p, weighted=False)
 
 
-@METHODS.register("random", params=RandomParams, help="control: seeded random shares of break-even, "
-                  "scaled to meet p")
+@ALLOCATORS.implements("random")
 def random_ranks(mats: list[Matrix], p: float, opts: RandomParams) -> tuple[list[int], dict]:
     B = _budget(mats, p)
     rng = _random.Random(opts.seed)
@@ -417,8 +348,7 @@ def random_ranks(mats: list[Matrix], p: float, opts: RandomParams) -> tuple[list
     return _fill(mats, ranks, B, lambda i, r: shares[i] * mats[i].rbar - r), {}
 
 
-@METHODS.register("inter_layer_fi", params=InterLayerFiParams, help="thesis M1: parameters proportional to a "
-                  "layer Fisher score^alpha, scaled to meet p")
+@ALLOCATORS.implements("inter_layer_fi")
 def inter_layer_fi(mats: list[Matrix], p: float, opts: InterLayerFiParams) -> tuple[list[int], dict]:
     B = _budget(mats, p)
     raw = {"total": [M.fisher_total for M in mats],
@@ -440,16 +370,14 @@ def inter_layer_fi(mats: list[Matrix], p: float, opts: InterLayerFiParams) -> tu
     return _fill(mats, ranks, B, lambda i, r: w[i] / (r + 1)), {}
 
 
-@METHODS.register("fi_retention", params=FiRetentionParams, help="thesis M2: smallest r with retained FI "
-                  ">= tau per matrix; tau fixed, or calibrated to meet p (max-min retained FI)")
+@ALLOCATORS.implements("fi_retention")
 def fi_retention(mats: list[Matrix], p: float, opts: FiRetentionParams) -> tuple[list[int], dict]:
     if not opts.calibrate:
         return ranks_for_tau(mats, opts.tau), {"tau": opts.tau}
     return _calibrated_tau(mats, p, weighted=True)
 
 
-@METHODS.register("max_fi", params=MaxFiParams, help="thesis M3: maximise total (or per-matrix-ratio) "
-                  "retained FI under p, exact knapsack")
+@ALLOCATORS.implements("max_fi")
 def max_fi(mats: list[Matrix], p: float, opts: MaxFiParams) -> tuple[list[int], dict]:
     B = _budget(mats, p)
     ranks = _max_fi_dp(mats, B, opts.objective)
@@ -481,9 +409,7 @@ def check_curves(mats: list[Matrix]) -> None:
                                   f"values >= 0 (index r-1) ending in 0 (dense); got shape {c.shape}")
 
 
-@METHODS.register("measured", params=MeasuredParams, help="calibrated: minimise the sum of per-matrix "
-                  "loss-vs-rank curves measured on a train slice (logit KL or task loss) under p, exact "
-                  "knapsack; joint check with greedy swaps (fisvd.calibrate)")
+@ALLOCATORS.implements("measured")
 def measured(mats: list[Matrix], p: float, opts: MeasuredParams) -> tuple[list[int], dict]:
     """min Σ_ℓ Δ_ℓ(r_ℓ) s.t. Σ size ≤ p·Σ mn over the allowed ranks: the max_fi DP with values −Δ.
     Δ_ℓ = Matrix.loss, fitted by fisvd.calibrate.fit_curves from measurements (methods.md §7b)."""
@@ -514,9 +440,9 @@ def allocate(method: str, mats: list[Matrix], *, budget: float | None, rank_mult
     """Ranks per matrix, each an allowed rank (a multiple of rank_multiple below r̄, or r̄ = dense),
     and info (e.g. the calibrated τ, the solver used).
 
-    `opts` is the method's params dataclass (`METHODS[method].params`), or give its fields as
+    `opts` is the method's options dataclass (`ALLOCATORS[method].params`, fisvd.methods), or give its fields as
     keywords (`allocate("max_fi", mats, budget=0.5, rank_multiple=1, objective="total")`)."""
-    entry = METHODS[method]
+    entry = ALLOCATORS[method]
     if not isinstance(rank_multiple, int) or rank_multiple < 1:
         raise AllocationError(f"allocate.rank_multiple: {rank_multiple!r} must be an integer >= 1")
     if opts is None and entry.params is not None:

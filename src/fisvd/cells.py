@@ -1,32 +1,49 @@
-"""Grid cells of one (task, factorisation): every allocation × budget in one process.
+"""Grid cells of one (task, factorisation): every allocation × budget in one process (`run_cells`).
 
-Per process (the fixed costs, paid once): the fine-tuned model, its Fisher and statistics, one
-decomposition per matrix (`fisvd.factorize.decompose`: one SVD of the whitened matrix T, whose
-spectrum s_k(T)² the allocators spend on; tfwsvd, whose factors depend on the rank, factorises each
-(matrix, rank) once), the dev features. Per cell: `allocate` → ranks, truncate the factors, swap the
-LowRankLinears into the dense model (restored afterwards), predict the dev split(s) in token-length
-order, score (`fisvd.metrics.task_metrics`). `measured` measures its loss curves once per process
-and solves + joint-checks each budget.
+Per process (the fixed costs, paid once): the fine-tuned model, its statistics, one decomposition
+per matrix (`fisvd.factorize.Factors`: one SVD of the whitened matrix T, whose spectrum s_k(T)² the
+allocators spend on; tfwsvd, whose factors depend on the rank, factorises each (matrix, rank) once),
+the dev features. Per cell: `fisvd.plan.plan` → ranks (methods that need measurements measure their
+curves once per process on the seeded training slice, then solve and joint-check each budget),
+truncate the factors, swap the LowRankLinears into the dense model (restored afterwards), score the
+dev split(s) in token-length order (`fisvd.evaluate.score_dev`).
 
-`Memo` keeps each finished cell under `.cellcache/` keyed by sha256 of everything that determines
-it (input file hashes, code hashes, the cell and its method options), so an interrupted stage resumes
-and a stage re-run because a budget or method was added computes only the new cells. DVC still
-caches the stage's result file; the memo is a local speed-up, never a source of results that DVC
-does not see.
+`Memo` keeps each finished cell under `.cellcache/` keyed by sha256 of everything that determines it
+(`memo_context`: the input files' hashes; the code — the same list as the stage's DVC code deps,
+`fisvd.deps.code_deps`, so the two cannot drift —; torch/transformers/numpy/scipy/scikit-learn
+versions, device and dtype; the params of the cell; the cell and its method options), so an
+interrupted stage resumes and a stage re-run because a budget or method was added computes only the
+new cells. DVC still caches the stage's result files; the memo is a local speed-up, never a source of
+results that DVC does not see.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import asdict, is_dataclass
+from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .allocate import Matrix, allocate, report
-from .factorize import spectrum
+from .allocate import report
+from .data import collate, dev_features
+from .deps import ROOT, code_deps
+from .evaluate import dev_record, score_dev
+from .factorize import Factors
 from .lowrank import LowRankLinear, set_module
+from .methods import FACTORISATIONS
+from .models import compressible_linears, count_params, load_classifier, load_tokenizer, pick_device
+from .plan import Probe, matrices, plan
+from .speed import load_table
+from .stats import load_statistics
+
+log = logging.getLogger("fisvd")
+VERSIONED = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "safetensors")
+DTYPE = "float32"       # the model is scored in fp32 (bf16 autocast on CUDA: part of the device)
 
 
 def sha256_path(path: str | Path) -> str:
@@ -54,6 +71,7 @@ class Memo:
     def __init__(self, folder: str | Path, context: dict):
         self.folder = Path(folder)
         self.context = context
+        self.computed = 0           # records put by this process
 
     def key(self, **cell) -> str:
         blob = json.dumps({"context": self.context, "cell": cell}, sort_keys=True, default=_plain)
@@ -74,14 +92,7 @@ class Memo:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(path)
-
-
-def make_matrix(name: str, layer: int, type_: str, W: torch.Tensor, F: torch.Tensor, g: torch.Tensor) -> Matrix:
-    """`allocate.Matrix` from a spectrum g already computed (the decomposition's s²): same fields as
-    `allocate.matrix_stats(…, T)` without a second SVD of T."""
-    Fd, Wd = F.double(), W.double()
-    return Matrix(name, layer, type_, W.shape[0], W.shape[1], g.double().cpu().numpy(), spectrum(W).numpy(),
-                  float(Fd.sum()), float((Fd * Wd * Wd).sum()))
+        self.computed += 1
 
 
 class Swapped:
@@ -103,10 +114,6 @@ class Swapped:
             set_module(self.model, name, mod)
 
 
-def allocation(method: str, mats: list[Matrix], budget_pct: int, rank_multiple: int, opts) -> tuple[list[int], dict]:
-    return allocate(method, mats, budget=budget_pct / 100, rank_multiple=rank_multiple, opts=opts)
-
-
 def cell_record(mats: list[Matrix], ranks: list[int], total_model_params: int, info: dict) -> dict:
     """Sizes and ranks of an allocation (JSON-ready)."""
     t = report(mats, ranks, total_model_params)["totals"]
@@ -115,3 +122,67 @@ def cell_record(mats: list[Matrix], ranks: list[int], total_model_params: int, i
             "ranks": {M.name: (min(M.m, M.n) if r >= M.rbar else int(r)) for M, r in zip(mats, ranks)},
             "info": {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) or v is None}}
 
+
+
+def device_name() -> str:
+    d = pick_device()
+    return f"cuda:{torch.cuda.get_device_name(d)}" if d.type == "cuda" else "cpu"
+
+
+def memo_context(params, factorisation: str, inputs: tuple[str, ...], script: str = "stages/cells.py") -> dict:
+    """Everything besides the cell that determines a cell's record: input file hashes, code hashes
+    (`code_deps(script)`: the stage's DVC code deps), library versions, device, dtype, and the params
+    a cell of this factorisation reads."""
+    a = params.allocate
+    return {"inputs": {p: sha256_path(p) for p in inputs},
+            "code": {f: sha256_path(ROOT / f) for f in code_deps(script)},
+            "versions": {n: metadata.version(n) for n in VERSIONED}, "device": device_name(), "dtype": DTYPE,
+            "factorisation": factorisation, "rank_multiple": a.rank_multiple,
+            "compress": params.compress.opts(factorisation),
+            "max_length": params.finetune.max_length, "batch_size": params.evaluate.batch_size,
+            "budget_kind": a.budget_kind, "speed_table": a.speed_table and sha256_path(a.speed_table)}
+
+
+def run_cells(params, factorisation: str, cells, meta: dict, splits: dict, memo: Memo, *, model_dir: str,
+              fisher_path: str, stats_path: str) -> dict[tuple[str, int], dict]:
+    """{(allocation, budget): record} of every cell (`cells`: fisvd.grid.Cell of one factorisation) on
+    the prepared task (`meta`, `splits`: fisvd.data.load_prepared), computing only those the memo lacks
+    (each stored as soon as it is done)."""
+    opts_of = params.allocate.opts
+    todo = [c for c in cells if memo.get(allocation=c.allocation, budget=c.budget, opts=opts_of(c.allocation)) is None]
+    log.info("%s on %s: %d cells, %d memoised", factorisation, meta["task"], len(cells), len(cells) - len(todo))
+    if todo:
+        _compute(params, factorisation, meta, splits, todo, memo, model_dir, fisher_path, stats_path)
+    return {(c.allocation, c.budget): memo.get(allocation=c.allocation, budget=c.budget, opts=opts_of(c.allocation))
+            for c in cells}
+
+
+def _compute(params, f, meta, splits, todo, memo, model_dir, fisher_path, stats_path):
+    task, a, L = meta["task"], params.allocate, params.finetune.max_length
+    device = pick_device()
+    tok = load_tokenizer(model_dir)
+    model = load_classifier(model_dir, meta["num_labels"]).float().eval().to(device)
+    total = count_params(model)
+    infos = compressible_linears(model)
+    weights = {m.name: model.get_submodule(m.name).weight.detach().cpu() for m in infos}
+    stats = load_statistics({"fisher", *FACTORISATIONS[f].needs}, {m.name: m.shape for m in infos},
+                            fisher_path, stats_path)
+    t0 = time.perf_counter()
+    factors = Factors(f, weights, stats, params.compress.opts(f))
+    mats = matrices(infos, weights, stats, factors, a.speed_table and load_table(a.speed_table), a.budget_kind)
+    log.info("%s: decomposed %d matrices in %.1f s", f, len(infos), time.perf_counter() - t0)
+    devs = dev_features(task, splits, tok, L)
+    probe = Probe(model, infos, factors, splits["train"], tok, L, device)
+    for c in todo:
+        t1 = time.perf_counter()
+        opts = a.opts(c.allocation)
+        ranks, info = plan(c.allocation, mats, budget=c.budget / 100, rank_multiple=a.rank_multiple, opts=opts,
+                           probe=lambda: probe)
+        rec = cell_record(mats, ranks, total, info)
+        low = {M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar}
+        with Swapped(model, low) as cm:
+            m, per_split = score_dev(cm, devs, task, params.evaluate.batch_size, collate(tok), device)
+        rec.update(dev_record(m, per_split), seconds=round(time.perf_counter() - t1, 2))
+        memo.put(rec, allocation=c.allocation, budget=c.budget, opts=opts)
+        log.info("%-14s p=%2d%%: kept %.4f score %6.2f%s (%.1f s)", c.allocation, c.budget, rec["kept_ratio"],
+                 rec["score"], " COLLAPSED" if rec["collapsed"] else "", rec["seconds"])

@@ -299,6 +299,11 @@ def tokenize(tokenizer, rows: list[dict], max_length: int, with_labels: bool = T
     return feats
 
 
+def dev_features(task: str, splits: dict[str, list[dict]], tokenizer, max_length: int) -> dict[str, list[dict]]:
+    """Every dev split of `task` (MNLI: matched and mismatched), tokenised with labels."""
+    return {s: tokenize(tokenizer, splits[s], max_length) for s in dev_splits(task)}
+
+
 def collate(tokenizer):
     """Dynamic-padding collator (pads each batch to its longest sequence)."""
     from transformers import DataCollatorWithPadding

@@ -1,8 +1,10 @@
-"""The README's parameter and method tables, generated from params.yaml (keys, defaults and their
-`# why` comments) and the method registries, so docs cannot fall out of step with the code.
+"""The parameter and method tables of docs/params.md and docs/methods.md, generated from params.yaml
+(keys, defaults and their `# why` comments) and the method registries (`fisvd.params.registries()`),
+so the docs cannot fall out of step with the code. Each table sits between its HTML comment markers
+in its one file; everything outside the markers is hand-written and left alone.
 
-    python -m fisvd.docs          # rewrite the tables between the README's markers
-    python -m fisvd.docs --check  # exit 1 if the README is stale (tests/test_docs.py does this)
+    python -m fisvd.docs          # rewrite the tables between the markers
+    python -m fisvd.docs --check  # exit 1, naming the stale files, if a table is stale (tests/test_docs.py)
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import yaml
 
 from .params import flat_keys, registries
 
-MARKERS = {"params": ("<!-- params-table -->", "<!-- /params-table -->"),
-           "methods": ("<!-- methods-table -->", "<!-- /methods-table -->")}
+# table -> (the file that holds it, relative to the repo root; start marker; end marker)
+TABLES = {"params": ("docs/params.md", "<!-- params-table -->", "<!-- /params-table -->"),
+          "methods": ("docs/methods.md", "<!-- methods-table -->", "<!-- /methods-table -->")}
 
 
 def _flow(value) -> str:
@@ -70,26 +73,45 @@ def methods_table() -> str:
     return "\n".join(lines)
 
 
-def render(readme: str, params_text: str) -> str:
-    tables = {"params": params_table(params_text), "methods": methods_table()}
-    for name, (start, end) in MARKERS.items():
-        pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-        if not pat.search(readme):
-            raise ValueError(f"README lacks the markers {start} … {end}")
-        readme = pat.sub(lambda _: f"{start}\n{tables[name]}\n{end}", readme)
-    return readme
+def tables(params_text: str) -> dict[str, str]:
+    """{table name: its Markdown} for every entry of TABLES."""
+    return {"params": params_table(params_text), "methods": methods_table()}
 
 
-def main(argv: list[str]) -> int:
-    root = Path(".")
-    readme, params_text = (root / "README.md").read_text(), (root / "params.yaml").read_text()
-    new = render(readme, params_text)
+def render(text: str, name: str, table: str) -> str:
+    """`text` with the body between table `name`'s markers replaced by `table`. The markers must
+    occur exactly once each, in this order."""
+    _, start, end = TABLES[name]
+    pat = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    found = pat.findall(text)
+    if len(found) != 1 or text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"{TABLES[name][0]} must hold the markers {start} … {end} exactly once "
+                         f"(found {len(found)})")
+    return pat.sub(lambda _: f"{start}\n{table}\n{end}", text)
+
+
+def rendered(root: Path) -> dict[Path, tuple[str, str]]:
+    """{file: (its text now, its text with every table it holds regenerated)} under `root`."""
+    new_tables = tables((root / "params.yaml").read_text())
+    out: dict[Path, tuple[str, str]] = {}
+    for name, (rel, _, _) in TABLES.items():
+        path = root / rel
+        old, new = out.get(path, (None, None))
+        if old is None:
+            old = new = path.read_text()
+        out[path] = (old, render(new, name, new_tables[name]))
+    return out
+
+
+def main(argv: list[str], root: Path = Path(".")) -> int:
+    files = rendered(root)
+    stale = [path for path, (old, new) in files.items() if old != new]
     if "--check" in argv:
-        if new != readme:
-            print("README.md tables are stale: run `python -m fisvd.docs`", file=sys.stderr)
-            return 1
-        return 0
-    (root / "README.md").write_text(new)
+        for path in stale:
+            print(f"{path}: generated tables are stale: run `python -m fisvd.docs`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(files[path][1])
     return 0
 
 

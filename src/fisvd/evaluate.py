@@ -22,6 +22,7 @@ from torch import nn
 
 from .data import batches, by_length
 from .lowrank import LowRankLinear
+from .metrics import constant_score, margin_kept, predictions, task_metrics
 from .models import compressible_linears
 
 
@@ -44,6 +45,45 @@ def predict_sorted(model: nn.Module, features: list[dict], batch_size: int, coll
     logits = predict(model, batches([features[i] for i in order], batch_size, collator), device)
     out = np.empty_like(logits)
     out[order] = logits
+    return out
+
+
+def score_dev(model: nn.Module, devs: dict[str, list[dict]], task: str, batch_size: int, collator,
+              device: torch.device, by_length: bool = True) -> tuple[dict, dict]:
+    """The one dev scoring: `model` on every dev split (`devs`: split → tokenised features with labels)
+    → (task_metrics(task, per_split), per_split = {split: (predictions, labels)}). Batches in
+    token-length order (`by_length`, far less padding), or in file order."""
+    per_split = {}
+    for s, feats in devs.items():
+        logits = predict_sorted(model, feats, batch_size, collator, device) if by_length else \
+            predict(model, batches(feats, batch_size, collator), device)
+        per_split[s] = (predictions(task, logits), np.array([f["labels"] for f in feats]))
+    return task_metrics(task, per_split), per_split
+
+
+def dev_record(m: dict, per_split: dict) -> dict:
+    """The JSON record of a dev scoring (dense, grid cells, recovery): score (rounded to 4 places),
+    collapsed flag, the other metrics (6 places) and every split's predictions (5 places)."""
+    return {"score": round(m["score"], 4), "collapsed": m["collapsed"],
+            "metrics": {k: round(v, 6) for k, v in m.items() if k not in ("score", "collapsed")},
+            "predictions": {s: [round(float(v), 5) for v in p] for s, (p, _) in per_split.items()}}
+
+
+def comparison(task: str, scores: dict[str, dict], labels: dict, p: float) -> dict:
+    """metrics.json of the evaluate stage: the dense and compressed models' metrics (4 places) and
+    params, kept ratio p, compression ratio, score drop, the best constant predictor's score on these
+    `labels`, % of dense and the margin kept (fisvd.metrics.margin_kept)."""
+    out = {"task": task, **{name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+                            for name, s in scores.items()}}
+    d, c = out["dense"], out["compressed"]
+    const = constant_score(task, labels)
+    margin = margin_kept(c["score"], d["score"], const)
+    out["kept_ratio"] = round(p, 6)
+    out["compression_ratio"] = round(d["params"] / c["params"], 4)
+    out["score_drop"] = round(d["score"] - c["score"], 4)
+    out["constant_score"] = round(const, 4)
+    out["pct_of_dense"] = round(100 * c["score"] / d["score"], 2) if d["score"] > 0 else None
+    out["margin_kept"] = None if margin is None else round(margin, 4)
     return out
 
 

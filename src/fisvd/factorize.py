@@ -20,21 +20,20 @@ Two-sided, data-aware (methods.md §4b; closed form, one SVD; Σx = Σ_t x_t x_t
 Inverses are triangular solves, never explicit; all in float64.
 
 All functions are pure: tensors in, (A, B) out, in the dtype of W, on W's device. Each
-factorisation is one entry of the registry `FACTORISATIONS` (its options, if any, a params
-dataclass read from `compress.<name>`; `needs` the statistics it reads) called as
-`fn(W, stats, r, opts)` with `stats` a dict such as {"fisher": F} or {"cov_x": Σx, "cov_g": Σg};
-`factorize(name, W, stats, r, opts)` dispatches through it. `whitened(name, W, stats, opts)` is the
-matrix T whose singular values define the method's spectrum (s_k(T)² for rank allocation).
+factorisation is one spec in `fisvd.methods.FACTORISATIONS` (options read from `compress.<name>`;
+`needs` the statistics it reads, a dict such as {"fisher": F} or {"cov_x": Σx, "cov_g": Σg}) and
+its implementation below. `whitened(name, W, stats, opts)` is the matrix T whose singular values
+define the method's spectrum (s_k(T)² for rank allocation). One way to build factors: a sliceable
+method's rank-r factors are the first r components of one decomposition of T (`decompose`, then
+`truncate`; `factorize` does exactly that), tfwsvd runs per rank; `Factors` serves many ranks of many
+matrices. `svd`, `fwsvd`, `whiten`, `kfac` below are the closed forms at one rank, written out
+independently (the tests hold the decomposition to them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .params import at_least
-from .errors import ParamError
-from .registry import Registry
+from .methods import FACTORISATIONS, KfacParams, TfwsvdParams, WhitenParams
 from .stats import damped_cholesky
 
 EPS = 1e-6
@@ -195,100 +194,64 @@ def kfac(W: torch.Tensor, cov_x: torch.Tensor, cov_g: torch.Tensor, r: int, alph
     return A.to(W.dtype), B.to(W.dtype)
 
 
-FACTORISATIONS = Registry("compress")
-_WHITENED = {}   # method → fn(W, stats, opts) -> T (float64): the matrix whose spectrum the method truncates
+# ---- implementations: sliceable methods register T (`whitened`) and the inverse of the whitening
+# (`unwhiten`: factors of W from factors U S, Vᵀ of T); tfwsvd registers its rank-r `fn` and the
+# spectrum of its FWSVD start. fisvd.methods holds each method's spec.
 
-
-def _spectrum_of(name: str):
-    def deco(fn):
-        _WHITENED[name] = fn
-        return fn
-    return deco
-
-
-@dataclass(frozen=True)
-class TfwsvdParams:
-    max_iters: int      # weighted-ALS sweeps after the FWSVD start
-    tol: float          # stop when the relative objective decrease is below this
-
-    def validate(self, key: str) -> None:
-        at_least(f"{key}.max_iters", self.max_iters, 0)
-        if not 0.0 <= self.tol < 1.0:
-            raise ParamError(f"{key}.tol: {self.tol!r} is out of range; allowed values are in [0, 1)")
-
-
-@dataclass(frozen=True)
-class WhitenParams:
-    alpha_x: float      # damping of Σx: + alpha_x · mean(diag Σx) · I
-
-    def validate(self, key: str) -> None:
-        at_least(f"{key}.alpha_x", self.alpha_x, 0)
-
-
-@dataclass(frozen=True)
-class KfacParams:
-    alpha_x: float      # damping of Σx: + alpha_x · mean(diag Σx) · I
-    alpha_g: float      # damping of Σg: + alpha_g · mean(diag Σg) · I
-
-    def validate(self, key: str) -> None:
-        at_least(f"{key}.alpha_x", self.alpha_x, 0)
-        at_least(f"{key}.alpha_g", self.alpha_g, 0)
-
-
-@FACTORISATIONS.register("svd", help="plain truncated SVD (Frobenius optimum)")
-def _svd(W, stats, r, opts):
-    return svd(W, r)
-
-
-@_spectrum_of("svd")
+@FACTORISATIONS.implements("svd", "whitened")
 def _svd_T(W, stats, opts):
     return W.double()
 
 
-@FACTORISATIONS.register("fwsvd", needs=("fisher",), help="Fisher-weighted SVD: columns scaled by "
-                         "sqrt(sum_i F_ij) (Hsu et al. 2022)")
-def _fwsvd(W, stats, r, opts):
-    return fwsvd(W, stats["fisher"], r)
+@FACTORISATIONS.implements("svd", "unwhiten")
+def _svd_back(W, stats, opts, US, Vh):
+    return US, Vh
 
 
-@_spectrum_of("fwsvd")
-@_spectrum_of("tfwsvd")     # no closed-form spectrum: its FWSVD start's
+@FACTORISATIONS.implements("fwsvd", "whitened")
+@FACTORISATIONS.implements("tfwsvd", "whitened")     # no closed-form spectrum: its FWSVD start's
 def _fwsvd_T(W, stats, opts):
     _check_fisher(W, stats["fisher"])
     return W.double() * fwsvd_scale(stats["fisher"]).to(W.device)[None, :]
 
 
-@FACTORISATIONS.register("tfwsvd", params=TfwsvdParams, needs=("fisher",), help="element-wise Fisher-"
-                         "weighted low rank by weighted ALS from FWSVD (Hua et al. 2022)")
+@FACTORISATIONS.implements("fwsvd", "unwhiten")
+def _fwsvd_back(W, stats, opts, US, Vh):
+    return US, Vh / fwsvd_scale(stats["fisher"]).to(W.device)[None, :]           # B diag(s) = Vᵀ
+
+
+@FACTORISATIONS.implements("tfwsvd")
 def _tfwsvd(W, stats, r, opts: TfwsvdParams):
     return tfwsvd(W, stats["fisher"], r, max_iters=opts.max_iters, tol=opts.tol)
 
 
-@FACTORISATIONS.register("whiten", params=WhitenParams, needs=("cov_x",), help="input-whitened SVD: "
-                         "SVD of W L_x, Sigma_x = L_x L_x^T (SVD-LLM, DRONE)")
-def _whiten(W, stats, r, opts: WhitenParams):
-    return whiten(W, stats["cov_x"], r, alpha_x=opts.alpha_x)
-
-
-@_spectrum_of("whiten")
+@FACTORISATIONS.implements("whiten", "whitened")
 def _whiten_T(W, stats, opts: WhitenParams):
     _check_cov(W, stats["cov_x"], "cov_x", W.shape[1])
     return W.double() @ damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
 
 
-@FACTORISATIONS.register("kfac", params=KfacParams, needs=("cov_x", "cov_g"), help="K-FAC two-sided "
-                         "SVD of L_g^T W L_x, Sigma_g = L_g L_g^T (GFWSVD)")
-def _kfac(W, stats, r, opts: KfacParams):
-    return kfac(W, stats["cov_x"], stats["cov_g"], r, alpha_x=opts.alpha_x, alpha_g=opts.alpha_g)
+@FACTORISATIONS.implements("whiten", "unwhiten")
+def _whiten_back(W, stats, opts: WhitenParams, US, Vh):
+    Lx = damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
+    return US, torch.linalg.solve_triangular(Lx, Vh, upper=False, left=False)    # B L_x = Vᵀ
 
 
-@_spectrum_of("kfac")
+@FACTORISATIONS.implements("kfac", "whitened")
 def _kfac_T(W, stats, opts: KfacParams):
     _check_cov(W, stats["cov_x"], "cov_x", W.shape[1])
     _check_cov(W, stats["cov_g"], "cov_g", W.shape[0])
     Lx = damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
     Lg = damped_cholesky(stats["cov_g"].to(W.device), opts.alpha_g)
     return Lg.T @ W.double() @ Lx
+
+
+@FACTORISATIONS.implements("kfac", "unwhiten")
+def _kfac_back(W, stats, opts: KfacParams, US, Vh):
+    Lx = damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
+    Lg = damped_cholesky(stats["cov_g"].to(W.device), opts.alpha_g)
+    B = torch.linalg.solve_triangular(Lx, Vh, upper=False, left=False)           # B L_x = Vᵀ
+    return torch.linalg.solve_triangular(Lg.T, US, upper=True), B                 # L_gᵀ A = U S
 
 
 _NEEDS = {"fisher": "a Fisher tensor (stats['fisher'])", "cov_x": "the input covariance Σx (stats['cov_x'])",
@@ -313,11 +276,16 @@ def _prepare(method: str, stats, opts, kw):
 
 
 def factorize(method: str, W: torch.Tensor, stats, r: int, opts=None, **kw):
-    """(A, B) of factorisation `method` at rank r. `stats`: dict of the statistics the method
-    `needs` ({"fisher": F}, {"cov_x": Σx, "cov_g": Σg}), a bare Fisher tensor, or None; `opts` is
-    its params dataclass, or give its fields as keywords (`factorize("kfac", W, stats, r,
-    alpha_x=0.01, alpha_g=0.01)`)."""
+    """(A, B) of factorisation `method` at rank r, in W's dtype and device. `stats`: dict of the
+    statistics the method `needs` ({"fisher": F}, {"cov_x": Σx, "cov_g": Σg}), a bare Fisher tensor,
+    or None; `opts` is its options dataclass, or give its fields as keywords (`factorize("kfac", W,
+    stats, r, alpha_x=0.01, alpha_g=0.01)`). Sliceable methods: the first r components of
+    `decompose` (one decomposition, the same bytes at every rank); tfwsvd: its weighted ALS at r."""
     entry, stats, opts = _prepare(method, stats, opts, kw)
+    if entry.sliceable:
+        _check_rank(W, r)
+        A, B, _ = decompose(method, W, stats, opts)
+        return truncate((A, B), r, W.dtype)
     return entry.fn(W, stats, r, opts)
 
 
@@ -328,41 +296,27 @@ def whitened(method: str, W: torch.Tensor, stats, opts=None, **kw) -> torch.Tens
     _, stats, opts = _prepare(method, stats, opts, kw)
     if W.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(W.shape)}")
-    return _WHITENED[method](W, stats, opts)
+    return FACTORISATIONS[method].implementation("whitened")(W, stats, opts)
 
 
 # Factorisations whose rank-r factors are the first r columns of A / rows of B of one full
 # decomposition (A = L_g⁻ᵀ U S or U S, B = Vᵀ L_x⁻¹ or Vᵀ diag(s)⁻¹): one SVD per matrix serves every
 # rank. tfwsvd's weighted ALS depends on r, so it is factorised per rank.
-SLICEABLE = ("svd", "fwsvd", "whiten", "kfac")
-
-
-def _unwhiten(method: str, W: torch.Tensor, stats, opts, US: torch.Tensor, Vh: torch.Tensor):
-    """Factors of W from those of T (= whitened(method, W, …)): the inverse of the whitening."""
-    if method == "svd":
-        return US, Vh
-    if method == "fwsvd":
-        return US, Vh / fwsvd_scale(stats["fisher"]).to(W.device)[None, :]
-    Lx = damped_cholesky(stats["cov_x"].to(W.device), opts.alpha_x)
-    B = torch.linalg.solve_triangular(Lx, Vh, upper=False, left=False)           # B L_x = Vᵀ
-    if method == "whiten":
-        return US, B
-    Lg = damped_cholesky(stats["cov_g"].to(W.device), opts.alpha_g)
-    return torch.linalg.solve_triangular(Lg.T, US, upper=True), B                 # L_gᵀ A = U S
+SLICEABLE = tuple(n for n in FACTORISATIONS.names() if FACTORISATIONS[n].sliceable)
 
 
 def decompose(method: str, W: torch.Tensor, stats, opts=None, **kw):
     """One SVD of T = whitened(method, W, stats) → (A [m, k], B [k, n], s² [k]), k = min(m, n),
     float64, columns in descending singular value of T: `truncate((A, B), r)` equals
     `factorize(method, W, stats, r)` for every r and s² is the spectrum the allocators spend on
-    (`allocate.matrix_stats`' g), so a grid pays one SVD per matrix per factorisation."""
+    (`Factors.spectrum`), so a grid pays one SVD per matrix per factorisation."""
     if method not in SLICEABLE:
         raise ValueError(f"{method}: factors depend on the rank (not one of {', '.join(SLICEABLE)})")
     _, stats, opts = _prepare(method, stats, opts, kw)
     _check_rank(W, 1)
-    T = _WHITENED[method](W, stats, opts)
+    T = FACTORISATIONS[method].implementation("whitened")(W, stats, opts)
     U, S, Vh = torch.linalg.svd(T.double(), full_matrices=False)
-    A, B = _unwhiten(method, W, stats, opts, U * S, Vh)
+    A, B = FACTORISATIONS[method].implementation("unwhiten")(W, stats, opts, U * S, Vh)
     return A, B, S ** 2
 
 
@@ -374,22 +328,60 @@ def truncate(full: tuple[torch.Tensor, torch.Tensor], r: int, dtype=torch.float3
     return A[:, :r].to(dtype).contiguous(), B[:r].to(dtype).contiguous()
 
 
-def rank_factors(method: str, weights: dict, stats: dict, opts=None):
-    """factor_fn(name, r) → (A, B) at rank r for the named matrices (`weights[name]`, `stats[name]`):
-    SLICEABLE methods decompose each matrix once, on first use, and slice (one SVD per matrix however
-    many ranks are asked for: `measured` asks for ~6 per matrix); tfwsvd factorises per (name, r),
-    cached. Factors in the weight's dtype."""
-    full: dict = {}
-    built: dict = {}
+class Factors:
+    """Rank-r factors of named matrices under one factorisation — the one way fisvd builds factors.
 
-    def factor_fn(name: str, r: int):
-        W = weights[name]
-        if method in SLICEABLE:
-            if name not in full:
-                A, B, _ = decompose(method, W, stats[name], opts)
-                full[name] = (A, B)
-            return truncate(full[name], r, W.dtype)
-        if (name, r) not in built:
-            built[(name, r)] = factorize(method, W, stats[name], r, opts=opts)
-        return built[(name, r)]
-    return factor_fn
+    `Factors(method, weights, stats, opts)`: `weights[name]` a weight [m, n], `stats[name]` its
+    statistics dict. `at(name, r)` → (A, B) in the weight's dtype; `spectrum(name)` → s_k(T)², the
+    spectrum the allocators spend on (float64, descending). Sliceable methods decompose each matrix
+    once, on first use (`decompose`), and slice every rank from it; tfwsvd (factors depend on r)
+    runs its weighted ALS per (name, r), its spectrum that of its FWSVD start. `device`: where the
+    decompositions run (factors come back there); `keep=False` drops a decomposition after its first
+    `at` (one rank per matrix, as compress: memory of one matrix at a time)."""
+
+    def __init__(self, method: str, weights: dict, stats: dict, opts=None, device=None, keep: bool = True):
+        self.method, self.weights, self.stats, self.opts = method, weights, stats, opts
+        self.entry = FACTORISATIONS[method]
+        self.device, self.keep = device, keep
+        self._full: dict = {}
+        self._spectra: dict = {}
+        self._built: dict = {}
+
+    def _inputs(self, name: str):
+        W = self.weights[name]
+        st = self.stats[name]
+        if self.device is not None:
+            W = W.to(self.device)
+            st = {k: v.to(self.device) for k, v in st.items()}
+        return W, st
+
+    def _decomposed(self, name: str):
+        if name not in self._full:
+            W, st = self._inputs(name)
+            A, B, s2 = decompose(self.method, W, st, self.opts)
+            self._spectra[name] = s2
+            self._full[name] = (A, B)
+        return self._full[name]
+
+    def spectrum(self, name: str) -> torch.Tensor:
+        if name not in self._spectra:
+            if self.entry.sliceable:
+                self._decomposed(name)
+            else:
+                W, st = self._inputs(name)
+                self._spectra[name] = torch.linalg.svdvals(whitened(self.method, W, st, self.opts)) ** 2
+        return self._spectra[name]
+
+    def at(self, name: str, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self.weights[name].dtype
+        if self.entry.sliceable:
+            full = self._decomposed(name)
+            if not self.keep:
+                del self._full[name]
+            return truncate(full, r, dtype)
+        if (name, r) not in self._built:
+            W, st = self._inputs(name)
+            self._built[(name, r)] = factorize(self.method, W, st, r, opts=self.opts)
+        return self._built[(name, r)]
+
+    __call__ = at      # a factor_fn(name, r) for fisvd.calibrate

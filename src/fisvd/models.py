@@ -8,6 +8,7 @@ falling back to its position inside the block.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -143,6 +144,12 @@ def _inside_lowrank(block: nn.Module, local: str) -> bool:
         if isinstance(block.get_submodule(".".join(parts[:i])), LowRankLinear):
             return True
     return False
+
+
+def num_labels_of(model_dir: str) -> int:
+    """Number of labels of a saved classifier (its config's id2label; 1 = regression)."""
+    with open(Path(model_dir) / "config.json") as f:
+        return len(json.load(f).get("id2label", {0: 0, 1: 1}))
 
 
 def count_params(model: nn.Module) -> int:

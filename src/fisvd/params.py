@@ -7,10 +7,9 @@ code 2 before any model, data or output is touched.
 
 Defaults live in params.yaml alone: no field here has a default, so a key missing from the file is
 an error, never a silent second default. Method choices and each method's own keys come from the
-registries (`fisvd.allocate.METHODS`, `fisvd.factorize.FACTORISATIONS`): `allocate.<method>` and
-`compress.<method>` sections are validated by the method's params dataclass. The registries are
-imported lazily, for validation only: they do not shape the outputs of stages that merely validate
-them, so they are not DVC deps of those stages.
+method specs (`fisvd.methods`: ALLOCATORS, FACTORISATIONS; no torch): every method has an
+`allocate.<method>` / `compress.<method>` section, validated by the method's options dataclass (`{}`
+for a method without options), so a stage's DVC params can name the chosen method's section alone.
 
 Run `python -m fisvd.params [params.yaml]` to validate a file by hand.
 """
@@ -26,39 +25,16 @@ from typing import Any, Optional
 import yaml
 
 from .errors import ParamError
+from .methods import ALLOCATORS, FACTORISATIONS
+from .validate import at_least, choice, names as _names, positive, unit
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 FISHER_MODES = ("per_batch", "per_sample")
 
 
 def registries() -> dict:
-    """{section: Registry} of the sections whose `method` is chosen from a registry."""
-    from .allocate import METHODS
-    from .factorize import FACTORISATIONS
-    return {"allocate": METHODS, "compress": FACTORISATIONS}
-
-
-def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ParamError(f"{key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
-
-
-def unit(key: str, value: float) -> None:
-    if not (0.0 < value <= 1.0):
-        raise ParamError(f"{key}: {value!r} is out of range; allowed values are in (0, 1]")
-
-
-def at_least(key: str, value: float, low: float) -> None:
-    if value < low:
-        raise ParamError(f"{key}: {value!r} is out of range; allowed values are >= {low}")
-
-
-def positive(key: str, value: Optional[float], allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ParamError(f"{key}: {value!r} is out of range; allowed values are > 0"
-                         + (" or null" if allow_none else ""))
+    """{section: Registry} of the sections whose `method` is chosen from a registry (fisvd.methods)."""
+    return {"allocate": ALLOCATORS, "compress": FACTORISATIONS}
 
 
 @dataclass(frozen=True)
@@ -119,7 +95,8 @@ class FisherParams:
 @dataclass(frozen=True)
 class MethodSection:
     """A section whose `method` names a registry entry; `options` holds every registered method's
-    own params (`<section>.<name>` in params.yaml), so a sweep can switch methods by name alone."""
+    own params (`<section>.<name>` in params.yaml; None for a method without options), so a sweep
+    can switch methods by name alone."""
     method: str
     options: dict
 
@@ -185,13 +162,6 @@ class Limit:
     factorisations: Optional[list[str]]
     allocations: Optional[list[str]]
     budgets: Optional[list[int]]
-
-
-def _names(key: str, values, allowed) -> None:
-    for i, v in enumerate(values):
-        choice(f"{key}[{i}]", v, tuple(allowed))
-    if len(set(values)) != len(values):
-        raise ParamError(f"{key}: {values!r} repeats a value")
 
 
 @dataclass(frozen=True)
@@ -311,7 +281,7 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
     registry = registries()[prefix] if issubclass(cls, MethodSection) else None
-    sub = list(registry.with_params()) if registry else []
+    sub = list(registry.names()) if registry else []
     where = (lambda k: f"{prefix}.{k}" if prefix else str(k))
     for key in raw:
         if key not in names and key not in sub:
@@ -326,11 +296,20 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     kwargs = {n: _coerce(where(n), raw[n], hints[n]) for n in names}
     if registry is not None:
         choice(where("method"), kwargs["method"], registry.names())
-        kwargs["options"] = {n: build(registry[n].params, raw[n], where(n)) for n in sub}
+        kwargs["options"] = {n: _options(registry[n], raw[n], where(n)) for n in sub}
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate(prefix)
     return obj
+
+
+def _options(entry, raw: Any, key: str):
+    """A method's options dataclass from its section; `{}` (None) for a method without options."""
+    if entry.params is not None:
+        return build(entry.params, raw, key)
+    if raw not in ({}, None):
+        raise ParamError(f"{key}: {entry.name} has no options; write `{entry.name}: {{}}`")
+    return None
 
 
 def parse_params(raw: Any) -> Params:

@@ -1,4 +1,5 @@
-"""The grid report: tidy results, bootstrap intervals, paired wins, literature-shaped tables.
+"""The grid report's statistics: bootstrap intervals, paired wins, cell formatting (the tables
+themselves: fisvd.tables).
 
 Intervals: 95 % percentile bootstrap over dev examples (1000 resamples, seeded), vectorised: one
 index matrix per dev split, shared by every cell of a task, so two cells' resampled scores are

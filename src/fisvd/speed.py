@@ -58,6 +58,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .allocate import break_even
 from .errors import AllocationError
 from .lowrank import LowRankLinear
 
@@ -67,11 +68,6 @@ FORMAT = 1
 def shape_key(m: int, n: int) -> str:
     """Table key of a Linear with weight [out m, in n]: "mxn" (e.g. "1536x384" is MiniLM's FFN in)."""
     return f"{m}x{n}"
-
-
-def break_even(m: int, n: int) -> int:
-    """r̄ = ⌊mn/(m+n)⌋: ranks ≥ r̄ keep the matrix dense (fisvd.allocate.Matrix.rbar)."""
-    return (m * n) // (m + n)
 
 
 def default_grid(m: int, n: int, step: int = 16) -> list[int]:

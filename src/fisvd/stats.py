@@ -47,6 +47,7 @@ from torch import nn
 
 from .dist import all_reduce, shard, sum_counts, world_size
 from .errors import InputError
+from .fisher import check_against as check_fisher, load_fisher
 
 KIND = "twosided"
 
@@ -252,3 +253,24 @@ def check_against(stats: dict[str, torch.Tensor], meta: dict, shapes: dict[str, 
                                  f"weight {(m, n)} needs ({d}, {d})")
             if not bool((got[kind].diagonal() > 0).any()):
                 raise StatsError(f"{path}: {kind} of {name} is all zero (no data or no gradient reached it)")
+
+
+def load_statistics(needs, shapes: dict[str, tuple[int, int]], fisher_path: str | Path,
+                    stats_path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The one per-matrix statistics builder: {matrix: {"fisher": F, "cov_x": Σx, "cov_g": Σg}}
+    holding the statistics `needs` names (a factorisation's `needs`, plus "fisher" where the Fisher
+    scores are read), for every matrix of `shapes` (name → weight shape), each file checked against
+    the shapes. Files a need does not name are not opened."""
+    needs = set(needs)
+    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in shapes}
+    if "fisher" in needs:
+        fisher, _ = load_fisher(fisher_path)
+        check_fisher(fisher, shapes, str(fisher_path))
+        for name in shapes:
+            out[name]["fisher"] = fisher[name]
+    if needs & {"cov_x", "cov_g"}:
+        stats, meta = load_stats(stats_path)
+        check_against(stats, meta, shapes, str(stats_path))
+        for name in shapes:
+            out[name].update(matrix_stats(stats, meta, name))
+    return out

@@ -1,0 +1,256 @@
+"""The grid report's contents, from already-loaded grid results (stages/report.py reads and writes):
+- `rows_from_results`: one tidy row per cell and per task's dense model (task, model, allocation,
+  factorisation, budget, kept_ratio, total_params, recovery_epochs, score, 95 % bootstrap interval,
+  % of dense, margin kept over the constant predictor, every task metric, collapsed, seeds; scores and
+  metrics averaged over seeds) and each row's bootstrap samples (fisvd.report);
+- `markdown`: tables.md: first an overview per headline budget (p = 0.5, 0.3 and every recovered
+  budget, before and after recovery: `overview`), then per budget, without and with recovery, the
+  full table (`table`): rows = methods, columns = per-task score ± half interval, NLI / similarity /
+  single-sentence averages, overall average, params (M); † collapsed, ‡ beats every other compressed
+  row of its column beyond resampling noise (paired bootstrap, fisvd.report.paired_win);
+- `summarise`: summary.json: best method per budget, its average and margin kept
+  (avg − constant avg) / (dense avg − constant avg) (fisvd.metrics.margin_kept), the FWSVD baselines;
+- `pareto`: pareto.json records and png/pareto_<task>.png (matplotlib): score vs total params, a
+  line per allocation, dashes per factorisation.
+A method's average columns appear only where all of the report's tasks have it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import margin_kept
+from .report import GROUPS, boot_scores, fmt, interval, paired_win, resample_indices
+
+HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
+BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "fwsvd"), ("uniform_rank", "tfwsvd")]
+TOP = 3                  # the overview's best methods by average, besides the baselines
+
+
+def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple, list[dict]]],
+                      recovered: dict[str, dict[tuple, list[dict]]], epochs: int,
+                      model: str) -> tuple[pd.DataFrame, dict]:
+    """(tidy DataFrame, {(task, allocation, factorisation, budget, recovery_epochs): bootstrap samples}).
+    `dense`: {task: [dense.json record per seed]} (tasks in report order; labels and the constant
+    score from the first); `cells` / `recovered`: {task: {(allocation, factorisation, budget): [record
+    per seed]}} (empty lists skipped); `epochs`: the recovered cells' recovery epochs."""
+    rows, boots = [], {}
+    for task, d_recs in dense.items():
+        first = d_recs[0]
+        labels = {s: np.asarray(v) for s, v in first["labels"].items()}
+        idx = resample_indices({s: len(v) for s, v in labels.items()})
+        const = first["constant_score"]
+        d_score = float(np.mean([d["score"] for d in d_recs]))
+        groups = [(("dense", "dense", 100), 0, d_recs)]
+        groups += [(k, 0, recs) for k, recs in cells.get(task, {}).items()]
+        groups += [(k, epochs, recs) for k, recs in recovered.get(task, {}).items()]
+        for (alloc, fact, budget), ep, recs in groups:
+            if not recs:
+                continue
+            b = boot_scores(task, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
+            score = float(np.mean([r["score"] for r in recs]))
+            lo, hi = interval(b)
+            metrics = {k: float(np.mean([r["metrics"][k] for r in recs])) for k in recs[0]["metrics"]}
+            rows.append({"task": task, "model": model, "allocation": alloc, "factorisation": fact,
+                         "budget": budget / 100, "kept_ratio": float(np.mean([r.get("kept_ratio", 1.0) for r in recs])),
+                         "total_params": int(np.mean([r["total_params"] for r in recs])), "recovery_epochs": ep,
+                         "score": round(score, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
+                         "pct_of_dense": round(100 * score / d_score, 2) if d_score > 0 else None,
+                         "margin_kept": None if (mk := margin_kept(score, d_score, const)) is None else round(mk, 4),
+                         **{k: round(v, 6) for k, v in metrics.items()},
+                         "collapsed": any(r["collapsed"] for r in recs), "constant_score": const, "seeds": len(recs)})
+            boots[(task, alloc, fact, budget, ep)] = b
+    return pd.DataFrame(rows), boots
+
+
+def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
+    """Markdown lines of the full table of one budget (percent) and recovery: dense and every method."""
+    sel = df[((df.budget == budget / 100) & (df.recovery_epochs == epochs)) | (df.allocation == "dense")]
+    methods = [("dense", "dense")] + sorted({(a, f) for a, f in zip(sel.allocation, sel.factorisation)} - {("dense", "dense")},
+                                            key=lambda m: (m[1], m[0]))
+    groups = [gname for gname, ts in GROUPS.items() if any(t in ts for t in tasks)]
+    head = ["method", *tasks, *groups, "avg", "params (M)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def key(m, t):
+        a, f = m
+        return (t, a, f, 100, 0) if a == "dense" else (t, a, f, budget, epochs)
+
+    full = [m for m in methods if all(key(m, t) in boots for t in tasks)]
+    avg_boot = {m: np.mean([boots[key(m, t)] for t in tasks], axis=0) for m in full}
+
+    def winner(column: dict) -> tuple | None:
+        """The row beating every other compressed row of the column beyond noise (dense excluded)."""
+        comp = {m: b for m, b in column.items() if m[0] != "dense"}
+        if len(comp) < 2:
+            return None
+        best = max(comp, key=lambda m: float(np.mean(comp[m])))
+        return best if all(paired_win(comp[best], b) for m, b in comp.items() if m != best) else None
+
+    wins = {t: winner({m: boots[key(m, t)] for m in methods if key(m, t) in boots}) for t in tasks}
+    wins["avg"] = winner(avg_boot)
+    for m in methods:
+        cells_ = []
+        params_m = []
+        for t in tasks:
+            r = sel[(sel.task == t) & (sel.allocation == m[0]) & (sel.factorisation == m[1])]
+            if r.empty:
+                cells_.append("–")
+                continue
+            r = r.iloc[0]
+            params_m.append(r.total_params)
+            cells_.append(fmt(r.score, (r.ci_high - r.ci_low) / 2, bool(r.collapsed), wins[t] == m))
+        for gname in groups:
+            ts = [t for t in tasks if t in GROUPS[gname]]
+            if m in avg_boot:
+                vals = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1]) & sel.task.isin(ts)].score
+                cells_.append(fmt(float(vals.mean())))
+            else:
+                cells_.append("–")
+        if m in avg_boot:
+            vals = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score
+            lo, hi = interval(avg_boot[m])
+            cells_.append(fmt(float(vals.mean()), (hi - lo) / 2, False, wins["avg"] == m))
+        else:
+            cells_.append("–")
+        cells_.append(f"{np.mean(params_m) / 1e6:.2f}" if params_m else "–")
+        name = "dense" if m[0] == "dense" else f"{m[0]} + {m[1]}"
+        lines.append("| " + " | ".join([name, *cells_]) + " |")
+    return lines
+
+
+def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
+    """Compact table: rows = dense, the FWSVD baselines, the TOP methods by average (no recovery) or
+    every recovered method (with recovery, and its average before recovery); only methods on every task."""
+    b = budget / 100
+    comp = df[(df.allocation != "dense") & (df.budget == b)]
+    sel = comp[comp.recovery_epochs == epochs]
+    full = [m for m, g in sel.groupby(["allocation", "factorisation"]) if set(g.task) >= set(tasks)]
+    avg = {m: float(sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score.mean()) for m in full}
+    if epochs:
+        rows = sorted(full, key=lambda m: -avg[m])
+    else:
+        rows = [m for m in BASELINES if m in avg]
+        rows += [m for m in sorted(avg, key=lambda m: -avg[m]) if m not in rows][:TOP]
+    head = ["method", *tasks, "avg", "% of dense", "margin kept", "params (M)"] + (["avg before recovery"] if epochs else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dense = df[df.allocation == "dense"].set_index("task")
+    d_avg, c_avg = dense.loc[tasks].score.mean(), dense.loc[tasks].constant_score.mean()
+    lines.append("| " + " | ".join(["dense", *(fmt(dense.score[t]) for t in tasks), fmt(d_avg), "100.0", "1.00",
+                                    f"{dense.loc[tasks].total_params.mean() / 1e6:.2f}"] + ([""] if epochs else [])) + " |")
+    for m in rows:
+        r = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].set_index("task").loc[tasks]
+        lo, hi = interval(np.mean([boots[(t, m[0], m[1], budget, epochs)] for t in tasks], axis=0))
+        cells_ = [fmt(r.score[t], collapsed=bool(r.collapsed[t])) for t in tasks]
+        cells_ += [fmt(avg[m], (hi - lo) / 2), f"{r.pct_of_dense.mean():.1f}",
+                   "–" if (mk := margin_kept(avg[m], d_avg, c_avg)) is None else f"{mk:.2f}",
+                   f"{r.total_params.mean() / 1e6:.2f}"]
+        if epochs:
+            before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0]) & (comp.factorisation == m[1])]
+            cells_.append(fmt(float(before.score.mean())) if set(before.task) >= set(tasks) else "–")
+        lines.append("| " + " | ".join([f"{m[0]} + {m[1]}", *cells_]) + " |")
+    return lines
+
+
+def summarise(df: pd.DataFrame, tasks: list[str]) -> dict:
+    """summary.json: per budget (and recovery) the best method on every task by average, its average
+    and pooled margin kept, and the FWSVD baselines' averages."""
+    comp = df[df.allocation != "dense"]
+    dense = df[df.allocation == "dense"].set_index("task")
+    d_avg, c_avg = float(dense.score.mean()), float(dense.constant_score.mean())
+    out = {"dense_avg": round(d_avg, 2), "tasks": len(tasks), "cells": int(len(comp))}
+    for epochs in sorted(comp.recovery_epochs.unique()):
+        for b in sorted(comp[comp.recovery_epochs == epochs].budget.unique(), reverse=True):
+            sel = comp[(comp.budget == b) & (comp.recovery_epochs == epochs)]
+            avg = sel.groupby(["allocation", "factorisation"]).agg(score=("score", "mean"), n=("task", "count"))
+            avg = avg[avg.n == len(tasks)]
+            if avg.empty:
+                continue
+            (a, f), best = avg.score.idxmax(), avg.score.max()
+            tag = f"p{int(round(b * 100)):02d}" + (f"_ft{epochs}" if epochs else "")
+            entry = {"best": f"{a}+{f}", "best_avg": round(float(best), 2),
+                     "best_margin_kept": None if (mk := margin_kept(float(best), d_avg, c_avg)) is None else round(mk, 3)}
+            for ref in (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"), ("fi_retention", "fwsvd")):
+                if ref in avg.index:
+                    entry[f"{ref[0]}+{ref[1]}_avg"] = round(float(avg.loc[ref].score), 2)
+            out[tag] = entry
+    return out
+
+
+def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budgets: list[int], out: str,
+             partial: tuple[int, int] | None = None) -> str:
+    """tables.md. `tasks`, `budgets`: the grid's (tasks without results are left out); `out`: the
+    output folder as named in the text; `partial`: (result files read, expected) of a partial report."""
+    present = [t for t in tasks if t in set(df.task)]
+    missing = [t for t in tasks if t not in present]
+    md = ["# Grid results" + (" (PARTIAL)" if partial else ""), ""]
+    if partial:
+        md += [f"**Partial report**: {partial[0]} of {partial[1]} result files present"
+               + (f"; tasks not started: {', '.join(missing)}" if missing else "")
+               + ". Produced by `cd grid && PYTHONPATH=.. python -m stages.report --partial`; averages only "
+               "over methods present on every task listed.", ""]
+    md += [
+          f"Model {model}; tasks {', '.join(present)}; dev scores ×100 ± half the 95 % bootstrap "
+          "interval over dev examples; † collapsed (≥ 95 % one class); ‡ beats every other compressed row of "
+          "its column beyond resampling noise (paired bootstrap). "
+          + ("" if partial else "Produced by `dvc repro grid/dvc.yaml` ")
+          + f"({out}/results.csv holds every number).", "",
+          "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
+                                             for r in df[df.allocation == "dense"].itertuples()), ""]
+    recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
+    heads = [(b, 0) for b in (*HEADLINE, *recovered) if b in budgets]
+    heads += [(b, e) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
+    md += ["## Overview", "",
+           "Scores ×100 (collapsed †); avg ± half its 95 % bootstrap interval; % of dense: averaged over the "
+           "tasks; margin kept: (avg − constant predictor's avg) / (dense avg − constant predictor's avg), the "
+           "share of the dense model's lead over the constant predictor that the compressed model keeps "
+           "(1 = as good as dense, 0 = no better than constant; per task in results.csv); rows: the FWSVD "
+           f"baselines and the {TOP} best methods by average (no recovery), every recovered method (with recovery). "
+           "Only methods run on every task. Full tables with intervals per task below.", ""]
+    for b, e in dict.fromkeys(heads):
+        if df[(df.budget == b / 100) & (df.recovery_epochs == e)].empty:
+            continue
+        md += [f"### p = {b / 100:g}" + (f", after {e} epoch(s) of recovery fine-tuning" if e else ", no recovery"), ""]
+        md += overview(df, boots, b, e, present) + [""]
+    for epochs in sorted(df.recovery_epochs.unique()):
+        for b in sorted(budgets, reverse=True):
+            if df[(df.budget == b / 100) & (df.recovery_epochs == epochs)].empty:
+                continue
+            md += [f"## p = {b / 100:g}" + (f", after {epochs} epoch(s) of recovery fine-tuning" if epochs else
+                                            ", no recovery"), ""]
+            md += table(df, boots, b, epochs, present) + [""]
+    return "\n".join(md)
+
+
+def pareto(df: pd.DataFrame, out: Path) -> list[dict]:
+    """Writes out/png/pareto_<task>.png (no recovery: score vs total params, a line per method);
+    returns pareto.json's records."""
+    pts = df[(df.recovery_epochs == 0)]
+    recs = [{"task": r.task, "allocation": r.allocation, "factorisation": r.factorisation,
+             "method": f"{r.allocation}+{r.factorisation}", "kept_params": int(r.total_params),
+             "kept_ratio": r.kept_ratio, "score": r.score, "collapsed": bool(r.collapsed)} for r in pts.itertuples()]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    (out / "png").mkdir(parents=True, exist_ok=True)
+    allocs = sorted(set(pts.allocation) - {"dense"})
+    facts = sorted(set(pts.factorisation) - {"dense"})
+    colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(allocs)}
+    dashes = {f: d for f, d in zip(facts, ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))])}
+    for task, t in pts.groupby("task"):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        d = t[t.allocation == "dense"].iloc[0]
+        ax.axhline(d.score, color="black", lw=1, label=f"dense ({d.score:.1f})")
+        ax.axhline(d.constant_score, color="grey", lw=1, ls=":", label=f"constant ({d.constant_score:.1f})")
+        for (a, f), s in t[t.allocation != "dense"].groupby(["allocation", "factorisation"]):
+            s = s.sort_values("total_params")
+            ax.plot(s.total_params / 1e6, s.score, ls=dashes[f], color=colors[a], marker=".", lw=1.2,
+                    label=f"{a} + {f}")
+        ax.set(xlabel="total params (M)", ylabel="score", title=f"{task}: score vs size (no recovery)")
+        ax.legend(fontsize=6, ncol=2, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "png" / f"pareto_{task}.png", dpi=110, metadata={"Software": None})
+        plt.close(fig)
+    return recs

@@ -1,0 +1,183 @@
+"""The grid report's tables (fisvd.tables) on a synthetic two-task frame built here (no DVC, no files):
+paired-win ‡ and collapsed † marks, the pooled margin kept, the overview's rows, the summary's best
+method per budget, and the tidy rows from loaded records. Expected values are computed by hand."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from fisvd.tables import markdown, overview, rows_from_results, summarise, table
+
+TASKS = ["mrpc", "rte"]
+DENSE = {"mrpc": 90.0, "rte": 60.0}          # dense avg 75
+CONST = {"mrpc": 70.0, "rte": 50.0}          # constant avg 60: pooled margin = (avg - 60) / 15
+N = 1000
+NOISE = {t: np.random.default_rng(i).normal(0, 1, N) for i, t in enumerate(TASKS)}   # shared: paired resamples
+RAMP = np.random.default_rng(7).permutation(np.linspace(-8, 8, N))                  # unpaired extra noise
+
+# (allocation, factorisation, budget, recovery epochs): {task: score}; "†": collapsed on that task
+METHODS = {
+    ("max_fi", "kfac", 50, 0): {"mrpc": 86, "rte": 59},                 # avg 72.5
+    ("uniform_rank", "fwsvd", 50, 0): {"mrpc": 80, "rte": 58.5},        # 69.25 (within noise on rte: RAMP)
+    ("fi_retention", "fwsvd", 50, 0): {"mrpc": 78, "rte": 56},          # 67
+    ("measured", "kfac", 50, 0): {"mrpc": 82, "rte": 57},               # 69.5
+    ("energy", "fwsvd", 50, 0): {"mrpc": 75, "rte": 55, "†": "rte"},    # 65, collapsed on rte
+    ("uniform_rank", "svd", 50, 0): {"mrpc": 70, "rte": 52},            # 61
+    ("max_fi", "kfac", 30, 0): {"mrpc": 70, "rte": 54},                 # 62
+    ("uniform_rank", "fwsvd", 30, 0): {"mrpc": 72, "rte": 55},          # 63.5
+    ("fi_retention", "fwsvd", 30, 0): {"mrpc": 60, "rte": 51},          # 55.5
+    ("random", "fwsvd", 30, 0): {"mrpc": 99},                           # one task only
+    ("energy", "fwsvd", 30, 0): {"mrpc": 50},                           # one task only
+    ("max_fi", "kfac", 30, 1): {"mrpc": 84, "rte": 58},                 # 71, before recovery 62
+    ("uniform_rank", "fwsvd", 30, 1): {"mrpc": 80, "rte": 57},          # 68.5, before 63.5
+    ("energy", "fwsvd", 30, 1): {"mrpc": 77, "rte": 56},                # 66.5, before: on mrpc only
+}
+
+
+def row(task, alloc, fact, budget, epochs, score, collapsed=False):
+    return {"task": task, "model": "m", "allocation": alloc, "factorisation": fact, "budget": budget / 100,
+            "kept_ratio": budget / 100, "total_params": int(22e6 * budget / 100), "recovery_epochs": epochs,
+            "score": score, "ci_low": score - 2, "ci_high": score + 2, "pct_of_dense": 100 * score / DENSE[task],
+            "collapsed": collapsed, "constant_score": CONST[task], "seeds": 1}
+
+
+def frame():
+    rows, boots = [], {}
+    for t in TASKS:
+        rows.append(row(t, "dense", "dense", 100, 0, DENSE[t]))
+        boots[(t, "dense", "dense", 100, 0)] = DENSE[t] + NOISE[t]
+    for (a, f, b, e), scores in METHODS.items():
+        for t in TASKS:
+            if t in scores:
+                rows.append(row(t, a, f, b, e, scores[t], collapsed=scores.get("†") == t))
+                extra = RAMP if (t, a, f, b) == ("rte", "uniform_rank", "fwsvd", 50) else 0
+                boots[(t, a, f, b, e)] = scores[t] + NOISE[t] + extra
+    return pd.DataFrame(rows), boots
+
+
+def cells_of(lines):
+    """Markdown table lines → {method: {column: cell}}."""
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    head = split(lines[0])
+    return {r[0]: dict(zip(head[1:], r[1:])) for r in map(split, lines[2:])}
+
+
+def test_paired_win_marks_only_the_row_beyond_noise_and_never_dense():
+    df, boots = frame()
+    t = cells_of(table(df, boots, 50, 0, TASKS))
+    assert list(t["dense"]) == ["mrpc", "rte", "NLI", "similarity", "avg", "params (M)"]
+    # mrpc: max_fi + kfac beats every other compressed row on every resample (dense, higher, is not a rival)
+    assert t["max_fi + kfac"]["mrpc"] == "86.0 ± 2.0 ‡"
+    assert [m for m, c in t.items() if "‡" in c["mrpc"]] == ["max_fi + kfac"]
+    # rte: it is best (59 vs 58.5) but uniform_rank + fwsvd is within noise; so is the average (72.5 vs 69.25)
+    assert t["max_fi + kfac"]["rte"] == "59.0 ± 2.0"
+    assert not any("‡" in c["rte"] or "‡" in c["avg"] for c in t.values())
+    assert t["max_fi + kfac"]["NLI"] == "59.0" and t["max_fi + kfac"]["similarity"] == "86.0"
+    assert t["max_fi + kfac"]["avg"].startswith("72.5 ± ")
+    # p = 0.3: random + fwsvd (mrpc only) wins mrpc, has no average; uniform_rank + fwsvd wins the average
+    t = cells_of(table(df, boots, 30, 0, TASKS))
+    assert t["random + fwsvd"]["mrpc"] == "99.0 ± 2.0 ‡" and t["random + fwsvd"]["rte"] == "–"
+    assert t["random + fwsvd"]["avg"] == "–" and t["random + fwsvd"]["NLI"] == "–"
+    assert t["uniform_rank + fwsvd"]["avg"].startswith("63.5 ± ") and t["uniform_rank + fwsvd"]["avg"].endswith(" ‡")
+    assert [m for m, c in t.items() if "‡" in c["avg"]] == ["uniform_rank + fwsvd"]
+
+
+def test_collapsed_marks_only_the_collapsed_task():
+    df, boots = frame()
+    t = cells_of(table(df, boots, 50, 0, TASKS))
+    assert t["energy + fwsvd"]["rte"] == "55.0 ± 2.0 †" and t["energy + fwsvd"]["mrpc"] == "75.0 ± 2.0"
+    assert sum("†" in c for r in t.values() for c in r.values()) == 1
+    o = cells_of(overview(df, boots, 50, 0, TASKS))
+    assert o["energy + fwsvd"]["rte"] == "55.0 †" and o["energy + fwsvd"]["mrpc"] == "75.0"
+
+
+def test_overview_rows_and_pooled_margin_kept():
+    df, boots = frame()
+    o = cells_of(overview(df, boots, 50, 0, TASKS))
+    # dense, the FWSVD baselines present (in BASELINES order), then the 3 best others by average
+    assert list(o) == ["dense", "uniform_rank + fwsvd", "fi_retention + fwsvd", "max_fi + kfac", "measured + kfac",
+                       "energy + fwsvd"]
+    assert list(o["dense"]) == ["mrpc", "rte", "avg", "% of dense", "margin kept", "params (M)"]
+    assert o["dense"] == {"mrpc": "90.0", "rte": "60.0", "avg": "75.0", "% of dense": "100.0", "margin kept": "1.00",
+                          "params (M)": "22.00"}
+    # (avg - 60) / (75 - 60), pooled over tasks (not the mean of per-task margins: 0.8 and 0.9 → 0.85)
+    want = {"uniform_rank + fwsvd": "0.62", "fi_retention + fwsvd": "0.47", "max_fi + kfac": "0.83",
+            "measured + kfac": "0.63", "energy + fwsvd": "0.33"}
+    assert {m: c["margin kept"] for m, c in o.items() if m != "dense"} == want
+    assert o["max_fi + kfac"]["avg"].startswith("72.5 ± ")
+    assert o["max_fi + kfac"]["% of dense"] == "96.9"          # mean(86/90, 59/60) × 100
+    assert o["max_fi + kfac"]["params (M)"] == "11.00"
+
+
+def test_overview_with_recovery_lists_every_recovered_method_and_its_score_before():
+    df, boots = frame()
+    o = cells_of(overview(df, boots, 30, 1, TASKS))
+    assert list(o) == ["dense", "max_fi + kfac", "uniform_rank + fwsvd", "energy + fwsvd"]   # by average
+    assert {m: c["avg before recovery"] for m, c in o.items()} == {
+        "dense": "", "max_fi + kfac": "62.0", "uniform_rank + fwsvd": "63.5", "energy + fwsvd": "–"}
+    assert {m: c["margin kept"] for m, c in o.items()} == {
+        "dense": "1.00", "max_fi + kfac": "0.73", "uniform_rank + fwsvd": "0.57", "energy + fwsvd": "0.43"}
+
+
+def test_summary_best_method_per_budget_on_every_task():
+    df, _ = frame()
+    s = summarise(df, TASKS)
+    assert list(s) == ["dense_avg", "tasks", "cells", "p50", "p30", "p30_ft1"]
+    assert (s["dense_avg"], s["tasks"], s["cells"]) == (75.0, 2, 12 + 8 + 6)
+    assert s["p50"] == {"best": "max_fi+kfac", "best_avg": 72.5, "best_margin_kept": 0.833,
+                        "uniform_rank+fwsvd_avg": 69.25, "fi_retention+fwsvd_avg": 67.0}
+    # random + fwsvd (99 on mrpc only) is not on every task: not a candidate
+    assert s["p30"] == {"best": "uniform_rank+fwsvd", "best_avg": 63.5, "best_margin_kept": 0.233,
+                        "uniform_rank+fwsvd_avg": 63.5, "fi_retention+fwsvd_avg": 55.5}
+    assert s["p30_ft1"] == {"best": "max_fi+kfac", "best_avg": 71.0, "best_margin_kept": 0.733,
+                            "uniform_rank+fwsvd_avg": 68.5}
+
+
+def test_markdown_headings_and_partial_header():
+    df, boots = frame()
+    md = markdown(df, boots, "m", ["mrpc", "rte", "cola"], [50, 30], "metrics/report-partial", partial=(7, 9))
+    lines = md.splitlines()
+    assert lines[0] == "# Grid results (PARTIAL)"
+    assert "7 of 9 result files present; tasks not started: cola." in md
+    assert "Model m; tasks mrpc, rte;" in md and "Constant predictor: mrpc 70.0, rte 50.0" in md
+    assert [h for h in lines if h.startswith("#")][1:] == [
+        "## Overview", "### p = 0.5, no recovery", "### p = 0.3, no recovery",
+        "### p = 0.3, after 1 epoch(s) of recovery fine-tuning",
+        "## p = 0.5, no recovery", "## p = 0.3, no recovery", "## p = 0.3, after 1 epoch(s) of recovery fine-tuning"]
+    full = markdown(df, boots, "m", TASKS, [50, 30], "metrics/report")
+    assert full.startswith("# Grid results\n") and "Partial" not in full
+    assert "Produced by `dvc repro grid/dvc.yaml` (metrics/report/results.csv holds every number)." in full
+
+
+def record(score, preds, collapsed=False, **extra):
+    return {"score": score, "collapsed": collapsed, "metrics": {"accuracy": score / 100},
+            "predictions": {s: list(y) for s, y in preds.items()}, "total_params": 1000, **extra}
+
+
+def test_rows_from_results_average_seeds_and_keep_the_margin():
+    lab = {"mrpc": {"dev": [1, 0] * 10}, "rte": {"dev": [0, 1, 1, 0] * 5}}
+    dense = {t: [record(s, lab[t], labels=lab[t], constant_score=c) for s, c in zip(scores, consts)]
+             for t, scores, consts in (("mrpc", (80, 84), (60, 99)), ("rte", (50, 52), (55, 0)))}
+    cells = {"mrpc": {("max_fi", "kfac", 50): [record(70, lab["mrpc"], kept_ratio=0.49, total_params=500),
+                                               record(72, lab["mrpc"], True, kept_ratio=0.47, total_params=501)],
+                      ("uniform_rank", "svd", 50): []},          # --partial: no seed present
+             "rte": {("max_fi", "kfac", 50): [record(54, lab["rte"])]}}
+    recovered = {"mrpc": {("max_fi", "kfac", 50): [record(77, lab["mrpc"])]}}
+    df, boots = rows_from_results(dense, cells, recovered, 2, "m")
+    assert list(zip(df.task, df.allocation, df.recovery_epochs)) == [
+        ("mrpc", "dense", 0), ("mrpc", "max_fi", 0), ("mrpc", "max_fi", 2), ("rte", "dense", 0), ("rte", "max_fi", 0)]
+    assert set(boots) == {("mrpc", "dense", "dense", 100, 0), ("mrpc", "max_fi", "kfac", 50, 0),
+                          ("mrpc", "max_fi", "kfac", 50, 2), ("rte", "dense", "dense", 100, 0),
+                          ("rte", "max_fi", "kfac", 50, 0)}
+    cell = df.iloc[1]
+    assert (cell.score, cell.total_params, cell.seeds, cell.collapsed) == (71, 500, 2, True)
+    assert cell.kept_ratio == pytest.approx(0.48)
+    assert cell.accuracy == pytest.approx(0.71) and cell.budget == 0.5 and cell.model == "m"
+    assert cell.margin_kept == 0.5                      # (71 - 60) / (82 - 60); the first seed's constant
+    assert cell.pct_of_dense == 86.59                   # 100 × 71 / 82
+    assert df.iloc[0].margin_kept == 1.0 and df.iloc[0].pct_of_dense == 100.0 and df.iloc[0].kept_ratio == 1.0
+    assert df.iloc[2].margin_kept == round(17 / 22, 4)
+    assert df.iloc[4].margin_kept is None or np.isnan(df.iloc[4].margin_kept)   # rte dense 51 ≤ constant 55
+    assert df.iloc[4].pct_of_dense == round(100 * 54 / 51, 2)
+    # perfect predictions: every resample scores 100
+    assert (df.ci_low == 100).all() and (df.ci_high == 100).all()
+    assert (boots[("rte", "max_fi", "kfac", 50, 0)] == 100).all()
