@@ -32,7 +32,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	dvc repro
 
-# The comparison grid (params.yaml `grid`, `recover`; README "The grid"): regenerate the per-task
+# The comparison grid (params.yaml `grid`, `recover`; docs/grid.md): regenerate the per-task
 # pipelines, run them task by task (each cell cached: an interrupted run resumes, an extended grid
 # runs only the new cells), then the report. GRID_COMMIT=1 commits each finished run folder (its
 # dvc.lock, params, metrics) and the report as they land, for long runs in the background.
@@ -50,7 +50,7 @@ grid: setup
 	  git commit -qm "grid: report" -- metrics/report benchmarks/results/grid_cost.md grid/dvc.lock || true; fi
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=8 tests
 
 bench: setup
 	$(PY) benchmarks/lowrank_speed.py

@@ -20,7 +20,7 @@ finetune_select.json and a Markdown summary beside them.
 of any length competes in the choice (column `run_epochs`: its schedule length).
 
 --apply writes the chosen settings of the given tasks into params.yaml's `grid.finetune` (in place,
-comments kept); then `python -m fisvd.grid && python -m fisvd.docs` regenerate the grid and README.
+comments kept); then `python -m fisvd.grid && python -m fisvd.docs` regenerate the grid and docs/params.md.
 """
 import argparse
 import json

@@ -292,7 +292,7 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {k: raw.get(k) for k in names}
     for key in names + sub:
         if key not in raw:
-            raise ParamError(f"{where(key)}: missing key (every key is set in params.yaml; see the README)")
+            raise ParamError(f"{where(key)}: missing key (every key is set in params.yaml; see docs/params.md)")
     kwargs = {n: _coerce(where(n), raw[n], hints[n]) for n in names}
     if registry is not None:
         choice(where("method"), kwargs["method"], registry.names())

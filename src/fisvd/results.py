@@ -1,5 +1,5 @@
 """Benchmark reports: each benchmark prints its report and writes the same text to a committed file
-under benchmarks/results/, with the command and the machine, so every number the README quotes has a file
+under benchmarks/results/, with the command and the machine, so every number the README and docs/ quote has a file
 behind it (no stage imports this module).
     with recorded("benchmarks/results/tfwsvd_minilm_mrpc.md"):
         main()
