@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fisvd.allocate import break_even
+from fisvd.factorize import break_even
 from fisvd.factorize import factorize, weighted_error
 from fisvd.fisher import fisher_per_batch, load_fisher
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, resolve_model

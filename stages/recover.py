@@ -14,13 +14,12 @@ import logging
 import time
 from pathlib import Path
 
-from fisvd.allocate import break_even
 from fisvd.balance import balance
 from fisvd.cli import run_stage
 from fisvd.data import collate, dev_features, load_prepared, tokenize
 from fisvd.dist import is_main
 from fisvd.evaluate import dev_record, score_dev
-from fisvd.factorize import Factors
+from fisvd.factorize import Factors, break_even
 from fisvd.io import remove, write_json
 from fisvd.lowrank import apply_lowrank
 from fisvd.methods import FACTORISATIONS

@@ -23,12 +23,23 @@ def test_no_module_imports_fisvd_lazily():
     assert {p.stem: imports(p, lazy=True) for p in MODULES if imports(p, lazy=True)} == {}
 
 
+SPECS = {"methods", "registry"}      # torch-free too, but code deps: needs / sliceable / budgeted shape outputs
+
+
 @pytest.mark.parametrize("module", INTERFACE)
 def test_interface_modules_compute_nothing(module):
-    """The modules left out of code deps import neither torch nor numpy, nor any computing module."""
+    """The modules left out of code deps import neither torch nor numpy, nor any computing module
+    (only the method specs, which params validation reads)."""
     src = (ROOT / "src" / "fisvd" / f"{module}.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+(torch|numpy|scipy|sklearn)\b", src, re.M)
-    assert imports(ROOT / "src" / "fisvd" / f"{module}.py") <= set(INTERFACE)
+    assert imports(ROOT / "src" / "fisvd" / f"{module}.py") <= set(INTERFACE) | SPECS
+
+
+def test_method_specs_are_code_deps_of_the_stages_that_dispatch_methods():
+    for stage in ("allocate", "compress"):
+        assert {"src/fisvd/methods.py", "src/fisvd/registry.py"} <= set(DVC[stage]["deps"])
+    for stage in ("prepare", "finetune", "fisher", "evaluate"):
+        assert "src/fisvd/methods.py" not in DVC[stage]["deps"]
 
 
 @pytest.mark.parametrize("stage", list(DVC))

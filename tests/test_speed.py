@@ -13,7 +13,7 @@ from fisvd.methods import ALLOCATORS as METHODS
 from fisvd.allocate import TIME_UNITS, AllocationError, allocate as _allocate, min_ratio, total_size
 from fisvd.params import ParamError, parse_params
 from fisvd.paths import LATENCY_TABLE, STAGES
-from fisvd.allocate import break_even
+from fisvd.factorize import break_even
 from fisvd.speed import (check_table, default_grid, dense_time, faster_ranks, load_table, predicted,
                          save_table, shape_key, speed_aware, time_of, times)
 from test_allocate import OPTS, synthetic

@@ -6,14 +6,16 @@ stage's DVC code deps are the computing modules it reaches (fisvd.deps):
 interface — parse, validate, describe; no torch, no numpy (not code deps of any stage)
     errors    exception types; each message names the key, file or matrix and the fix
     validate  value checks (choice, unit, at_least, positive) raising ParamError
-    registry  Registry / Entry: method specs and their implementations, by name
-    methods   every allocation method and factorisation: options dataclass, needs, help
     params    params.yaml → typed, validated Params (every default lives in params.yaml)
     paths     every stage's input and output paths; `require` checks inputs first
     cli       run_stage: --help, validation, exit code 2 with one line
     deps      code deps of a stage script (dvc.yaml, grid pipelines and the cell memo share them)
     grid      the comparison grid: which cells exist; writes grid/<task>/s<seed>/ pipelines
     docs      generated tables in docs/params.md and docs/methods.md
+
+method specs — no torch, no numpy; code deps of the stages that dispatch methods
+    registry  Registry / Entry: method specs and their implementations, by name
+    methods   every allocation method and factorisation: options dataclass, needs, help
 
 data and models
     io        atomic writes, JSON
@@ -27,8 +29,8 @@ statistics
     stats     two-sided K-FAC statistics Σx, Σg; load_statistics: the per-matrix dict
 
 math (pure functions on tensors and arrays)
-    factorize the factorisations (svd, fwsvd, tfwsvd, whiten, kfac) and Factors
-    allocate  Matrix and the rank allocators (numpy only); break_even
+    factorize the factorisations (svd, fwsvd, tfwsvd, whiten, kfac), Factors, break_even
+    allocate  Matrix and the rank allocators
     calibrate measured loss curves on a training slice and the joint check
     speed     latency tables; speed-aware ranks
     balance   equal-norm factors before recovery fine-tuning

@@ -56,12 +56,8 @@ from functools import reduce
 import numpy as np
 
 from .errors import AllocationError
+from .factorize import break_even
 from .methods import ALLOCATORS, FiRetentionParams, InterLayerFiParams, MaxFiParams, MeasuredParams, RandomParams
-
-
-def break_even(m: int, n: int) -> int:
-    """r̄ = ⌊mn/(m+n)⌋, the break-even rank of an m×n matrix: a rank ≥ r̄ keeps it dense (r(m+n) ≥ mn)."""
-    return (m * n) // (m + n)
 
 
 @dataclass

@@ -8,7 +8,8 @@
     metric "loss": Δ = (1/N) Σ_i ℓ(ẑ_i, y_i) − (1/N) Σ_i ℓ(z_i, y_i)  (CE; MSE for regression; labels
                    needed; may be < 0, the fit clips it at 0)
 
-Pipeline (what a stage or benchmark does; all functions pure apart from the temporary swaps):
+Pipeline (fisvd.plan.Probe and plan run it for any method whose spec needs "measurements"; all
+functions pure apart from the temporary swaps):
 
     grid = {M.name: rank_grid(M, p.points) for M in mats}                   # a few ranks per matrix
     pts = measure(model, infos, factor_fn, batches, grid, device, metric=p.metric)   # (rank, Δ) points
@@ -17,8 +18,8 @@ Pipeline (what a stage or benchmark does; all functions pure apart from the temp
     ranks, hist = joint_refine(model, mats, ranks, factor_fn, batches, b, p.swaps,
                                rank_multiple=k, metric=p.metric, device=device)
 
-`factor_fn(name, r) -> (A, B)` with W ≈ A B (fisvd.factorize.factorize of `compress.method` on the
-dense weight and its statistics); `batches` a list of dicts of tensors (input_ids, attention_mask,
+`factor_fn(name, r) -> (A, B)` with W ≈ A B (a fisvd.factorize.Factors of `compress.method` on the
+dense weights and their statistics); `batches` a list of dicts of tensors (input_ids, attention_mask,
 …, and labels for metric "loss"), the same slice for every measurement so differences are not noise.
 
 Cost: the dense logits are computed once, together with the output of every encoder block (forward

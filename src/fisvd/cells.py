@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .allocate import report
+from .allocate import Matrix, report
 from .data import collate, dev_features
 from .deps import ROOT, code_deps
 from .evaluate import dev_record, score_dev

@@ -5,10 +5,12 @@ transitively, except the INTERFACE modules and what is reached only through them
 pipelines (fisvd.grid) and the grid's cell memo key (fisvd.cells) all use this one list, so they
 cannot drift apart.
 
-INTERFACE modules parse, validate, describe and dispatch by name (the registry: tests hold every
-method spec to its one implementation); they never shape a number: a stage's outputs depend
+INTERFACE modules parse, validate and describe; they never shape a number: a stage's outputs depend
 on the params' *values*, which DVC tracks key by key, and on the modules that compute. So a schema
-edit (a new key, a new method spec, a reworded error or `--help`) re-runs nothing. What keeps this
+edit (a new key, a reworded error or `--help`, a new grid cell list) re-runs nothing. The method
+specs (`methods`, `registry`) are NOT interface although torch-free: a spec's `needs`, `sliceable` and
+`budgeted` decide what a stage computes, so they are code deps of the stages that dispatch methods
+(allocate, compress, cells, recover) and reach them through a computing module. What keeps this
 safe: params are built from the YAML values unchanged (tests/test_params.py holds every parsed value
 equal to the file's), and a changed output path or cell list changes dvc.yaml itself (tests hold
 dvc.yaml to paths.py, and the generated grid pipelines to fisvd.grid).
@@ -19,7 +21,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-INTERFACE = ("cli", "deps", "errors", "grid", "methods", "params", "paths", "registry", "validate")
+INTERFACE = ("cli", "deps", "errors", "grid", "params", "paths", "validate")
 
 
 def imports(path: Path, lazy: bool = False) -> set[str]:
@@ -28,23 +30,15 @@ def imports(path: Path, lazy: bool = False) -> set[str]:
     top = set(map(id, tree.body))
     mods = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and ((id(node) not in top) == lazy):
-            if node.level == 1:
-                mods.add(node.module)
-            elif node.module.startswith("fisvd."):
-                mods.add(node.module.split(".", 1)[1])
+        if not isinstance(node, ast.ImportFrom) or (id(node) not in top) != lazy:
+            continue
+        if node.level == 1:                     # from .x import y; from . import x
+            mods |= {node.module} if node.module else {a.name for a in node.names}
+        elif node.module == "fisvd":            # from fisvd import x
+            mods |= {a.name for a in node.names}
+        elif node.module and node.module.startswith("fisvd."):
+            mods.add(node.module.split(".", 1)[1])
     return mods
-
-
-def closure(script: str, root: Path = ROOT) -> list[str]:
-    """Every fisvd module `script` (relative to root) imports at module level, transitively, sorted."""
-    todo, seen = list(imports(root / script)), set()
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo.extend(imports(root / "src" / "fisvd" / f"{m}.py"))
-    return sorted(seen)
 
 
 def code_deps(script: str, root: Path = ROOT) -> list[str]:

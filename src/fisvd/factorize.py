@@ -39,6 +39,13 @@ from .stats import damped_cholesky
 EPS = 1e-6
 
 
+def break_even(m: int, n: int) -> int:
+    """r̄ = ⌊mn/(m+n)⌋, the break-even rank of an m×n weight: rank-r factors hold r(m+n) parameters,
+    at least the dense mn from r̄ on, so a rank ≥ r̄ keeps the matrix dense. The one definition
+    (allocate.Matrix.rbar, speed tables, recovery)."""
+    return (m * n) // (m + n)
+
+
 def fwsvd_scale(F: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Per-input-column scale s_j = sqrt(Σ_i F_ij), floored at sqrt(eps · mean c)."""
     c = F.double().sum(dim=0)
@@ -336,8 +343,8 @@ class Factors:
     spectrum the allocators spend on (float64, descending). Sliceable methods decompose each matrix
     once, on first use (`decompose`), and slice every rank from it; tfwsvd (factors depend on r)
     runs its weighted ALS per (name, r), its spectrum that of its FWSVD start. `device`: where the
-    decompositions run (factors come back there); `keep=False` drops a decomposition after its first
-    `at` (one rank per matrix, as compress: memory of one matrix at a time)."""
+    decompositions run (factors come back there); `keep=False` keeps nothing after its first use
+    (spectra only, or one rank per matrix as compress: memory of one matrix at a time)."""
 
     def __init__(self, method: str, weights: dict, stats: dict, opts=None, device=None, keep: bool = True):
         self.method, self.weights, self.stats, self.opts = method, weights, stats, opts
@@ -367,6 +374,8 @@ class Factors:
         if name not in self._spectra:
             if self.entry.sliceable:
                 self._decomposed(name)
+                if not self.keep:                 # spectra only (allocation): one matrix at a time
+                    del self._full[name]
             else:
                 W, st = self._inputs(name)
                 self._spectra[name] = torch.linalg.svdvals(whitened(self.method, W, st, self.opts)) ** 2
@@ -381,7 +390,10 @@ class Factors:
             return truncate(full, r, dtype)
         if (name, r) not in self._built:
             W, st = self._inputs(name)
-            self._built[(name, r)] = factorize(self.method, W, st, r, opts=self.opts)
+            AB = factorize(self.method, W, st, r, opts=self.opts)
+            if not self.keep:
+                return AB
+            self._built[(name, r)] = AB
         return self._built[(name, r)]
 
     __call__ = at      # a factor_fn(name, r) for fisvd.calibrate

@@ -58,8 +58,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .allocate import break_even
 from .errors import AllocationError
+from .factorize import break_even
 from .lowrank import LowRankLinear
 
 FORMAT = 1
