@@ -41,6 +41,8 @@ def test_pipeline_reruns_exactly_the_affected_stages(ran_project):
     assert latency["dense_ms"] > 0 and latency["compressed_ms"] > 0 and latency["shape"] == [8, 32]
     ranks = json.loads((repo / "metrics/allocate/ranks.json").read_text())
     assert len(ranks["matrices"]) == 12 and ranks["totals"]["method"] == "fi_retention"
+    assert ranks["totals"]["speed_missing"] == ["32x32", "32x64", "64x32"]      # another model than the
+    assert "predicted_linears" not in ranks["totals"]                           # table's: no error, recorded
     manifest = json.loads((repo / "metrics/prepare/data.json").read_text())
     assert manifest["rows"] == {"train": 40, "dev": 16} and len(manifest["source"]["files"]["train"]["sha256"]) == 64
     assert str(repo.parent) not in json.dumps(manifest)              # no machine path in a tracked file

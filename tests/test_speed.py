@@ -136,8 +136,11 @@ def test_malformed_tables_are_rejected(mutate):
 
 
 def test_missing_shape_names_it_and_the_way_out():
+    """A direct lookup of an untimed shape names it and the fix; speed_aware does not raise for the
+    params budget (the next section)."""
     with pytest.raises(AllocationError, match="no timings for shape 32x64.*allocate.speed_table: null"):
-        speed_aware(synthetic([(32, 64)]), minilm_table())
+        time_of(minilm_table(), (32, 64), 3)
+    assert speed_aware(synthetic([(32, 64)]), minilm_table())[0].fast is None
 
 
 # ---------------------------------------------------------------- the restriction
@@ -356,3 +359,36 @@ def test_committed_cpu_table():
     mats = speed_aware(synthetic(MINILM * 6, seed=1), table, "latency")           # usable by every allocator
     ranks, _ = allocate("max_fi", mats, budget=0.6)
     assert all(r == M.rbar or r in M.fast for M, r in zip(mats, ranks))
+
+
+# ---------------------------------------------------------------- another model than the table's
+
+
+def test_shapes_the_table_lacks_take_any_rank_and_are_recorded_not_an_error():
+    """Issue 21: a model whose shapes the shipped table never timed (768x768 for BERT-base) works on
+    the default params: those matrices take any rank, as with speed_table: null; the others stay
+    restricted to their faster ranks; ranks.json names the missing shapes and predicts time over the
+    timed Linears only. The latency budget, which needs every time, fails naming the shapes and fix."""
+    from fisvd.plan import ranks_record
+    table = minilm_table()
+    mats = synthetic([(384, 384), (768, 768), (1536, 384)])
+    aware = speed_aware(mats, table, "params")
+    assert aware[1] == mats[1] and aware[1].fast is None                     # untimed: unrestricted
+    assert aware[0].fast == frozenset(faster_ranks(table, (384, 384)))       # timed: restricted as before
+    assert aware[0].allowed() != mats[0].allowed()
+    ranks, info = _allocate("max_fi", aware, budget=0.5, rank_multiple=1, objective="total")
+    assert ranks[1] < aware[1].rbar and all(r in aware[0].allowed() for r in ranks[:1])
+    rec = ranks_record(aware, ranks, info, 10 ** 6, method="max_fi", spectrum_of="kfac", budget=0.5,
+                       rank_multiple=1, opts=None, table=table, budget_kind="params", speed_table="t.json")
+    t = rec["totals"]
+    assert t["speed_missing"] == ["768x768"]
+    timed = [((384, 384), ranks[0]), ((1536, 384), ranks[2])]
+    assert t["predicted_linears"] == predicted(table, timed)
+    assert t["predicted_linears"]["dense_ms"] == pytest.approx(384 * 384 / 1e4 + 1536 * 384 / 1e4, abs=1e-3)
+    with pytest.raises(AllocationError, match=r"no timings for shape 768x768.*budget_kind: params"):
+        speed_aware(mats, table, "latency")
+    full = ranks_record(speed_aware(synthetic([(384, 384)]), table), [1], {}, 10 ** 6, method="max_fi",
+                        spectrum_of="kfac", budget=0.5, rank_multiple=1, opts=None, table=table,
+                        budget_kind="params", speed_table="t.json")
+    assert "speed_missing" not in full["totals"]                             # MiniLM's ranks.json: same keys
+    assert list(full["totals"])[-4:] == ["budget_kind", "speed_table", "speed_device", "predicted_linears"]

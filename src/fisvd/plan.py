@@ -27,7 +27,7 @@ from .calibrate import fit_curves, joint_refine, measure, rank_grid, training_sl
 from .errors import AllocationError
 from .factorize import Factors, fwsvd_scale, spectrum
 from .methods import ALLOCATORS
-from .speed import predicted, speed_aware
+from .speed import missing_shapes, predicted, speed_aware
 
 log = logging.getLogger("fisvd")
 
@@ -50,7 +50,13 @@ def matrices(infos, weights: dict, stats: dict, factors: Factors, table: Optiona
     `factors`' factorisation; with a speed `table`, only its faster-than-dense ranks (fisvd.speed)."""
     mats = [make_matrix(m.name, m.layer, m.type, weights[m.name], stats[m.name]["fisher"], factors.spectrum(m.name))
             for m in infos]
-    return mats if table is None else speed_aware(mats, table, budget_kind)
+    if table is None:
+        return mats
+    if missing := missing_shapes(table, [(M.m, M.n) for M in mats]):
+        log.warning("speed table (%s): no timings for shape %s; those matrices take any rank, as with "
+                    "allocate.speed_table: null (ranks.json: totals.speed_missing)", table.get("device_name") or
+                    table.get("device"), ", ".join(missing))
+    return speed_aware(mats, table, budget_kind)
 
 
 class Probe:
@@ -117,6 +123,10 @@ def ranks_record(mats: list[Matrix], ranks: list[int], info: dict, total_params:
     out["totals"] = {"method": method, "spectrum": spectrum_of, "budget": p, "rank_multiple": rank_multiple,
                      **info, **out["totals"]}
     if table is not None:
-        out["totals"].update(budget_kind=budget_kind, speed_table=speed_table, speed_device=table["device_name"],
-                             predicted_linears=predicted(table, [((M.m, M.n), r) for M, r in zip(mats, ranks)]))
+        shapes_ranks = [((M.m, M.n), r) for M, r in zip(mats, ranks)]
+        out["totals"].update(budget_kind=budget_kind, speed_table=speed_table, speed_device=table["device_name"])
+        if missing := missing_shapes(table, [s for s, _ in shapes_ranks]):
+            out["totals"]["speed_missing"] = missing          # no timings: any rank, left out of the prediction
+        if len(missing) < len({s for s, _ in shapes_ranks}):
+            out["totals"]["predicted_linears"] = predicted(table, shapes_ranks)
     return out

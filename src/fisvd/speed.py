@@ -301,19 +301,37 @@ def speed_aware(mats: list, table: dict, budget_kind: str = "params") -> list:
     table's workload): the budget p is then the kept share of the Linears' time."""
     if budget_kind not in ("params", "latency"):
         raise ValueError(f"budget_kind {budget_kind!r}: params | latency")
+    missing = missing_shapes(table, [(M.m, M.n) for M in mats])
+    if missing and budget_kind == "latency":
+        raise AllocationError(f"allocate.budget_kind: latency spends measured time, but the speed table "
+                              f"({table.get('device')}, {table.get('device_name') or '?'}) has no timings for shape "
+                              f"{', '.join(missing)}; measure them (benchmarks/latency_table.py --model …) or set "
+                              f"allocate.budget_kind: params")
     out = []
     for M in mats:
         shape = (M.m, M.n)
+        if shape_key(*shape) in missing:     # no timings: any rank, as without a table (the caller says so)
+            out.append(M)
+            continue
         fast = frozenset(faster_ranks(table, shape))
         cost = times(table, shape) if budget_kind == "latency" else None
         out.append(dataclasses.replace(M, fast=fast, cost=cost))
     return out
 
 
+def missing_shapes(table: dict, shapes: Iterable[tuple[int, int]]) -> list[str]:
+    """Keys ("mxn") of the shapes the table has no timings for, sorted (another model than the table's:
+    its matrices then take any rank, as with `allocate.speed_table: null`, and ranks.json says which)."""
+    return sorted({shape_key(*s) for s in shapes} - set(table["shapes"]))
+
+
 def predicted(table: dict, shapes_ranks: Iterable[tuple[tuple[int, int], int]]) -> dict:
-    """Dense and compressed time (ms) of the given (shape, rank) Linears by the table, and the ratio."""
+    """Dense and compressed time (ms) of the given (shape, rank) Linears by the table, and the ratio;
+    Linears of shapes the table lacks are left out (`missing_shapes`)."""
     dense = low = 0.0
     for shape, r in shapes_ranks:
+        if shape_key(*shape) not in table["shapes"]:
+            continue
         dense += dense_time(table, shape)
         low += time_of(table, shape, r)
     return {"dense_ms": round(dense, 3), "ms": round(low, 3), "time_ratio": round(low / dense, 6),
