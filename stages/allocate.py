@@ -57,7 +57,8 @@ def main(params):
                             FISHER, STATS)
     weights = dense_weights(MODEL, [m.name for m in infos])
     remove(RANKS)
-    factors = Factors(c.method, weights, stats, c.opts())
+    # the full decompositions stay in memory only for methods that measure truncations (spectra else)
+    factors = Factors(c.method, weights, stats, c.opts(), keep="measurements" in ALLOCATORS[a.method].needs)
     mats = matrices(infos, weights, stats, factors, table, a.budget_kind)
 
     def probe():        # only for methods that need measurements: loads the model and the training split
