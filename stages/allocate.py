@@ -55,7 +55,7 @@ def main(params):
     infos = compressible_linears(skeleton)
     stats = load_statistics({"fisher", *FACTORISATIONS[c.method].needs}, {m.name: m.shape for m in infos},
                             FISHER, STATS)
-    weights = dense_weights(MODEL, [m.name for m in infos])
+    weights = dense_weights(MODEL, [m.name for m in infos], skeleton)
     remove(RANKS)
     # the full decompositions stay in memory only for methods that measure truncations (spectra else)
     factors = Factors(c.method, weights, stats, c.opts(), keep="measurements" in ALLOCATORS[a.method].needs)

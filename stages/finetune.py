@@ -16,7 +16,8 @@ from fisvd.cli import run_stage
 from fisvd.data import load_prepared, tokenize
 from fisvd.dist import close_group, init_group, is_main
 from fisvd.io import atomic_dir, remove, write_json
-from fisvd.models import load_classifier, load_tokenizer, resolve_model
+from fisvd.models import load_classifier, load_tokenizer, resolve_model, skeleton
+from fisvd.preflight import check as preflight
 from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
 from fisvd.train import is_runtime, make_trainer
 
@@ -42,9 +43,10 @@ def main(params):
     f = params.finetune
     meta, splits = load_prepared(DATA)
     path = resolve_model(params.model.name)
-    set_seed(f.seed)
     tokenizer = load_tokenizer(path)
-    model = load_classifier(path, meta["num_labels"], tuple(meta["label_names"]))
+    preflight(params, path, [m.shape for m in skeleton(path, meta["num_labels"])])  # mismatches stop here
+    set_seed(f.seed)
+    model = load_classifier(path, meta["num_labels"], tuple(meta["label_names"]), tokenizer.pad_token_id)
     init_group()            # N processes when launched by accelerate / torchrun (else a no-op): every rank
     main_rank = is_main()   # trains, rank 0 alone logs and writes
     if main_rank:

@@ -203,3 +203,88 @@ def ran_project(tiny_run, tmp_path, tiny_glue, monkeypatch) -> Path:
     tiny_env(monkeypatch, repo, tiny_glue, tmp_path)
     monkeypatch.chdir(repo)
     return repo
+
+
+# ---- model families: tiny random classifiers built from configs (issue 21) ---------------------------
+
+ENCODER_TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
+FAMILY_TYPES = {   # the matrix types of one block, in module order
+    "bert": ENCODER_TYPES, "roberta": ENCODER_TYPES, "distilbert": ENCODER_TYPES, "electra": ENCODER_TYPES,
+    "mpnet": ENCODER_TYPES,
+    "deberta-v2": ["q", "k", "v", "pos_k", "pos_q", "attn_out", "ffn_in", "ffn_out"],  # own position projections
+    "deberta-v3": ENCODER_TYPES,                       # share_att_key: q/k projections reused for positions
+    "modernbert": ["qkv", "attn_out", "ffn_in", "ffn_out"],   # fused Wqkv, gated Wi (out = 2 x intermediate)
+    "gpt2": ["qkv", "attn_out", "ffn_in", "ffn_out"],         # transformers Conv1D, weight stored [in, out]
+    "llama": ["q", "k", "v", "attn_out", "ffn_gate", "ffn_in", "ffn_out"],
+    "qwen2": ["q", "k", "v", "attn_out", "ffn_gate", "ffn_in", "ffn_out"],
+}
+FAMILIES = list(FAMILY_TYPES)
+DECODERS = ("gpt2", "llama", "qwen2")
+
+
+def family_config(family: str, vocab_size: int = 100, num_labels: int = 3, pad_token_id: int = 0):
+    """A 2-block config of `family` (hidden 32, 4 heads, FFN 64)."""
+    import transformers as T
+    c = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=pad_token_id)
+    enc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=160, **c)
+    dec = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=64, max_position_embeddings=160, bos_token_id=None, eos_token_id=None, **c)
+    return {
+        "bert": lambda: T.BertConfig(**enc),
+        "roberta": lambda: T.RobertaConfig(**{**enc, "max_position_embeddings": 162}),
+        "distilbert": lambda: T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                 max_position_embeddings=160, **c),
+        "electra": lambda: T.ElectraConfig(embedding_size=16, **enc),
+        "mpnet": lambda: T.MPNetConfig(**enc),
+        "deberta-v2": lambda: T.DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                share_att_key=False, max_relative_positions=-1, position_biased_input=False,
+                                                position_buckets=-1, **enc),
+        "deberta-v3": lambda: T.DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                share_att_key=True, position_buckets=16,
+                                                norm_rel_ebd="layer_norm", max_relative_positions=-1,
+                                                position_biased_input=False, **enc),
+        "modernbert": lambda: T.ModernBertConfig(global_attn_every_n_layers=2, local_attention=16,
+                                                 bos_token_id=None, eos_token_id=None, cls_token_id=None,
+                                                 sep_token_id=None, **enc),
+        "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=160, bos_token_id=None,
+                                     eos_token_id=None, **c),
+        "llama": lambda: T.LlamaConfig(**dec),
+        "qwen2": lambda: T.Qwen2Config(**dec),
+    }[family]()
+
+
+def tiny_family(family: str, vocab_size: int = 100, num_labels: int = 3, seed: int = 0, pad_token_id: int = 0):
+    """A tiny random `family` classifier (eval mode)."""
+    from transformers import AutoModelForSequenceClassification
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(
+        family_config(family, vocab_size, num_labels, pad_token_id)).eval()
+
+
+def bpe_tokenizer(words: list[str]):
+    """A byte-level BPE tokenizer trained on `words`, GPT-2 style: EOS `<|endoftext|>`, no pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(words, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
+
+
+MRPC_WORDS = "the a cat dog runs sleeps quickly big small red blue house car tree sees eats".split()
+
+
+def family_model_dir(dir_: Path, family: str, minilm_tokenizer) -> Path:
+    """`family`'s tiny random 2-label classifier saved with a tokenizer (encoders: MiniLM's WordPiece;
+    decoders: a byte-level BPE without a pad token): a valid `model.name`."""
+    tok = bpe_tokenizer(MRPC_WORDS * 20) if family in DECODERS else minilm_tokenizer
+    pad = None if family in DECODERS else tok.pad_token_id
+    model = tiny_family(family, vocab_size=len(tok), num_labels=2, pad_token_id=pad)
+    model.config.pad_token_id = pad       # decoders: none, fisvd must set it from the tokenizer
+    model.save_pretrained(dir_)
+    tok.save_pretrained(dir_)
+    return dir_

@@ -1,4 +1,4 @@
-"""Compressible-Linear discovery across encoder families, LowRankLinear exactness, and the
+"""Compressible-Linear discovery across model families (conftest.FAMILIES), LowRankLinear exactness, and the
 compressed-model directory (save → load bit-exact, no dense materialisation, corrupt files)."""
 import json
 
@@ -10,37 +10,14 @@ from fisvd.evaluate import kept_ratio
 from fisvd.factorize import svd
 from fisvd.lowrank import (WEIGHTS_FILE, CompressedModelError, LowRankLinear, apply_lowrank, load_compressed,
                            save_compressed)
-from fisvd.models import compressible_linears, find_blocks
-from conftest import tiny_bert
+from fisvd.models import compressible_linears, find_blocks, linearize
+from conftest import FAMILIES, FAMILY_TYPES, tiny_bert, tiny_family
 
-TYPES = ["q", "k", "v", "attn_out", "ffn_in", "ffn_out"]
 
 
 def build(family):
-    import transformers as T
-    common = dict(vocab_size=100, num_labels=3)
-    torch.manual_seed(0)
-    if family == "bert":
-        return tiny_bert(num_labels=3, vocab_size=100)
-    if family == "roberta":
-        cfg = T.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                              max_position_embeddings=64, pad_token_id=1, **common)
-        return T.RobertaForSequenceClassification(cfg).eval()
-    if family == "distilbert":
-        cfg = T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, **common)
-        return T.DistilBertForSequenceClassification(cfg).eval()
-    if family == "electra":
-        cfg = T.ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=64, max_position_embeddings=64, **common)
-        return T.ElectraForSequenceClassification(cfg).eval()
-    if family == "mpnet":
-        cfg = T.MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                            max_position_embeddings=64, **common)
-        return T.MPNetForSequenceClassification(cfg).eval()
-    raise ValueError(family)
-
-
-FAMILIES = ["bert", "roberta", "distilbert", "electra", "mpnet"]
+    """`family`'s tiny random 3-label classifier as fisvd loads it (Conv1D linearized)."""
+    return linearize(tiny_family(family, vocab_size=100, num_labels=3))
 
 
 def inputs(seed=0):
@@ -52,12 +29,12 @@ def inputs(seed=0):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_discovery_finds_six_typed_matrices_per_block(family):
+def test_discovery_finds_the_typed_matrices_of_every_block(family):
     model = build(family)
     mats = compressible_linears(model)
-    assert len(mats) == 12
+    assert len(mats) == 2 * len(FAMILY_TYPES[family])
     for layer in range(2):
-        assert [m.type for m in mats if m.layer == layer] == TYPES
+        assert [m.type for m in mats if m.layer == layer] == FAMILY_TYPES[family]
     names = {m.name for m in mats}
     # heads, poolers and embedding projections stay dense
     assert not any("classifier" in n or "pooler" in n or "embeddings" in n for n in names)
@@ -72,7 +49,7 @@ def test_full_rank_compression_matches_dense_and_low_rank_runs(family):
         ref = model(**x).logits
     full = {m.name: svd(model.get_submodule(m.name).weight.detach(), min(m.shape)) for m in compressible_linears(model)}
     apply_lowrank(model, full)
-    assert sum(isinstance(m, LowRankLinear) for m in model.modules()) == 12
+    assert sum(isinstance(m, LowRankLinear) for m in model.modules()) == 2 * len(FAMILY_TYPES[family])
     with torch.no_grad():
         assert torch.allclose(model(**x).logits, ref, atol=1e-5, rtol=1e-4)
     low = build(family)

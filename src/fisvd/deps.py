@@ -13,7 +13,8 @@ specs (`methods`, `registry`) are NOT interface although torch-free: a spec's `n
 (allocate, compress, cells, recover) and reach them through a computing module. What keeps this
 safe: params are built from the YAML values unchanged (tests/test_params.py holds every parsed value
 equal to the file's), and a changed output path or cell list changes dvc.yaml itself (tests hold
-dvc.yaml to paths.py, and the generated grid pipelines to fisvd.grid).
+dvc.yaml to paths.py, and the generated grid pipelines to fisvd.grid). `preflight` only checks (it
+may stop the finetune stage before training, never changes an output).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-INTERFACE = ("cli", "deps", "errors", "grid", "params", "paths", "validate")
+INTERFACE = ("cli", "deps", "errors", "grid", "params", "paths", "preflight", "validate")
 
 
 def imports(path: Path, lazy: bool = False) -> set[str]:

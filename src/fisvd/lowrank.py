@@ -1,17 +1,18 @@
 """Low-rank Linear layers and the compressed-model directory format.
 
-`LowRankLinear` computes `y = (x Bᵀ) Aᵀ + b` with A: [out, r], B: [r, in] as two Linears
-(`first` = B without bias, `second` = A with the original bias): r·(in+out) weights instead of
-in·out, and (in+out)·r instead of in·out multiply-adds per token.
+The layer (`LowRankLinear`, y = (x Bᵀ) Aᵀ + b) and the loader live in `fisvd.modeling_fisvd`, a
+self-contained file that `save_compressed` copies into the directory, so plain transformers loads
+it (`from_pretrained(dir, trust_remote_code=True)`, `pipeline(...)`; see that module).
 
 Compressed directory: `lowrank.safetensors` (`WEIGHTS_FILE`: all tensors, non-persistent buffers
-under `buffers::`), `config.json` (the HF config), `ranks.json` (module name → rank of each factorised
-Linear) and the tokenizer files. `load_compressed(dir)` builds the model on the meta device, swaps in
-the low-rank modules and assigns the stored tensors, so the dense weights are never materialised; no
-pickle. The weights file deliberately is not named `model.safetensors`: HF `from_pretrained(dir)`
-would otherwise "load" the directory, find no tensor for the dense `...query.weight` etc., and
-silently re-initialise every factorised Linear at random. With this name it raises an OSError (no
-model weights found) instead; `AutoTokenizer.from_pretrained(dir)` still works.
+under `buffers::`), `config.json` (the HF config plus `auto_map`), `ranks.json` (module name → rank
+of each factorised Linear), `modeling_fisvd.py` and the tokenizer files. `load_compressed(dir)`
+builds the model on the meta device, swaps in the low-rank modules and assigns the stored tensors, so
+the dense weights are never materialised; no pickle. The weights file deliberately is not named
+`model.safetensors`: HF `from_pretrained(dir)` without remote code would otherwise "load" the
+directory, find no tensor for the dense `...query.weight` etc., and silently re-initialise every
+factorised Linear at random. With this name it raises an OSError (no model weights found) instead;
+`AutoTokenizer.from_pretrained(dir)` still works.
 """
 from __future__ import annotations
 
@@ -23,44 +24,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import modeling_fisvd
 from .errors import CompressedModelError
+from .models import linearize
+from .modeling_fisvd import AUTO_MAP, BUFFER_PREFIX, RANKS_FILE, WEIGHTS_FILE, LowRankLinear, set_module
 
-RANKS_FILE = "ranks.json"
-WEIGHTS_FILE = "lowrank.safetensors"
 LEGACY_WEIGHTS_FILE = "model.safetensors"  # layout before WEIGHTS_FILE; HF from_pretrained loaded it wrongly
-BUFFER_PREFIX = "buffers::"
-
-
-class LowRankLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
-                 device=None, dtype=None):
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
-
-    @classmethod
-    def from_factors(cls, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) -> "LowRankLinear":
-        """A: [out, r], B: [r, in]; bias copied from the dense layer."""
-        mod = cls(B.shape[1], A.shape[0], A.shape[1], bias=bias is not None, dtype=A.dtype)
-        with torch.no_grad():
-            mod.first.weight.copy_(B)
-            mod.second.weight.copy_(A)
-            if bias is not None:
-                mod.second.bias.copy_(bias)
-        return mod
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
-
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+MODELING_FILE = "modeling_fisvd.py"        # fisvd.modeling_fisvd, copied beside the weights
+__all__ = ["LowRankLinear", "set_module", "apply_lowrank", "save_compressed", "load_compressed", "RANKS_FILE",
+           "WEIGHTS_FILE", "BUFFER_PREFIX", "MODELING_FILE"]
 
 
 def apply_lowrank(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
@@ -89,7 +61,9 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer=None) -> No
             tensors[BUFFER_PREFIX + name] = buf.detach().contiguous().cpu()
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: deterministic bytes
     (out_dir / LEGACY_WEIGHTS_FILE).unlink(missing_ok=True)  # a stale one would make HF load the dir wrongly
+    model.config.auto_map = dict(AUTO_MAP)
     model.config.save_pretrained(out_dir)
+    (out_dir / MODELING_FILE).write_bytes(Path(modeling_fisvd.__file__).read_bytes())
     (out_dir / RANKS_FILE).write_text(json.dumps(ranks, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
@@ -97,7 +71,7 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer=None) -> No
 
 def load_compressed(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a compressed-model directory into a working HF model (eval mode)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     model_dir = Path(model_dir)
     if not (model_dir / WEIGHTS_FILE).is_file() and (model_dir / LEGACY_WEIGHTS_FILE).is_file():
@@ -112,30 +86,8 @@ def load_compressed(model_dir: str | Path, device: str | torch.device = "cpu") -
         raise CompressedModelError(f"{model_dir / WEIGHTS_FILE}: corrupt or truncated safetensors "
                                    f"file ({exc})") from None
     ranks = json.loads((model_dir / RANKS_FILE).read_text())
-    config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
-    for name, rank in ranks.items():
-        try:
-            dense = model.get_submodule(name)
-        except AttributeError:
-            raise CompressedModelError(f"{model_dir / RANKS_FILE}: no module {name} in the model") from None
-        if not isinstance(dense, nn.Linear) or not isinstance(rank, int) or rank < 1:
-            raise CompressedModelError(f"{model_dir / RANKS_FILE}: bad entry {name}: {rank!r}")
-        with torch.device("meta"):
-            lr = LowRankLinear(dense.in_features, dense.out_features, rank, dense.bias is not None)
-        set_module(model, name, lr)
-    buffers = {k[len(BUFFER_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(BUFFER_PREFIX)}
     try:
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CompressedModelError(f"{model_dir}: tensors do not match config + ranks: "
-                                   f"{str(exc).splitlines()[0]}") from None
-    for name, buf in buffers.items():
-        mod_name, _, attr = name.rpartition(".")
-        mod = model.get_submodule(mod_name) if mod_name else model
-        mod.register_buffer(attr, buf, persistent=False)
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
-        raise CompressedModelError(f"{model_dir}: tensors missing for {', '.join(left[:5])}")
-    return model.eval()
+        return modeling_fisvd.build(AutoConfig.from_pretrained(model_dir), ranks, tensors, str(model_dir),
+                                    prepare=linearize)
+    except ValueError as exc:
+        raise CompressedModelError(str(exc)) from None

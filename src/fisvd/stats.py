@@ -20,6 +20,12 @@ the single-process result, up to float summation order.
 Matrices that read the same input tensor (BERT q, k, v) share one Σx, computed once and stored once
 under the name of the first of them in model order; `meta["cov_x_of"]` maps every matrix to its Σx.
 
+A Linear called more than once per forward pass adds every call: its calls on the batch's tokens
+(input shaped [batch, length, in]) over their non-padding rows, any other call (DeBERTa's
+query/key projections applied again to the relative-position embeddings, [1, 2k, in]) over all its
+rows; the token counts count every row added. Σx is then shared only by matrices whose calls read
+the same tensors.
+
 Layout (safetensors, raw sums; one metadata key `fisvd` with sorted JSON, so reruns are
 byte-identical): tensors `cov_x/<key>` and `cov_g/<matrix>`; metadata
 `{"kind": "twosided", "batches", "examples", "tokens": {matrix: count}, "cov_x_of": {matrix: key},
@@ -110,16 +116,15 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
             sums[key] = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float32, device=rows.device)
         sums[key].addmm_(rows.T, rows)
 
+    def rows_of(t: torch.Tensor, token: bool) -> torch.Tensor:
+        return t[state["mask"]] if token else t.reshape(-1, t.shape[-1])
+
     def fwd_hook(name):
         def hook(mod, inputs, out):
-            if name in state["x"]:
-                raise ValueError(f"{name} is called more than once per forward pass; not supported")
             x = inputs[0]
-            if tuple(x.shape[:-1]) != tuple(state["mask"].shape):
-                raise ValueError(f"{name}: input shape {tuple(x.shape)} does not match the batch's "
-                                 f"attention_mask {tuple(state['mask'].shape)}")
-            state["x"][name] = x
-            out.register_hook(lambda g: add(f"cov_g/{name}", g[state["mask"]], state["B"]))
+            token = tuple(x.shape[:-1]) == tuple(state["mask"].shape)
+            state["x"].setdefault(name, []).append((x, token))
+            out.register_hook(lambda g: add(f"cov_g/{name}", rows_of(g, token), state["B"]))
         return hook
 
     handles = [m.register_forward_hook(fwd_hook(n)) for n, m in mods.items()]
@@ -133,9 +138,10 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
             mask = mask.bool()
             state.update(x={}, mask=mask, B=batch["input_ids"].shape[0])
             loss = model(**batch).loss
-            groups: list[list[str]] = []        # the matrices reading one input tensor
-            for n, x in state["x"].items():
-                same = next((g for g in groups if state["x"][g[0]] is x), None)
+            groups: list[list[str]] = []        # the matrices reading the same input tensors
+            same_inputs = lambda a, b: len(a) == len(b) and all(x is y for (x, _), (y, _) in zip(a, b))  # noqa: E731
+            for n, calls in state["x"].items():
+                same = next((g for g in groups if same_inputs(state["x"][g[0]], calls)), None)
                 if same is None:
                     groups.append([n])
                 else:
@@ -149,7 +155,10 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
             if missing:
                 raise ValueError(f"{missing[0]} was not called in the forward pass")
             for key in sorted(set(of.values()), key=order.get):
-                add(f"cov_x/{key}", state["x"][key][mask])
+                for x, token in state["x"][key]:
+                    add(f"cov_x/{key}", rows_of(x, token))
+            rows = {n: sum(int(mask.sum()) if token else x[..., 0].numel() for x, token in state["x"][n])
+                    for n in names}
             state["x"] = {}
             # fires the output hooks; the weight gradients (one GEMM per matrix) are returned and
             # dropped, so the model's .grad stays untouched
@@ -160,9 +169,8 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
                         fisher_out[n] = torch.zeros(mods[n].weight.shape, dtype=torch.float32, device=device)
                     if g is not None:
                         fisher_out[n] += g.float() ** 2
-            n_tok = int(mask.sum())
             for n in names:
-                tokens[n] += n_tok
+                tokens[n] += rows[n]
             batches_n += 1
             examples += state["B"]
     finally:
