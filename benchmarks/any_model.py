@@ -47,7 +47,12 @@ def main() -> None:
     params["model"]["name"] = model
     params["data"].update(task=args.task, max_train_samples=args.max_train_samples)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "DVC_NO_ANALYTICS": "1"}
+    sys.path.insert(0, str(ROOT / "src"))
+    from fisvd.data import resolve_glue_dir
+    glue = resolve_glue_dir(ROOT)      # the scratch clone has no ../shared beside it
+    env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "DVC_NO_ANALYTICS": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           **({"GLUE_DIR": str(glue)} if glue else {})}
     stages, t_all = {}, time.time()
     for stage in ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate"):
         t0 = time.time()
