@@ -1,6 +1,7 @@
 """evaluate: GLUE dev metrics of the dense (data/model) and compressed (data/compressed) models on
 every dev split of the task (MNLI: matched and mismatched), parameter counts, kept ratio p,
-compression ratio, the best constant predictor's score, "% of dense" and the share of the dense
+compression ratio, each model's 95 % bootstrap interval (`ci95`, 1000 resamples of dev examples,
+seeded), the best constant predictor's score, "% of dense" and the share of the dense
 model's margin over the constant predictor kept by the compressed one → metrics/evaluate/metrics.json
 (deterministic on CPU), and median CPU latency per batch → metrics/evaluate/latency.json (timings
 vary run to run). Both git-tracked: columns of `dvc exp show`, compared by `dvc metrics diff`.
@@ -12,6 +13,7 @@ from fisvd.cli import run_stage
 from fisvd.data import collate, dev_features, load_prepared
 from fisvd.evaluate import comparison, kept_ratio, latency_batch, latency_rounds, model_inputs, score_dev, \
     speedup_spread
+from fisvd.metrics import bootstrap_ci, scoring_of
 from fisvd.io import remove, write_json
 from fisvd.lowrank import load_compressed
 from fisvd.models import count_params, load_classifier, load_tokenizer, pick_device
@@ -26,7 +28,7 @@ def main(params):
 
     e = params.evaluate
     meta, splits = load_prepared(DATA)
-    task = meta["task"]
+    task = scoring_of(meta)
     tokenizer = load_tokenizer(MODEL)
     devs = dev_features(task, splits, tokenizer, params.finetune.max_length)
     models = {"dense": load_classifier(MODEL, meta["num_labels"]).float(), "compressed": load_compressed(COMPRESSED)}
@@ -37,7 +39,8 @@ def main(params):
     scores, labels = {}, None
     for name, model in models.items():     # file order (by_length=False): the numbers this stage always gave
         m, per_split = score_dev(model, devs, task, e.batch_size, collate(tokenizer), device, by_length=False)
-        scores[name] = {**m, "params": count_params(model)}
+        lo, hi = bootstrap_ci(task, per_split)       # 95 % percentile bootstrap over dev examples
+        scores[name] = {**m, "ci95": [round(lo, 4), round(hi, 4)], "params": count_params(model)}
         labels = {s: y for s, (_, y) in per_split.items()}
         log.info("%s: %s", name, scores[name])
     rounds = latency_rounds(models, lat_batch, e.latency_batches)   # CPU, interleaved rounds

@@ -16,6 +16,7 @@ from fisvd.cli import run_stage
 from fisvd.data import load_prepared, tokenize
 from fisvd.dist import close_group, init_group, is_main
 from fisvd.io import atomic_dir, remove, write_json
+from fisvd.metrics import scoring_of
 from fisvd.models import load_classifier, load_tokenizer, resolve_model, skeleton
 from fisvd.preflight import check as preflight
 from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
@@ -58,7 +59,7 @@ def main(params):
     live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False) if main_rank else None   # rank 0 only
     callback = DeterministicLive(live=live)
     callback.runtime = {}
-    trainer = make_trainer(model, tokenizer, meta["task"], train, dev, epochs=f.epochs,
+    trainer = make_trainer(model, tokenizer, scoring_of(meta), train, dev, epochs=f.epochs,
                            learning_rate=f.learning_rate, batch_size=f.batch_size, weight_decay=f.weight_decay,
                            warmup_ratio=f.warmup_ratio, seed=f.seed, output_dir="data/.finetune-checkpoints",
                            callbacks=[callback] if main_rank else [])

@@ -1,45 +1,64 @@
-"""prepare: GLUE task → data/prepared/{train,dev}.jsonl + meta.json, manifest in metrics/prepare/.
+"""prepare: the task (GLUE, or your own: data.custom) → data/prepared/{train,dev[,test]}.jsonl +
+meta.json, manifest in metrics/prepare/.
 
-Source: env GLUE_DIR (GLUE TSV layout), else ../shared/data/glue beside the project, else
-`datasets.load_dataset("nyu-mll/glue", task)`. Both give identical rows (see fisvd.data).
+GLUE source: env GLUE_DIR (GLUE TSV layout), else ../shared/data/glue beside the project, else
+`datasets.load_dataset("nyu-mll/glue", task)`. Both give identical rows (see fisvd.data). A custom
+task (`data.task` naming a `data.custom` section): its local CSV / TSV / JSON Lines / Parquet files or
+hub dataset (fisvd.custom); meta.json then also records its metrics and label names.
 The committed manifest metrics/prepare/data.json records the source, the sha256 of every source
 file (or the HF fingerprint) and row counts, so git shows which data each result came from.
+Every data problem stops here with one line naming the file, before any output is touched.
 """
 import logging
 
 from fisvd.cli import run_stage
+from fisvd.custom import label_counts as custom_counts, load_custom
 from fisvd.data import TASKS, label_counts, load_hf, load_local, resolve_glue_dir, splits_of, subset, write_jsonl
 from fisvd.io import atomic_dir, remove, write_json
 from fisvd.paths import MANIFEST, PREPARED as OUT
 
-KEYS = ["data.task", "data.max_train_samples", "data.max_eval_samples", "data.seed"]
+KEYS = ["data.task", "data.max_train_samples", "data.max_eval_samples", "data.seed", "data.custom"]
 log = logging.getLogger("fisvd")
+
+
+def glue(task):
+    glue_dir = resolve_glue_dir(".")
+    if glue_dir is not None:
+        log.info("reading %s from %s", task, glue_dir)
+        splits, source = load_local(task, glue_dir)
+    else:
+        log.info("no local GLUE copy; loading nyu-mll/glue/%s from the HF hub", task)
+        splits, source = load_hf(task)
+    spec = TASKS[task]
+    info = {"num_labels": spec.num_labels, "is_regression": spec.is_regression, "label_names": list(spec.labels)}
+    counts = lambda rows: label_counts(spec, rows)  # noqa: E731
+    return splits, source, info, splits_of(task), counts
+
+
+def custom(task, spec):
+    log.info("reading custom task %s from %s", task, spec.hub or ", ".join(
+        str(getattr(spec, s)) for s in ("train", "dev", "test") if getattr(spec, s)))
+    splits, source, info = load_custom(task, spec)
+    counts = lambda rows: custom_counts(rows, info["is_regression"])  # noqa: E731
+    return splits, source, info, tuple(splits), counts
 
 
 def main(params):
     d = params.data
-    spec = TASKS[d.task]
-    glue_dir = resolve_glue_dir(".")
-    if glue_dir is not None:
-        log.info("reading %s from %s", d.task, glue_dir)
-        splits, source = load_local(d.task, glue_dir)
-    else:
-        log.info("no local GLUE copy; loading nyu-mll/glue/%s from the HF hub", d.task)
-        splits, source = load_hf(d.task)
+    spec = d.custom.get(d.task)         # None: a GLUE task
+    splits, source, info, names, counts = custom(d.task, spec) if spec else glue(d.task)
     remove(MANIFEST)
-    names = splits_of(d.task)
     full_rows = {s: len(splits[s]) for s in names}
     splits = {s: subset(splits[s], d.max_train_samples if s == "train" else d.max_eval_samples,
                         d.seed if s == "train" else d.seed + 1) for s in names}
-    meta = {"task": d.task, "num_labels": spec.num_labels, "is_regression": spec.is_regression,
-            "label_names": list(spec.labels), "rows": {s: len(splits[s]) for s in names}}
+    meta = {"task": d.task, **info, "rows": {s: len(splits[s]) for s in names}}
     with atomic_dir(OUT) as tmp:
         for s in names:
             write_jsonl(splits[s], tmp / f"{s}.jsonl")
         write_json(tmp / "meta.json", meta)
     write_json(MANIFEST, {"task": d.task, "source": source, "source_rows": full_rows,
-                          "rows": meta["rows"], "labels": {s: label_counts(spec, splits[s]) for s in names}})
-    log.info("wrote %s: train %d rows, dev %d rows", OUT, meta["rows"]["train"], meta["rows"]["dev"])
+                          "rows": meta["rows"], "labels": {s: counts(splits[s]) for s in names}})
+    log.info("wrote %s: %s", OUT, ", ".join(f"{s} {n} rows" for s, n in meta["rows"].items()))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from fisvd.cli import run_stage
 from fisvd.data import collate, dev_features, load_prepared, tokenize
 from fisvd.dist import is_main
 from fisvd.evaluate import dev_record, score_dev
+from fisvd.metrics import scoring_of
 from fisvd.factorize import Factors, break_even
 from fisvd.io import remove, write_json
 from fisvd.lowrank import apply_lowrank
@@ -43,7 +44,7 @@ def main(params, args):
     out, live_dir = recover_result(name), f"{RECOVER_LIVE}/{name}"
     cell = json.loads(Path(cell_result(args.factorisation, args.allocation, args.budget)).read_text())
     meta, splits = load_prepared(PREPARED)
-    task, ft = meta["task"], params.finetune
+    task, ft = scoring_of(meta), params.finetune
     tok = load_tokenizer(MODEL)
     model = load_classifier(MODEL, meta["num_labels"]).float()
     weights = {n: model.get_submodule(n).weight.detach() for n in cell["ranks"]}
@@ -70,7 +71,7 @@ def main(params, args):
     model = trainer.model.float().eval()
     m, per_split = score_dev(model, devs, task, params.evaluate.batch_size, collate(tok), pick_device())
     keep = ("kept_ratio", "total_params", "compressible_params_kept", "num_dense", "ranks")
-    write_json(out, {"task": task, "seed": ft.seed, "factorisation": args.factorisation, "allocation": args.allocation,
+    write_json(out, {"task": str(task), "seed": ft.seed, "factorisation": args.factorisation, "allocation": args.allocation,
                      "budget": args.budget, "recovery_epochs": params.recover.epochs,
                      **{k: cell[k] for k in keep}, "params_counted": count_params(model),
                      **dev_record(m, per_split)})

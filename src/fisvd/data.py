@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -93,8 +94,11 @@ def _spec(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def dev_splits(task: str) -> tuple[str, ...]:
-    """The task's dev split names: ("dev",), or ("dev", "dev_mm") for MNLI."""
+def dev_splits(task) -> tuple[str, ...]:
+    """The task's dev split names: ("dev",), or ("dev", "dev_mm") for MNLI; a custom task's Scoring
+    (fisvd.metrics) names its own."""
+    if not isinstance(task, str):
+        return tuple(task.splits)
     return tuple(s for s, _, _ in _spec(task).dev)
 
 
@@ -130,6 +134,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def utf8_text(path: Path, name: str | Path | None = None) -> str:
+    """The file's text (a UTF-8 byte-order mark dropped); DataError naming the first bad byte."""
+    data = path.read_bytes()
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        raise DataError(f"{name or path}: not UTF-8 text (byte 0x{data[at]:02x} at offset {at}); "
+                        f"re-save it as UTF-8") from None
+
+
 def _convert_label(spec: TaskSpec, raw: str, path: Path, line: int) -> int | float:
     raw = raw.strip()
     if spec.is_regression:
@@ -155,8 +171,7 @@ def read_tsv(spec: TaskSpec, path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected GLUE layout <GLUE_DIR>/{spec.folder}/"
                         f"{{{','.join(spec.files.values())}}})")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(io.StringIO(utf8_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if spec.header:
         if not rows:
             raise DataError(f"{path}: empty file (no header row)")

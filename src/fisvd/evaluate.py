@@ -73,7 +73,7 @@ def comparison(task: str, scores: dict[str, dict], labels: dict, p: float) -> di
     """metrics.json of the evaluate stage: the dense and compressed models' metrics (4 places) and
     params, kept ratio p, compression ratio, score drop, the best constant predictor's score on these
     `labels`, % of dense and the margin kept (fisvd.metrics.margin_kept)."""
-    out = {"task": task, **{name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
+    out = {"task": str(task), **{name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
                             for name, s in scores.items()}}
     d, c = out["dense"], out["compressed"]
     const = constant_score(task, labels)

@@ -143,7 +143,7 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
     for name in BASE_STAGES:
         st = copy.deepcopy(root["stages"][name])
         st["cmd"] = f"PYTHONPATH={up}:$PYTHONPATH {st['cmd']}"
-        st["deps"] = [f"{up}/{d}" if d.startswith(("src/", "stages/")) else d for d in st["deps"]]
+        st["deps"] = [f"{up}/{d}" if d.startswith(("src/", "stages/", paths.CUSTOM_DATA)) else d for d in st["deps"]]
         stages[name] = st
     stages["dense"] = _stage("stages/dense.py", up, data_deps=["data/prepared", "data/model"],
                              params=["evaluate.batch_size", "finetune.max_length"], outs=["results/dense.json"])

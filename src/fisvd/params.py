@@ -16,6 +16,7 @@ Run `python -m fisvd.params [params.yaml]` to validate a file by hand.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -37,17 +38,87 @@ def registries() -> dict:
     return {"allocate": ALLOCATORS, "compress": FACTORISATIONS}
 
 
+METRICS = ("accuracy", "f1", "f1_macro", "mcc", "pearson", "spearman")   # fisvd.metrics.METRICS (tested equal)
+REGRESSION_METRICS = ("pearson", "spearman")
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".parquet": "parquet", ".pq": "parquet"}
+PROBLEMS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class CustomTask:
+    """Your own task (`data.custom.<name>`; docs/data.md). Local files (paths relative to the project
+    root; put them under data/custom/, which prepare depends on) or, with `hub`, a hub dataset whose
+    split names `train` / `dev` / `test` are."""
+    OPTIONAL_KEYS = ("test", "hub", "config", "format", "labels")
+    train: str
+    dev: str
+    test: Optional[str]
+    hub: Optional[str]
+    config: Optional[str]
+    format: Optional[str]
+    text: list[str]
+    label: str
+    problem: str
+    metric: list[str]
+    labels: Optional[list[str]]
+
+    def file_format(self, path: str) -> Optional[str]:
+        """csv / tsv / jsonl / parquet: `format` if set, else from the file's extension (None: unknown)."""
+        return self.format or EXTENSIONS.get(Path(path).suffix.lower())
+
+    def validate(self, key: str) -> None:
+        if not 1 <= len(self.text) <= 2 or not all(t.strip() for t in self.text):
+            raise ParamError(f"{key}.text: {self.text!r}; give one or two text column names, e.g. [review] or "
+                             f"[question, answer]")
+        choice(f"{key}.problem", self.problem, PROBLEMS)
+        if not 1 <= len(self.metric) <= 2 or len(set(self.metric)) != len(self.metric):
+            raise ParamError(f"{key}.metric: {self.metric!r}; give one metric or two to average, e.g. [f1_macro] "
+                             f"or [f1, accuracy]")
+        allowed = REGRESSION_METRICS if self.problem == "regression" else \
+            tuple(m for m in METRICS if m not in REGRESSION_METRICS)
+        _names(f"{key}.metric", self.metric, allowed)
+        if self.format is not None:
+            choice(f"{key}.format", self.format, FORMATS)
+        if self.hub is None:
+            for split in ("train", "dev", "test"):
+                path = getattr(self, split)
+                if path is not None and self.file_format(path) is None:
+                    raise ParamError(f"{key}.{split}: {path!r} has no known extension "
+                                     f"({', '.join(EXTENSIONS)}); set {key}.format")
+        if self.labels is not None:
+            if self.problem == "regression":
+                raise ParamError(f"{key}.labels: a regression task has no label set; remove it")
+            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+                raise ParamError(f"{key}.labels: {self.labels!r}; give two or more distinct labels (their order "
+                                 f"is the class ids)")
+        if "f1" in self.metric and self.labels is not None and len(self.labels) != 2:
+            raise ParamError(f"{key}.metric: f1 is binary F1 (of the second label); {len(self.labels)} labels "
+                             f"need f1_macro")
+
+
 @dataclass(frozen=True)
 class DataParams:
     task: str
     max_train_samples: Optional[int]
     max_eval_samples: Optional[int]
     seed: int
+    custom: dict[str, CustomTask]
 
     def validate(self, key: str) -> None:
-        choice(f"{key}.task", self.task, TASKS)
+        for name in self.custom:
+            if name in TASKS or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+                raise ParamError(f"{key}.custom.{name}: a custom task name must be lower-case letters, digits, - "
+                                 f"or _ and not a GLUE task name ({', '.join(TASKS)})")
+        choice(f"{key}.task", self.task, all_tasks(self))
         positive(f"{key}.max_train_samples", self.max_train_samples, allow_none=True)
         positive(f"{key}.max_eval_samples", self.max_eval_samples, allow_none=True)
+
+
+def all_tasks(data: DataParams) -> tuple[str, ...]:
+    """The GLUE task names and the custom ones."""
+    return TASKS + tuple(data.custom)
 
 
 @dataclass(frozen=True)
@@ -177,7 +248,7 @@ class GridParams:
 
     def validate(self, key: str) -> None:
         reg = registries()
-        _names(f"{key}.tasks", self.tasks, TASKS)
+        _names(f"{key}.tasks", self.tasks, sorted(set(self.tasks)))   # known names: Params.validate
         _names(f"{key}.allocations", self.allocations, reg["allocate"].names())
         _names(f"{key}.factorisations", self.factorisations, reg["compress"].names())
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -191,17 +262,11 @@ class GridParams:
         for name, lim in self.limit.items():
             choice(f"{key}.limit.{name}", name, tuple(sorted(methods)))
             if lim.tasks is not None:
-                _names(f"{key}.limit.{name}.tasks", lim.tasks, TASKS)
+                _names(f"{key}.limit.{name}.tasks", lim.tasks, sorted(set(lim.tasks)))   # names: Params.validate
             if lim.factorisations is not None:
                 _names(f"{key}.limit.{name}.factorisations", lim.factorisations, reg["compress"].names())
             if lim.allocations is not None:
                 _names(f"{key}.limit.{name}.allocations", lim.allocations, reg["allocate"].names())
-        for t in list(self.max_train_samples) + list(self.finetune):
-            choice(f"{key}.max_train_samples/finetune: task {t}", t, TASKS)
-        for t in self.tasks:
-            if t not in self.finetune:
-                raise ParamError(f"{key}.finetune.{t}: missing; every grid task needs its fine-tune settings "
-                                 f"(learning_rate, epochs; benchmarks/finetune_select.py chooses them)")
 
 
 @dataclass(frozen=True)
@@ -235,6 +300,20 @@ class Params:
     evaluate: EvaluateParams
     grid: GridParams
     recover: RecoverParams
+
+    def validate(self, key: str) -> None:
+        """Task names across sections: the grid's are GLUE or `data.custom` tasks."""
+        known = all_tasks(self.data)
+        _names("grid.tasks", self.grid.tasks, known)
+        for t in list(self.grid.max_train_samples) + list(self.grid.finetune):
+            choice(f"grid.max_train_samples/finetune: task {t}", t, known)
+        for name, lim in self.grid.limit.items():
+            if lim.tasks is not None:
+                _names(f"grid.limit.{name}.tasks", lim.tasks, known)
+        for t in self.grid.tasks:
+            if t not in self.grid.finetune:
+                raise ParamError(f"grid.finetune.{t}: missing; every grid task needs its fine-tune settings "
+                                 f"(learning_rate, epochs; benchmarks/finetune_select.py chooses them)")
 
 
 def _type_name(tp: Any) -> str:
@@ -287,9 +366,11 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in names and key not in sub:
             raise ParamError(f"{where(key)}: unknown key; allowed keys{' under ' + prefix if prefix else ''}: "
                              f"{', '.join(names + sub)}")
-    optional = getattr(cls, "OPTIONAL_KEYS", False)
-    if optional:
+    optional = getattr(cls, "OPTIONAL_KEYS", False)   # True: every key may be left out; a tuple: those
+    if optional is True:
         raw = {k: raw.get(k) for k in names}
+    elif optional:
+        raw = {**{k: None for k in optional}, **raw}
     for key in names + sub:
         if key not in raw:
             raise ParamError(f"{where(key)}: missing key (every key is set in params.yaml; see docs/params.md)")

@@ -27,6 +27,9 @@ LATENCY = "metrics/evaluate/latency.json"
 # the CPU latency table (benchmarks/latency_table.py, committed): the one `allocate.speed_table` may
 # name, so DVC re-runs allocate when it is re-measured
 LATENCY_TABLE = "benchmarks/results/latency_table_cpu.json"
+# your own data's home (committed folder, data.custom tasks' files go here): prepare depends on it, so
+# editing a file re-runs the pipeline from prepare (fisvd.custom); relative to the project root
+CUSTOM_DATA = "data/custom"
 # grid run folders (grid/<task>/s<seed>/, fisvd.grid): the same stages above plus these
 RESULTS = "results"
 DENSE_RESULT = "results/dense.json"
@@ -49,7 +52,7 @@ def recover_result(name: str) -> str:
 
 # stage: (pipeline inputs, outputs); sources (scripts, modules) are listed in dvc.yaml
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "prepare": ((), (PREPARED, MANIFEST)),
+    "prepare": ((CUSTOM_DATA,), (PREPARED, MANIFEST)),
     "finetune": ((PREPARED,), (MODEL, FINETUNE_LIVE)),
     "fisher": ((PREPARED, MODEL), (FISHER, STATS, FISHER_SUMMARY)),
     "allocate": ((PREPARED, MODEL, FISHER, STATS, LATENCY_TABLE), (RANKS,)),
@@ -82,9 +85,17 @@ def producer(path: str) -> str:
 def require(stage: str, root: str | Path = ".") -> None:
     """Raise MissingInputError for the first missing input of `stage` (checked in pipeline order)."""
     for path in STAGES[stage][0]:
-        if not (Path(root) / path).exists():
-            if path == LATENCY_TABLE:   # committed, not a stage output
-                raise MissingInputError(f"{path}: missing input of stage {stage}; restore it from git or "
-                                        f"rebuild it with `python benchmarks/latency_table.py`")
+        if not ((project_root(root) if path == CUSTOM_DATA else Path(root)) / path).exists():
+            if path in (LATENCY_TABLE, CUSTOM_DATA):   # committed, not a stage output
+                raise MissingInputError(f"{path}: missing input of stage {stage}; restore it from git"
+                                        + (" or rebuild it with `python benchmarks/latency_table.py`"
+                                           if path == LATENCY_TABLE else f" (git checkout -- {path})"))
             raise MissingInputError(f"{path}: missing input of stage {stage}; run `dvc repro "
                                     f"{producer(path)}` first")
+
+
+def project_root(start: str | Path = ".") -> Path:
+    """The nearest folder at or above `start` holding .dvc/ (grid run folders sit inside the project),
+    else `start` itself."""
+    start = Path(start).resolve()
+    return next((d for d in (start, *start.parents) if (d / ".dvc").is_dir()), start)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from .metrics import Scoring, scoring
+
 GROUPS = {"NLI": ("mnli", "qnli", "rte", "wnli"), "similarity": ("mrpc", "stsb", "qqp"),
           "single-sentence": ("cola", "sst2")}
 N_BOOT, LEVEL = 1000, 0.95
@@ -38,24 +40,38 @@ def _binary_rows(p: np.ndarray, y: np.ndarray):
     return tp, fp, fn, tn
 
 
-def split_scores(task: str, p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Score ×100 of each row of p against the same row of y ([B, N] arrays): the task's metric,
-    vectorised (the same definitions as fisvd.metrics.glue_metrics; MNLI: this split's accuracy)."""
-    if task == "stsb":
-        return 50.0 * (_pearson_rows(p, y) + _pearson_rows(rankdata(p, axis=1), rankdata(y, axis=1)))
-    if task == "cola":
+def _metric_rows(name: str, p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One metric (fisvd.metrics.metric) of each row of p against the same row of y."""
+    if name == "pearson":
+        return _pearson_rows(p, y)
+    if name == "spearman":
+        return _pearson_rows(rankdata(p, axis=1), rankdata(y, axis=1))
+    if name == "accuracy":
+        return (p == y).mean(1)
+    if name == "mcc":
         tp, fp, fn, tn = _binary_rows(p, y)
         den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         with np.errstate(invalid="ignore", divide="ignore"):
             mcc = (tp * tn - fp * fn) / den
-        return 100.0 * np.where(den > 0, mcc, 0.0)
-    acc = (p == y).mean(1)
-    if task in ("mrpc", "qqp"):
-        tp, fp, fn, _ = _binary_rows(p, y)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-        return 50.0 * (f1 + acc)
-    return 100.0 * acc
+        return np.where(den > 0, mcc, 0.0)
+    if name in ("f1", "f1_macro"):
+        classes = [1] if name == "f1" else np.unique(np.concatenate([np.unique(p), np.unique(y)]))
+        f1s = []
+        for c in classes:   # sklearn's macro F1 averages over the classes in labels or predictions
+            tp = ((p == c) & (y == c)).sum(1).astype(float)
+            fp = ((p == c) & (y != c)).sum(1).astype(float)
+            fn = ((p != c) & (y == c)).sum(1).astype(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f1s.append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
+        return np.mean(f1s, axis=0)
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def split_scores(task: "str | Scoring", p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Score ×100 of each row of p against the same row of y ([B, N] arrays): the task's metric(s),
+    vectorised (the same definitions as fisvd.metrics.glue_metrics; MNLI: this split's accuracy)."""
+    vals = [_metric_rows(name, p, y) for name in scoring(task).metrics]
+    return 100.0 * vals[0] if len(vals) == 1 else 50.0 * (vals[0] + vals[1])
 
 
 def resample_indices(sizes: dict[str, int], n: int = N_BOOT, seed: int = 0) -> dict[str, np.ndarray]:
@@ -86,7 +102,8 @@ def paired_win(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> bool:
 
 
 def group_of(task: str) -> str:
-    return next(g for g, ts in GROUPS.items() if task in ts)
+    """The GLUE paper's group of a task; "custom" for a task of data.custom."""
+    return next((g for g, ts in GROUPS.items() if task in ts), "custom")
 
 
 def fmt(score: float | None, half: float | None = None, collapsed: bool = False, win: bool = False) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import margin_kept
+from .metrics import Scoring, margin_kept
 from .report import GROUPS, boot_scores, fmt, interval, paired_win, resample_indices
 
 HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
@@ -39,6 +39,8 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
     rows, boots = [], {}
     for task, d_recs in dense.items():
         first = d_recs[0]
+        sc = Scoring(task, tuple(first["scoring"]["metrics"]), first["scoring"]["regression"]) \
+            if "scoring" in first else task
         labels = {s: np.asarray(v) for s, v in first["labels"].items()}
         idx = resample_indices({s: len(v) for s, v in labels.items()})
         const = first["constant_score"]
@@ -49,7 +51,7 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
         for (alloc, fact, budget), ep, recs in groups:
             if not recs:
                 continue
-            b = boot_scores(task, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
+            b = boot_scores(sc, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
             score = float(np.mean([r["score"] for r in recs]))
             lo, hi = interval(b)
             metrics = {k: float(np.mean([r["metrics"][k] for r in recs])) for k in recs[0]["metrics"]}
