@@ -5,7 +5,8 @@ training subset (`data.max_train_samples`) in its params.yaml, runs `dvc repro` 
 prepare → finetune → fisher → allocate → compress → evaluate) and writes what came out to
 benchmarks/results/any_model/<name>.json (+ .md): dense and compressed dev scores with bootstrap
 intervals, constant-predictor floor and margin kept, parameters, ranks summary (speed_missing: the
-shapes the shipped speed table lacks), measured CPU latency and wall time per stage.
+shapes the shipped speed table lacks), measured CPU latency, wall time per stage, and the ONNX parity
+of `python -m fisvd.export` run after the pipeline.
 
     make mpnet
     python benchmarks/any_model.py --model "$(python -m fisvd.mpnet)" --name mpnet_rte --task rte \
@@ -59,6 +60,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=scratch, env=env, check=True)
         stages[stage] = round(time.time() - t0, 1)
         print(f"{stage}: {stages[stage]} s", flush=True)
+    t0 = time.time()                     # out the door: deployable dir, ONNX parity on dev, model card
+    subprocess.run([sys.executable, "-m", "fisvd.export", "--out", "models/export"], cwd=scratch, env=env, check=True)
+    stages["export (python -m fisvd.export)"] = round(time.time() - t0, 1)
     read = lambda p: json.loads((scratch / p).read_text())  # noqa: E731
     metrics, ranks, latency = read("metrics/evaluate/metrics.json"), read("metrics/allocate/ranks.json"), \
         read("metrics/evaluate/latency.json")
@@ -67,7 +71,7 @@ def main() -> None:
                               "data.max_train_samples": args.max_train_samples},
            "fisvd_commit": commit, "stage_wall_s": stages, "total_wall_s": round(time.time() - t_all, 1),
            "metrics": metrics, "ranks_totals": ranks["totals"], "latency": latency,
-           "matrices": len(ranks["matrices"])}
+           "matrices": len(ranks["matrices"]), "onnx": read("models/export/export.json")["onnx"]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     d, c = metrics["dense"], metrics["compressed"]
@@ -83,6 +87,8 @@ def main() -> None:
              f"{len(ranks['matrices'])} matrices; speed table shapes missing: "
              f"{', '.join(ranks['totals'].get('speed_missing') or []) or 'none'}.", "",
              f"Latency: `{json.dumps(latency)}`", "",
+             f"ONNX (python -m fisvd.export): max |onnxruntime - pytorch| = {out['onnx']['max_abs_diff']:.2e} over "
+             f"{out['onnx']['examples']} dev examples.", "",
              "Wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in stages.items()) + "."]
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
