@@ -312,3 +312,42 @@ def test_constant_predictor_and_collapse_for_custom_scorings():
     assert constant_score(Scoring("t", ("pearson",), True), y.astype(float)) == 0.0
     m = task_metrics(macro, {"dev": (np.zeros(6, int), y)})
     assert m["collapsed"] and m["f1_macro"] == pytest.approx(2 / 9)
+
+
+# ---- a custom task in the grid ------------------------------------------------------------------------
+
+def test_grid_runs_a_custom_task_like_a_glue_one():
+    import fisvd.grid as G
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"]["custom"] = {"tickets": dict(SPEC)}
+    raw["grid"]["tasks"] = ["mrpc", "tickets"]
+    raw["grid"]["finetune"]["tickets"] = {"learning_rate": 5e-5, "epochs": 3}
+    p = parse_params(raw)
+    run = G.task_params(raw, p, "tickets", 42)
+    assert run["data"]["task"] == "tickets" and run["data"]["custom"]["tickets"]["train"] == SPEC["train"]
+    assert parse_params(run).data.task == "tickets"             # the run folder's params validate
+    prepare = G.task_pipeline(p, "tickets", 42)["stages"]["prepare"]
+    assert "../../../data/custom" in prepare["deps"] and "data.custom" in prepare["params"]
+    assert [c for c in G.cells(p) if c.task == "tickets"]       # its cells exist like mrpc's
+
+
+def test_report_rows_of_a_custom_task_use_its_scoring():
+    from fisvd.tables import markdown, rows_from_results
+    y = [0] * 8 + [1, 2]
+    y = y * 4
+    good = [0] * 9 + [2]
+    good = good * 4                                              # accuracy 90, macro F1 ~ 0.62 (sklearn below)
+    rec = lambda preds, score, **kw: {"score": score, "collapsed": False,  # noqa: E731
+                                      "metrics": {"f1_macro": score / 100}, "predictions": {"dev": preds},
+                                      "total_params": 100, **kw}
+    sc = {"metrics": ["f1_macro"], "regression": False}
+    want = glue_metrics(Scoring("tickets", ("f1_macro",)), np.array(good), np.array(y))["score"]
+    dense = {"tickets": [rec(y, 100.0, labels={"dev": y}, constant_score=16.67, scoring=sc)]}
+    cells = {"tickets": {("max_fi", "kfac", 50): [rec(good, want, kept_ratio=0.5)]}}
+    df, boots = rows_from_results(dense, cells, {}, 1, "m")
+    b = boots[("tickets", "max_fi", "kfac", 50, 0)]
+    assert np.median(b) == pytest.approx(want, abs=3) and b.std() > 0    # resampled macro F1, not accuracy
+    acc = 100 * np.mean(np.array(good) == np.array(y))
+    assert abs(np.median(b) - acc) > 3                                 # (accuracy would be far off)
+    text = markdown(df, boots, "m", ["tickets"], [50], "metrics/report")
+    assert "tickets" in text
