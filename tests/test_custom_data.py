@@ -296,7 +296,7 @@ def test_vectorised_bootstrap_scores_equal_sklearn_scipy(metrics, regression):
     """fisvd.report's numpy metrics (the grid's bootstrap) against fisvd.metrics (sklearn / scipy)."""
     rng = np.random.default_rng(0)
     sc = Scoring("custom", metrics, regression)
-    k = 2 if "f1" in metrics or "mcc" in metrics else 4
+    k = 2 if "f1" in metrics else 4          # mcc and f1_macro multiclass (f1: binary)
     for _ in range(5):
         y = rng.normal(size=40) if regression else rng.integers(0, k, 40)
         p = y + rng.normal(size=40) if regression else np.where(rng.random(40) < 0.6, y, rng.integers(0, k, 40))
@@ -351,3 +351,45 @@ def test_report_rows_of_a_custom_task_use_its_scoring():
     assert abs(np.median(b) - acc) > 3                                 # (accuracy would be far off)
     text = markdown(df, boots, "m", ["tickets"], [50], "metrics/report")
     assert "tickets" in text
+
+
+@pytest.mark.parametrize("metric", ["f1_macro", "mcc", "accuracy"])
+def test_vectorised_scores_per_row_use_that_rows_classes(metric):
+    """A resample missing a class: sklearn averages macro F1 over the classes present in that sample."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+    P = np.array([[0, 1, 1, 0, 0, 1], [0, 1, 2, 2, 0, 1], [3, 3, 0, 1, 2, 0]])
+    Y = np.array([[0, 1, 0, 0, 1, 1], [0, 2, 2, 1, 0, 1], [3, 2, 0, 1, 2, 2]])
+    got = split_scores(Scoring("t", (metric,)), P, Y)
+    ref = {"f1_macro": lambda y, p: f1_score(y, p, average="macro", zero_division=0),
+           "mcc": matthews_corrcoef, "accuracy": lambda y, p: np.mean(y == p)}[metric]
+    assert got == pytest.approx([100 * ref(y, p) for p, y in zip(P, Y)], abs=1e-9)
+
+
+def test_label_spellings_are_one_class_and_hub_test_minus_one_is_unlabelled(tmp_path, monkeypatch):
+    train = [(a, b, "1.0" if i % 2 else "0") for i, (a, b, _) in enumerate(TICKETS)] * 2
+    dev = [(a, b, "1" if i % 2 else "0.0") for i, (a, b, _) in enumerate(TICKETS)]
+    repo = project(tmp_path, {**SPEC, "metric": ["f1"], "labels": [0, 1], "test": "data/custom/tickets/test.csv"},
+                   train=train, dev=dev)
+    write_csv(repo / "data/custom/tickets/test.csv", [(a, b, "-1") for a, b, _ in TICKETS[:3]])
+    assert prepare(repo, monkeypatch)[0] == 0
+    meta, rows = read_prepared(repo)
+    assert meta["label_names"] == ["0", "1"] and [r["label"] for r in rows["dev"]] == [0, 1, 0, 1, 0, 1]
+    assert [r["label"] for r in rows["test"]] == [None, None, None]
+
+
+def test_locate_finds_a_compressed_model_on_the_hub(tmp_path, monkeypatch):
+    import transformers.utils as tu
+    from fisvd.modeling_fisvd import RANKS_FILE, WEIGHTS_FILE, locate
+    cache = {("acme/small-fisvd", WEIGHTS_FILE): str(tmp_path / "w"), ("acme/small-fisvd", RANKS_FILE): str(tmp_path / "r")}
+    seen = []
+
+    def fake(repo, name, _raise_exceptions_for_missing_entries=True, **kw):
+        seen.append((repo, name, kw))
+        return cache.get((repo, name))
+
+    monkeypatch.setattr(tu, "cached_file", fake)
+    assert locate("acme/small-fisvd", revision="v1") == (str(tmp_path / "w"), str(tmp_path / "r"))
+    assert seen[0] == ("acme/small-fisvd", WEIGHTS_FILE, {"revision": "v1"})
+    assert locate("acme/dense-model") == (None, None)            # a dense hub model: the base class loads it
+    (tmp_path / "local").mkdir()
+    assert locate(tmp_path / "local") == (None, None)

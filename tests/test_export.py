@@ -101,3 +101,18 @@ def test_parity_reports_the_largest_difference(tmp_path):
         model.classifier.bias += 0.5
     assert parity(model, sess, feats, 3, collator)["max_abs_diff"] == pytest.approx(0.5, abs=1e-4)
     assert not any(isinstance(m, LowRankLinear) for m in model.modules())
+
+
+def test_export_publishes_nothing_when_parity_fails_or_params_moved_on(ran_project, capsys):
+    from fisvd.export import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", "models/x", "--tolerance", "-1"])            # every difference is too large
+    assert exit_.value.code == 1 and not (ran_project / "models/x").exists()
+    assert "nothing written to models/x" in capsys.readouterr().err
+    params = yaml.safe_load((ran_project / "params.yaml").read_text())
+    params["data"]["task"] = "rte"                                    # edited after the run
+    (ran_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", "models/y"])
+    assert exit_.value.code == 2 and not (ran_project / "models/y").exists()
+    assert "params.yaml says rte: run `dvc repro` first" in capsys.readouterr().err

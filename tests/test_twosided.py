@@ -371,3 +371,49 @@ def test_same_pass_fisher_equals_per_batch_fisher():
     assert count == 3 and list(fisher) == names
     for n in names:
         assert torch.allclose(fisher[n], ref[n], rtol=1e-5, atol=1e-12), n
+
+
+def test_a_linear_called_twice_adds_both_calls_like_brute_force():
+    """DeBERTa-style: one Linear applied to the tokens and again to a shared [1, k, in] tensor (the
+    relative-position embeddings). collect_stats (hooks) against the same sums written out by hand
+    from an explicit graph: Σx over the non-padding token rows plus the k shared rows, Σg likewise
+    with g = B·∂L/∂y, token counts = tokens + k."""
+    from types import SimpleNamespace
+    from torch import nn
+    import torch.nn.functional as F
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lin, self.head = nn.Embedding(20, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+            self.side = nn.Parameter(torch.randn(1, 3, 6))
+
+        def parts(self, input_ids, attention_mask):
+            h = self.emb(input_ids)
+            return h, self.lin(h), self.lin(self.side)
+
+        def finish(self, y, z, attention_mask, labels):
+            m = attention_mask[..., None].float()
+            pooled = (y * m).sum(1) / m.sum(1) + z.mean(1)
+            logits = self.head(torch.tanh(pooled))
+            return F.cross_entropy(logits, labels), logits
+
+        def forward(self, input_ids, attention_mask, labels):
+            _, y, z = self.parts(input_ids, attention_mask)
+            loss, logits = self.finish(y, z, attention_mask, labels)
+            return SimpleNamespace(loss=loss, logits=logits)
+
+    torch.manual_seed(0)
+    model = Toy().eval()
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    batch = {"input_ids": torch.randint(0, 20, (3, 4)), "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
+    stats, meta = collect_stats(model, ["lin"], [batch], torch.device("cpu"))
+    h, y, z = model.parts(batch["input_ids"], mask)
+    loss, _ = model.finish(y, z, mask, batch["labels"])
+    gy, gz = torch.autograd.grad(loss, [y, z])
+    keep = mask.bool()
+    rows_x = torch.cat([h[keep], model.side[0]]).detach()
+    rows_g = 3 * torch.cat([gy[keep], gz[0]])                       # B = 3
+    assert torch.allclose(stats["cov_x/lin"], rows_x.T @ rows_x, atol=1e-5)
+    assert torch.allclose(stats["cov_g/lin"], rows_g.T @ rows_g, atol=1e-7)
+    assert meta["tokens"] == {"lin": int(mask.sum()) + 3} and meta["cov_x_of"] == {"lin": "lin"}

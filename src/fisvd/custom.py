@@ -8,7 +8,7 @@ Rows become `{"text_a": str, "text_b": str | None, "label": int | float | None}`
 columns, the `label` column). Classification: labels are compared as strings (1 and "1" alike); the
 label set is `labels` when given (its order = class ids) else the sorted labels of train (numeric
 order when all are integers); it is saved with the model as id2label / label2id. Regression: labels
-are floats. `test` may lack labels (None).
+are floats. `test` may lack labels (None; a test label -1, the hub's "no label", too).
 
 Every problem raises `DataError` with one line naming the file (and line) before prepare writes
 anything: missing file or column, a file that is not UTF-8, an unparsable row (a CSV/TSV row with
@@ -85,10 +85,13 @@ def _missing(value) -> bool:
 
 
 def _label_key(value) -> str:
-    """Labels compare as strings; 1, 1.0 and "1" are one class."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
+    """Labels compare as strings; 1, 1.0, "1" and "1.0" are one class."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def to_rows(spec, records: list[tuple[int, dict]], where: str, split: str) -> list[dict]:
@@ -137,8 +140,10 @@ def label_set(spec, train: list[dict], where: str) -> tuple[str, ...]:
             raise DataError(f"{where}: train label(s) {', '.join(map(repr, unknown[:5]))} not in labels "
                             f"{list(names)}")
     else:
-        numeric = all(x.lstrip("-").isdigit() for x in seen)
-        names = tuple(sorted(seen, key=int) if numeric else seen)
+        try:
+            names = tuple(sorted(seen, key=int))      # integer labels: numeric order
+        except ValueError:
+            names = tuple(seen)
     if len(seen) < 2:
         raise DataError(f"{where}: the train split has one class only ({seen[0]!r}); a classifier needs two or more")
     if "f1" in spec.metric and len(names) != 2:
@@ -174,6 +179,8 @@ def load_custom(name: str, spec, root: str | Path = ".") -> tuple[dict[str, list
         ids = {x: i for i, x in enumerate(names)}
         for split, rows in splits.items():
             for r in rows:
+                if split == "test" and r["label"] == "-1" and "-1" not in ids:
+                    r["label"] = None                 # the hub's "no label" in test splits (GLUE's too)
                 if r["label"] is None:
                     continue
                 if r["label"] not in ids:

@@ -10,7 +10,8 @@ writes, from the finished pipeline in the current project:
 - `model.onnx` (unless --no-onnx): the compressed classifier, inputs `input_ids`, `attention_mask`
   (and `token_type_ids` where the model reads it), dynamic batch and length, output `logits`. Its
   parity is checked on the whole dev set: onnxruntime logits against PyTorch's, max |difference|
-  must be ≤ `--tolerance` (1e-4), else exit 1. The result goes into the card and `export.json`;
+  must be ≤ `--tolerance` (1e-4), else exit 1 and nothing is published (the attempt stays in
+  <out>.tmp). The result goes into the card and `export.json`;
 - `README.md`: a model card in the hub's format (YAML front matter + text): base model, data,
   method, budget, ranks summary, dense vs compressed dev scores with 95 % bootstrap intervals,
   parameters, measured CPU speed-up (metrics/evaluate/latency.json), ONNX parity, the fisvd commit
@@ -113,7 +114,8 @@ def _git(*args) -> str:
 def card(params, metrics: dict, ranks: dict, latency: dict | None, manifest: dict, onnx: dict | None,
          command: str) -> str:
     """The model card (README.md): hub YAML front matter + the facts of this run."""
-    t, a, c = ranks["totals"], params.allocate, params.compress
+    t = ranks["totals"]             # what the run did (params.yaml may have moved on since)
+    method, factors, budget = t["method"], t.get("spectrum") or params.compress.method, t["budget"]
     d, m = metrics["dense"], metrics["compressed"]
     commit = _git("rev-parse", "HEAD") or "unknown (not a git checkout)"
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
@@ -124,13 +126,13 @@ def card(params, metrics: dict, ranks: dict, latency: dict | None, manifest: dic
 
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
              f"base_model: {json.dumps(params.model.name)}", "tags: [fisvd, low-rank, compressed, custom_code]",
-             "model-index:", f"- name: {json.dumps(params.model.name + ' ' + a.method + ' + ' + c.method)}",
+             "model-index:", f"- name: {json.dumps(params.model.name + ' ' + method + ' + ' + factors)}",
              "  results:", "  - task: {type: text-classification}",
              f"    dataset: {{name: {json.dumps(metrics['task'])}, type: {json.dumps(metrics['task'])}, split: dev}}",
              "    metrics:", *[f"    - {{type: {k}, value: {m[k]}}}" for k in score_keys], "---", ""]
     fam = [f"| {name} | {x['score']:.2f}{ci(x)} | {'yes' if x['collapsed'] else 'no'} | "
            + " | ".join(f"{x[k]:.4f}" for k in score_keys) + f" | {x['params']:,} |" for name, x in (("dense", d), ("compressed", m))]
-    body = [f"# {params.model.name}, compressed by fisvd ({a.method} ranks + {c.method} factors, p = {a.budget})", "",
+    body = [f"# {params.model.name}, compressed by fisvd ({method} ranks + {factors} factors, p = {budget})", "",
             "Low-rank compression of a fine-tuned classifier: each Linear of the repeated blocks "
             "replaced by two (W ≈ A·B) with its own rank. Load it with plain transformers:", "",
             "```python", "from transformers import pipeline",
@@ -140,9 +142,9 @@ def card(params, metrics: dict, ranks: dict, latency: dict | None, manifest: dic
             "## Data", "", f"Task `{metrics['task']}`; source `{manifest.get('source', {}).get('type', '?')}`; rows "
             + ", ".join(f"{s} {n}" for s, n in manifest.get("rows", {}).items())
             + " (files and sha256: metrics/prepare/data.json of the run).", "",
-            "## Method", "", f"- ranks: `{a.method}` on the `{t.get('spectrum', c.method)}` spectrum, budget kind "
+            "## Method", "", f"- ranks: `{method}` on the `{factors}` spectrum, budget kind "
             f"`{t.get('budget_kind')}`, kept ratio p = {t.get('kept_ratio')} of the compressible matrices",
-            f"- factors: `{c.method}`", f"- {len(ranks['matrices'])} matrices, {t.get('num_dense', 0)} kept dense; "
+            f"- factors: `{factors}`", f"- {len(ranks['matrices'])} matrices, {t.get('num_dense', 0)} kept dense; "
             f"equivalent uniform rank {t.get('equivalent_uniform_rank')}",
             f"- speed-table shapes not timed (any rank allowed): {', '.join(t.get('speed_missing') or []) or 'none'}", "",
             "## Dev scores (×100, 95 % bootstrap interval over dev examples)", "",
@@ -181,6 +183,9 @@ def main(argv=None) -> None:
         latency = json.loads(Path(LATENCY).read_text()) if Path(LATENCY).is_file() else None
         model = load_compressed(COMPRESSED)
         meta, splits = load_prepared(PREPARED)
+        if metrics["task"] != meta["task"] or params.data.task != meta["task"]:
+            raise InputError(f"{METRICS} is for {metrics['task']}, data/prepared for {meta['task']}, params.yaml "
+                             f"says {params.data.task}: run `dvc repro` first")
     except InputError as exc:
         print(f"error: invalid input: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -203,17 +208,18 @@ def main(argv=None) -> None:
         log.info("model.onnx: max |onnxruntime - pytorch| = %.2e over %d dev examples", onnx["max_abs_diff"],
                  onnx["examples"])
     command = (f"dvc repro   # params: model.name={params.model.name}, data.task={params.data.task}, "
-               f"allocate.method={params.allocate.method}, allocate.budget={params.allocate.budget}, "
-               f"compress.method={params.compress.method}\npython -m fisvd.export --out {args.out}")
+               f"allocate.method={ranks['totals']['method']}, allocate.budget={ranks['totals']['budget']}, "
+               f"compress.method={ranks['totals'].get('spectrum') or params.compress.method}\n"
+               f"python -m fisvd.export --out {args.out}")
     (tmp / "README.md").write_text(card(params, metrics, ranks, latency, manifest, onnx, command))
     (tmp / "export.json").write_text(json.dumps({"onnx": onnx, "metrics": metrics}, indent=2) + "\n")
+    if onnx and onnx["max_abs_diff"] > args.tolerance:      # never publish a model that failed the check
+        print(f"error: model.onnx logits differ from PyTorch's by {onnx['max_abs_diff']:.2e} > {args.tolerance}; "
+              f"nothing written to {out} (the attempt: {tmp})", file=sys.stderr)
+        raise SystemExit(1)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info("wrote %s", out)
-    if onnx and onnx["max_abs_diff"] > args.tolerance:
-        print(f"error: model.onnx logits differ from PyTorch's by {onnx['max_abs_diff']:.2e} > {args.tolerance}",
-              file=sys.stderr)
-        raise SystemExit(1)
 
 
 if __name__ == "__main__":

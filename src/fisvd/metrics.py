@@ -82,7 +82,7 @@ def metric(name: str, preds: np.ndarray, labels: np.ndarray) -> float:
     """One metric in [−1, 1] (METRICS): accuracy, f1 (binary, class 1), f1_macro, mcc, pearson,
     spearman (the correlation of a constant prediction is 0)."""
     if name in ("pearson", "spearman"):
-        if np.std(preds) == 0:
+        if np.std(preds) == 0 or np.std(labels) == 0:
             return 0.0
         return float((pearsonr if name == "pearson" else spearmanr)(preds, labels)[0])
     if name == "mcc":

@@ -121,6 +121,25 @@ def build(config, ranks: dict, tensors: dict[str, torch.Tensor], where: str = ""
     return model.eval()
 
 
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+def locate(path, **hub_kwargs) -> tuple[str | None, str | None]:
+    """(weights file, ranks file) of a compressed model: a local directory, or a hub repo id (the
+    files downloaded into the HF cache like any model's); (None, None) when there is none."""
+    folder = Path(str(path))
+    if folder.is_dir():
+        if (folder / WEIGHTS_FILE).is_file():
+            return str(folder / WEIGHTS_FILE), str(folder / RANKS_FILE)
+        return None, None
+    from transformers.utils import cached_file
+
+    weights = cached_file(str(path), WEIGHTS_FILE, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if weights is None:
+        return None, None
+    return weights, cached_file(str(path), RANKS_FILE, **hub_kwargs)
+
+
 class FisvdForSequenceClassification:
     """`AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)` entry (see
     the module docstring)."""
@@ -139,15 +158,15 @@ class FisvdForSequenceClassification:
     def from_pretrained(cls, path, *args, config=None, **kwargs):
         from transformers import AutoConfig
 
-        folder = Path(str(path))
-        if not (folder / WEIGHTS_FILE).is_file():   # not a compressed directory: the base class loads it
+        weights, ranks_file = locate(path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+        if weights is None:         # not a compressed model: the base class loads it
             config = config if config is not None else AutoConfig.from_pretrained(path)
             return base_class(config).from_pretrained(path, *args, config=config, **kwargs)
         from safetensors.torch import load_file
 
-        config = config if config is not None else AutoConfig.from_pretrained(folder)
-        ranks = json.loads((folder / RANKS_FILE).read_text())
-        model = build(config, ranks, load_file(str(folder / WEIGHTS_FILE)), where=str(folder))
+        config = config if config is not None else AutoConfig.from_pretrained(path)
+        ranks = json.loads(Path(ranks_file).read_text())
+        model = build(config, ranks, load_file(str(weights)), where=str(path))
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if isinstance(dtype, torch.dtype):
             model = model.to(dtype)

@@ -265,6 +265,8 @@ def dense_weights(model_dir: str, names: list[str], skeleton: nn.Module | None =
     path = Path(model_dir) / "model.safetensors"
     if not path.is_file():
         raise ModelError(f"{path}: not found; run `dvc repro finetune`")
+    if skeleton is None:            # which matrices are Conv1D-stored ([in, out]) needs the structure
+        skeleton = meta_model(model_dir)
     out = {}
     with safe_open(str(path), "pt") as f:
         keys = set(f.keys())

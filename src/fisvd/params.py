@@ -62,7 +62,7 @@ class CustomTask:
     label: str
     problem: str
     metric: list[str]
-    labels: Optional[list[str]]
+    labels: Optional[list[typing.Union[str, int]]]
 
     def file_format(self, path: str) -> Optional[str]:
         """csv / tsv / jsonl / parquet: `format` if set, else from the file's extension (None: unknown)."""
@@ -333,7 +333,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return {str(k): _coerce(f"{key}.{k}", v, typing.get_args(tp)[1]) for k, v in value.items()}
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(key, value, args[0])
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        for a in args[:-1]:         # str | int: the first that fits
+            try:
+                return _coerce(key, value, a)
+            except ParamError:
+                pass
+        return _coerce(key, value, args[-1])
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
     ok = {

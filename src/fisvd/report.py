@@ -48,22 +48,35 @@ def _metric_rows(name: str, p: np.ndarray, y: np.ndarray) -> np.ndarray:
         return _pearson_rows(rankdata(p, axis=1), rankdata(y, axis=1))
     if name == "accuracy":
         return (p == y).mean(1)
-    if name == "mcc":
+    classes = np.unique(np.concatenate([np.unique(p), np.unique(y)]))
+    if name == "mcc" and set(classes.tolist()) <= {0, 1}:
         tp, fp, fn, tn = _binary_rows(p, y)
         den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         with np.errstate(invalid="ignore", divide="ignore"):
             mcc = (tp * tn - fp * fn) / den
         return np.where(den > 0, mcc, 0.0)
+    if name == "mcc":       # multiclass (Gorodkin's R_K, sklearn's): from per-class counts of each row
+        s = float(p.shape[1])
+        c = (p == y).sum(1).astype(float)
+        pk = np.stack([(p == k).sum(1) for k in classes], 1).astype(float)
+        tk = np.stack([(y == k).sum(1) for k in classes], 1).astype(float)
+        den = np.sqrt((s * s - (pk * pk).sum(1)) * (s * s - (tk * tk).sum(1)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mcc = (c * s - (pk * tk).sum(1)) / den
+        return np.where(den > 0, mcc, 0.0)
     if name in ("f1", "f1_macro"):
-        classes = [1] if name == "f1" else np.unique(np.concatenate([np.unique(p), np.unique(y)]))
-        f1s = []
-        for c in classes:   # sklearn's macro F1 averages over the classes in labels or predictions
-            tp = ((p == c) & (y == c)).sum(1).astype(float)
-            fp = ((p == c) & (y != c)).sum(1).astype(float)
-            fn = ((p != c) & (y == c)).sum(1).astype(float)
+        f1s, present = [], []
+        for k in ([1] if name == "f1" else classes):
+            tp = ((p == k) & (y == k)).sum(1).astype(float)
+            fp = ((p == k) & (y != k)).sum(1).astype(float)
+            fn = ((p != k) & (y == k)).sum(1).astype(float)
             with np.errstate(invalid="ignore", divide="ignore"):
                 f1s.append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
-        return np.mean(f1s, axis=0)
+            present.append(2 * tp + fp + fn > 0)
+        if name == "f1":
+            return f1s[0]
+        # sklearn's macro F1 averages over the classes present in this row's labels or predictions
+        return np.sum(f1s, axis=0) / np.maximum(np.sum(present, axis=0), 1)
     raise ValueError(f"unknown metric {name!r}")
 
 

@@ -24,7 +24,9 @@ A Linear called more than once per forward pass adds every call: its calls on th
 (input shaped [batch, length, in]) over their non-padding rows, any other call (DeBERTa's
 query/key projections applied again to the relative-position embeddings, [1, 2k, in]) over all its
 rows; the token counts count every row added. Σx is then shared only by matrices whose calls read
-the same tensors.
+the same tensors. An approximation for such a non-token call: its input is shared by the whole
+batch, so the gradient reaching its output row is already summed over the batch's examples; Σg
+adds (B·Σ_b g_b)(B·Σ_b g_b)ᵀ for that row rather than a per-example sum.
 
 Layout (safetensors, raw sums; one metadata key `fisvd` with sorted JSON, so reruns are
 byte-identical): tensors `cov_x/<key>` and `cov_g/<matrix>`; metadata
