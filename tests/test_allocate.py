@@ -240,7 +240,7 @@ def test_matrix_stats_spectrum_is_fwsvd_weighted_and_report_counts():
     W = torch.randn(12, 8, dtype=torch.float64)
     F = torch.rand(12, 8, dtype=torch.float64)
     M = make_matrix("x", 0, "q", W, F)
-    s = torch.sqrt(F.sum(0))
+    s = torch.sqrt(F.mean(0))                      # methods.md §6: the column mean (÷ m), not the sum
     assert np.allclose(M.g, torch.linalg.svdvals(W * s) ** 2)
     assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)
     rep = report([M], [2], 1000)

@@ -127,10 +127,10 @@ def test_all_zero_fisher_is_finite_and_falls_back_to_svd():
 
 def test_scale_floor_and_orientation():
     F = torch.zeros(4, 3, dtype=torch.float64)
-    F[:, 0] = 2.0  # column importance c = [8, 0, 0]
+    F[:, 0] = 2.0  # column importance c = mean over the 4 outputs = [2, 0, 0]
     s = fwsvd_scale(F)
     assert s.shape == (3,)  # one scale per input column
-    assert torch.allclose(s, torch.tensor([8.0, 1e-6 * 8 / 3, 1e-6 * 8 / 3], dtype=torch.float64).sqrt())
+    assert torch.allclose(s, torch.tensor([2.0, 1e-6 * 2 / 3, 1e-6 * 2 / 3], dtype=torch.float64).sqrt())
 
 
 @pytest.mark.parametrize("bad", [

@@ -160,7 +160,7 @@ def test_whitened_matrix_of_every_method():
             "kfac": {"alpha_x": 0.0, "alpha_g": 0.0}}
     Ts = {m: whitened(m, W, stats, **opts.get(m, {})) for m in FACTORISATIONS.names()}
     Lx, Lg = torch.linalg.cholesky(Sx), torch.linalg.cholesky(Sg)
-    s = F.sum(0).sqrt()
+    s = F.mean(0).sqrt()                         # methods.md §6: mean over the m outputs
     expect = {"svd": W, "fwsvd": W * s, "tfwsvd": W * s, "whiten": W @ Lx, "kfac": Lg.T @ W @ Lx}
     assert set(Ts) == set(expect)
     for m in expect:
@@ -417,3 +417,47 @@ def test_a_linear_called_twice_adds_both_calls_like_brute_force():
     assert torch.allclose(stats["cov_x/lin"], rows_x.T @ rows_x, atol=1e-5)
     assert torch.allclose(stats["cov_g/lin"], rows_g.T @ rows_g, atol=1e-7)
     assert meta["tokens"] == {"lin": int(mask.sum()) + 3} and meta["cov_x_of"] == {"lin": "lin"}
+
+
+# ---- every factorisation's spectrum measures its own loss model (methods.md §6) ---------------------
+
+def _loss_models():
+    """Each factorisation's loss model of replacing W by W + ΔW (independent of fisvd's code): the
+    quantity its spectrum's tail must equal. A new factorisation must add its own here."""
+    def damped(M, a):
+        return M + a * M.diagonal().mean() * torch.eye(M.shape[0], dtype=M.dtype)
+    return {
+        "svd": lambda D, st, o: (D ** 2).sum(),
+        "fwsvd": lambda D, st, o: (st["fisher"] * D ** 2).sum(),
+        "tfwsvd": lambda D, st, o: (st["fisher"] * D ** 2).sum(),
+        "whiten": lambda D, st, o: torch.trace(D @ damped(st["cov_x"], o.alpha_x) @ D.T),
+        "kfac": lambda D, st, o: torch.trace(D.T @ damped(st["cov_g"], o.alpha_g) @ D @ damped(st["cov_x"], o.alpha_x)),
+    }
+
+
+@pytest.mark.parametrize("method", FACTORISATIONS.names())
+@pytest.mark.parametrize("shape", [(6, 10), (24, 10), (10, 40)])
+def test_spectrum_tail_is_the_factorisations_own_loss_model(method, shape):
+    """For every registered factorisation, on matrices of different shapes (so a factor of m or n
+    would show): Σ_{k>r} g_k of the spectrum the allocators compare across matrices equals the
+    method's loss model of its rank-r truncation. Fisher constant down each column (the case where
+    FWSVD is exact; TFWSVD's optimum is then FWSVD's)."""
+    from fisvd.factorize import Factors
+    from fisvd.params import parse_params
+    import yaml
+    from conftest import ROOT
+    models = _loss_models()
+    assert method in models, f"{method}: add its loss model to _loss_models"
+    g = torch.Generator().manual_seed(sum(shape))
+    m, n = shape
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    col = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    X, G = torch.randn(3 * n, n, generator=g, dtype=torch.float64), torch.randn(3 * m, m, generator=g, dtype=torch.float64)
+    st = {"fisher": col[None, :].expand(m, n).clone(), "cov_x": X.T @ X / len(X), "cov_g": G.T @ G / len(G)}
+    opts = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).compress.options[method]
+    fac = Factors(method, {"w": W}, {"w": st}, opts)
+    spec = fac.spectrum("w")
+    for r in (1, min(shape) // 2, min(shape) - 1):
+        A, B = fac.at("w", r)
+        D = W - A.double() @ B.double()
+        assert float(spec[r:].sum()) == pytest.approx(float(models[method](D, st, opts)), rel=1e-6, abs=1e-9), r

@@ -2,8 +2,8 @@
 
 A factorisation W ≈ A B is only defined up to a diagonal D: (A D)(D⁻¹ B) is the same matrix. The
 factorisations leave that choice unbalanced. FWSVD returns A = U S of the column-scaled matrix W diag(s)
-and B = Vᵀ diag(s)⁻¹ with s_j = sqrt(Σ_i F_ij); Fisher entries are ~1e-7, so s ~ 1e-3 and B's entries
-are ~1000× A's. Adam moves every weight by about the learning rate per step whatever its
+and B = Vᵀ diag(s)⁻¹ with s_j = sqrt(mean_i F_ij); Fisher entries are ~1e-7, so s ~ 3e-4 and B's
+entries are thousands of times A's. Adam moves every weight by about the learning rate per step whatever its
 magnitude, so training such factors perturbs A by a large fraction of itself and barely moves B.
 
 `balance(A, B)` picks, per rank component k, the g_k that minimises ‖A_k g_k‖² + ‖B_k / g_k‖²

@@ -1,9 +1,11 @@
 """Rank-r factorisations W ≈ A B (A: m×r, B: r×n) of a PyTorch weight W [out=m, in=n] (methods.md §4).
 
 - `svd`:    W = U S Vᵀ, A = U_r S_r, B = V_rᵀ — Frobenius optimum (Eckart–Young).
-- `fwsvd`:  c_j = Σ_i F_ij (column = input feature, summed over outputs), s_j = sqrt(max(c_j, ε·mean c)),
-            ε = 1e-6; SVD of W diag(s) = U S Vᵀ, A = U_r S_r, B = V_rᵀ diag(1/s). Exact optimum of
-            Σ_ij F_ij (W − AB)²_ij when F is constant down each column.
+- `fwsvd`:  c_j = mean_i F_ij (column = input feature, averaged over the m outputs: methods.md §6),
+            s_j = sqrt(max(c_j, ε·mean c)), ε = 1e-6; SVD of W diag(s) = U S Vᵀ, A = U_r S_r,
+            B = V_rᵀ diag(1/s). Exact optimum of Σ_ij F_ij (W − AB)²_ij when F is constant down each
+            column, and then the spectrum's tail is that loss itself (the sum over outputs would make
+            it m times that: allocators would overrate matrices with many outputs).
 - `tfwsvd`: minimise Σ_ij F_ij (W − AB)²_ij by weighted alternating least squares from the FWSVD
             start: every row of A and column of B is an r×r ridge solve (λ = 1e-6 × mean Gram
             diagonal), batched (the Grams of many rows as one GEMM with a Khatri–Rao product);
@@ -47,8 +49,13 @@ def break_even(m: int, n: int) -> int:
 
 
 def fwsvd_scale(F: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Per-input-column scale s_j = sqrt(Σ_i F_ij), floored at sqrt(eps · mean c)."""
-    c = F.double().sum(dim=0)
+    """Per-input-column scale s_j = sqrt(mean_i F_ij) (methods.md §6), floored at sqrt(eps · mean c).
+
+    The mean over the m outputs, not the sum: FWSVD's factors do not depend on the scale of s, but its
+    spectrum does, and with the sum ‖ΔW diag(s)‖² is m × the diagonal-Fisher loss model Σ F ΔW² (for F
+    constant down a column), so matrices with more outputs (a BERT FFN's intermediate: 4×) looked 4× as
+    important to the allocators. With the mean the tail of the spectrum is that loss model itself."""
+    c = F.double().mean(dim=0)
     floor = eps * c.mean()
     if not torch.isfinite(floor) or floor <= 0:
         floor = torch.tensor(1.0, dtype=torch.float64)  # all-zero Fisher: uniform weights

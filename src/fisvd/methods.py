@@ -112,7 +112,7 @@ ALLOCATORS.spec("measured", params=MeasuredParams, needs=("measurements",),
 FACTORISATIONS.spec("svd", sliceable=True, help="plain truncated SVD (Frobenius optimum)")
 
 FACTORISATIONS.spec("fwsvd", needs=("fisher",), sliceable=True, help="Fisher-weighted SVD: columns scaled by "
-                    "sqrt(sum_i F_ij) (Hsu et al. 2022)")
+                    "sqrt(mean_i F_ij) (Hsu et al. 2022; the mean, not the sum, so spectra compare across shapes)")
 
 
 @dataclass(frozen=True)
