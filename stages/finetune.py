@@ -17,7 +17,7 @@ from fisvd.data import load_prepared, tokenize
 from fisvd.dist import close_group, init_group, is_main
 from fisvd.io import atomic_dir, remove, write_json
 from fisvd.metrics import scoring_of
-from fisvd.models import load_classifier, load_tokenizer, resolve_model, skeleton
+from fisvd.models import load_classifier, load_tokenizer, resolve_model, save_tokenizer, skeleton
 from fisvd.preflight import check as preflight
 from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
 from fisvd.train import is_runtime, make_trainer
@@ -74,7 +74,7 @@ def main(params):
     write_json(FINETUNE_RUNTIME, {k: round(v, 4) for k, v in callback.runtime.items()})
     with atomic_dir(OUT) as tmp:
         trainer.model.float().save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     Path(trainer.args.output_dir).exists() and remove(trainer.args.output_dir)
     log.info("wrote %s", OUT)
 

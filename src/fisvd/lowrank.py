@@ -27,7 +27,7 @@ from torch import nn
 from . import modeling_fisvd
 from .errors import CompressedModelError
 from .models import linearize
-from .modeling_fisvd import AUTO_MAP, BUFFER_PREFIX, RANKS_FILE, WEIGHTS_FILE, LowRankLinear, set_module
+from .modeling_fisvd import AUTO_MAP, BUFFER_PREFIX, RANKS_FILE, WEIGHTS_FILE, LowRankLinear, save_tokenizer, set_module
 
 LEGACY_WEIGHTS_FILE = "model.safetensors"  # layout before WEIGHTS_FILE; HF from_pretrained loaded it wrongly
 MODELING_FILE = "modeling_fisvd.py"        # fisvd.modeling_fisvd, copied beside the weights
@@ -66,7 +66,7 @@ def save_compressed(model: nn.Module, out_dir: str | Path, tokenizer=None) -> No
     (out_dir / MODELING_FILE).write_bytes(Path(modeling_fisvd.__file__).read_bytes())
     (out_dir / RANKS_FILE).write_text(json.dumps(ranks, indent=2) + "\n")
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        save_tokenizer(tokenizer, out_dir)
 
 
 def load_compressed(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:

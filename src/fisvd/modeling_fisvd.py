@@ -62,6 +62,22 @@ class LowRankLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
+LOADING_KEYS = ("local_files_only",)   # how a tokenizer was loaded (HF_HUB_OFFLINE), not what it is
+
+
+def save_tokenizer(tokenizer, out_dir) -> None:
+    """`tokenizer.save_pretrained(out_dir)` minus the loading options transformers records in
+    tokenizer_config.json (`local_files_only` follows HF_HUB_OFFLINE): the same bytes in any
+    environment."""
+    tokenizer.save_pretrained(out_dir)
+    path = Path(out_dir) / "tokenizer_config.json"
+    if path.is_file():
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        if any(k in cfg for k in LOADING_KEYS):
+            cfg = {k: v for k, v in cfg.items() if k not in LOADING_KEYS}
+            path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

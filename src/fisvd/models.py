@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .modeling_fisvd import LowRankLinear, set_module
+from .modeling_fisvd import LowRankLinear, save_tokenizer, set_module
 
 DEFAULT_MODEL = "minilm-l6"
 log = logging.getLogger("fisvd")
