@@ -1,0 +1,99 @@
+"""Same bytes on another x86 CPU? The fine-tuned weights in the default mode and with the CPU kernels
+held to AVX2 (issue 22 item 6).
+
+For each mode, a scratch clone of HEAD runs `dvc repro finetune` (prepare + finetune on the shipped
+params: MiniLM, MRPC) with the mode's environment, and records the md5 of data/model/model.safetensors,
+the final training loss and grad norm, the dev score and the fine-tune wall time. Modes:
+- `default`: no variable set (this machine picks its best kernels: AVX-512 where present);
+- `avx2`: `MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (MKL's conditional bitwise
+  reproducibility branch, PyTorch's ATen dispatch, oneDNN's ISA cap).
+The reference: an AVX2-only machine wrote md5 d088153111c6e021dbccc2f798e7ec89 in both modes for the
+same params. Results accumulate in benchmarks/results/isa_mode.json (+ .md); a mode already there is
+skipped unless --force.
+
+    python benchmarks/isa_mode.py [--modes default avx2] [--force]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "isa_mode"
+REFERENCE = "d088153111c6e021dbccc2f798e7ec89"
+MODES = {"default": {}, "avx2": {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "?"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "older"
+
+
+def run(mode: str) -> dict:
+    scratch = Path(f"/tmp/fisvd-isa-{mode}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(scratch)], check=True)
+    sys.path.insert(0, str(ROOT / "src"))
+    from fisvd.data import resolve_glue_dir
+    glue = resolve_glue_dir(ROOT)
+    env = {k: v for k, v in os.environ.items() if k not in MODES["avx2"]}
+    env.update(MODES[mode], PYTHONPATH=str(scratch / "src"), DVC_NO_ANALYTICS="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               **({"GLUE_DIR": str(glue)} if glue else {}))
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=scratch, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    wall = time.time() - t0
+    weights = (scratch / "data/model/model.safetensors").read_bytes()
+    history = json.loads((scratch / "metrics/finetune/metrics.json").read_text())
+    runtime = json.loads((scratch / "metrics/finetune/runtime.json").read_text())
+    lock = (scratch / "dvc.lock").read_text()
+    return {"mode": mode, "env": MODES[mode], "md5": hashlib.md5(weights).hexdigest(), "bytes": len(weights),
+            "matches_avx2_reference": hashlib.md5(weights).hexdigest() == REFERENCE,
+            "dev_metrics": history, "train_runtime_s": runtime.get("train_runtime"), "wall_s": round(wall, 1),
+            "data_model_dir_md5": lock.split("path: data/model\n", 1)[1].split("md5: ", 1)[1].split()[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+    path = OUT.with_suffix(".json")
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    res.update({"cpu": platform.processor() or platform.machine(), "isa": cpu_flags(), "reference_md5": REFERENCE})
+    res.setdefault("runs", {})
+    for mode in args.modes:
+        if mode in res["runs"] and not args.force:
+            continue
+        res["runs"][mode] = run(mode)
+        res["runs"][mode]["commit"] = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res["runs"][mode], indent=1), flush=True)
+    lines = [f"# Fine-tuned weights by CPU kernel mode ({res['isa']} machine)", "",
+             "`python benchmarks/isa_mode.py`: `dvc repro finetune` (MiniLM, MRPC, shipped params) in a scratch "
+             f"clone per mode. Reference from an AVX2-only machine: md5 `{REFERENCE}` in both modes.", "",
+             "| mode | env | model.safetensors md5 | = AVX2 reference | final grad_norm | dev score | fine-tune wall (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, r in res["runs"].items():
+        env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(none)"
+        d = r["dev_metrics"]
+        lines.append(f"| {mode} | {env} | `{r['md5']}` | {'yes' if r['matches_avx2_reference'] else 'no'} | "
+                     f"{d.get('grad_norm')} | {d.get('eval', {}).get('score')} | {r['wall_s']} |")
+    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
