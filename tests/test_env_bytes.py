@@ -45,10 +45,11 @@ def test_stage_outputs_are_byte_identical_with_and_without_hf_hub_offline(tmp_pa
         env.update({"GLUE_DIR": str(glue), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "FISVD_LOG": "WARNING"})
         if offline:
             env["HF_HUB_OFFLINE"] = offline
-        for stage in ("prepare", "finetune"):
-            done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env, capture_output=True,
-                                  text=True)
-            assert done.returncode == 0, done.stderr[-1500:]
+        both = ("import importlib; from fisvd.params import load_params\n"   # one process: HF_HUB_OFFLINE is
+                "for s in ('prepare', 'finetune'):\n"                        # read once, at import
+                "    importlib.import_module('stages.' + s).main(load_params('params.yaml'))")
+        done = subprocess.run([sys.executable, "-c", both], cwd=work, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-1500:]
         outs[offline] = digests(work / "data")
         shutil.rmtree(work / "data/.finetune-checkpoints", ignore_errors=True)
     assert outs["1"] == outs[None] and "model/tokenizer_config.json" in outs["1"]
