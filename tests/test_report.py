@@ -181,3 +181,21 @@ def test_rows_from_results_average_seeds_and_keep_the_margin():
     # perfect predictions: every resample scores 100
     assert (df.ci_low == 100).all() and (df.ci_high == 100).all()
     assert (boots[("rte", "max_fi", "kfac", 50, 0)] == 100).all()
+
+
+def test_no_better_than_constant_and_noisy_margin_marks():
+    df, boots = frame()
+    t = cells_of(table(df, boots, 50, 0, TASKS))
+    # mrpc constant 70: uniform_rank + svd's 70 ± 2 reaches it (°); collapsed cells keep † alone
+    assert t["uniform_rank + svd"]["mrpc"] == "70.0 ± 2.0 °" and t["max_fi + kfac"]["mrpc"] == "86.0 ± 2.0 ‡"
+    assert [(m, c) for m, r in t.items() for c, v in r.items() if "°" in v] == [
+        ("uniform_rank + svd", "mrpc"), ("uniform_rank + svd", "rte")]            # rte: 52 - 2 reaches 50
+    o = cells_of(overview(df, boots, 30, 0, TASKS))
+    assert o["fi_retention + fwsvd"]["rte"] == "51.0 °" and o["uniform_rank + fwsvd"]["rte"] == "55.0"
+    assert not any("~" in c["margin kept"] for c in o.values())     # dense avg 75 ± noise, far above 60
+    # a dense model whose average interval reaches the constant average: every margin is flagged
+    for task in TASKS:
+        boots[(task, "dense", "dense", 100, 0)] = CONST[task] + 1 + NOISE[task]
+    o = cells_of(overview(df, boots, 30, 0, TASKS))
+    assert all(c["margin kept"].endswith(" ~") for c in o.values()), o
+    assert "° no better than constant" in markdown(df, boots, "m", TASKS, [50], "metrics/report")

@@ -119,10 +119,13 @@ def group_of(task: str) -> str:
     return next((g for g, ts in GROUPS.items() if task in ts), "custom")
 
 
-def fmt(score: float | None, half: float | None = None, collapsed: bool = False, win: bool = False) -> str:
+def fmt(score: float | None, half: float | None = None, collapsed: bool = False, win: bool = False,
+        floor: bool = False) -> str:
+    """A table cell: score ± half interval, † collapsed, ° no better than constant (its interval
+    reaches the constant predictor's score), ‡ beats every other row of its column."""
     if score is None or score != score:
         return "–"
     s = f"{score:.1f}"
     if half is not None:
         s += f" ± {half:.1f}"
-    return s + (" †" if collapsed else "") + (" ‡" if win else "")
+    return s + (" †" if collapsed else "") + (" °" if floor and not collapsed else "") + (" ‡" if win else "")

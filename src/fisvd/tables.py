@@ -56,6 +56,7 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
             lo, hi = interval(b)
             metrics = {k: float(np.mean([r["metrics"][k] for r in recs])) for k in recs[0]["metrics"]}
             rows.append({"task": task, "model": model, "allocation": alloc, "factorisation": fact,
+                         "no_better_than_constant": bool(lo <= const),
                          "budget": budget / 100, "kept_ratio": float(np.mean([r.get("kept_ratio", 1.0) for r in recs])),
                          "total_params": int(np.mean([r["total_params"] for r in recs])), "recovery_epochs": ep,
                          "score": round(score, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
@@ -103,7 +104,8 @@ def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[s
                 continue
             r = r.iloc[0]
             params_m.append(r.total_params)
-            cells_.append(fmt(r.score, (r.ci_high - r.ci_low) / 2, bool(r.collapsed), wins[t] == m))
+            cells_.append(fmt(r.score, (r.ci_high - r.ci_low) / 2, bool(r.collapsed), wins[t] == m,
+                              floor=bool(r.ci_low <= r.constant_score)))
         for gname in groups:
             ts = [t for t in tasks if t in GROUPS[gname]]
             if m in avg_boot:
@@ -140,14 +142,20 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     dense = df[df.allocation == "dense"].set_index("task")
     d_avg, c_avg = dense.loc[tasks].score.mean(), dense.loc[tasks].constant_score.mean()
-    lines.append("| " + " | ".join(["dense", *(fmt(dense.score[t]) for t in tasks), fmt(d_avg), "100.0", "1.00",
+    # the pooled margin's denominator (dense − constant average) is noise when the constant average lies
+    # inside the dense average's interval: such margins get "~"
+    d_lo, _ = interval(np.mean([boots[(t, "dense", "dense", 100, 0)] for t in tasks], axis=0))
+    noisy = " ~" if d_lo <= c_avg else ""
+    floor = lambda r, t: bool(r.ci_low[t] <= r.constant_score[t])  # noqa: E731
+    lines.append("| " + " | ".join(["dense", *(fmt(dense.score[t], floor=floor(dense, t)) for t in tasks),
+                                    fmt(d_avg), "100.0", "1.00" + noisy,
                                     f"{dense.loc[tasks].total_params.mean() / 1e6:.2f}"] + ([""] if epochs else [])) + " |")
     for m in rows:
         r = sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].set_index("task").loc[tasks]
         lo, hi = interval(np.mean([boots[(t, m[0], m[1], budget, epochs)] for t in tasks], axis=0))
-        cells_ = [fmt(r.score[t], collapsed=bool(r.collapsed[t])) for t in tasks]
+        cells_ = [fmt(r.score[t], collapsed=bool(r.collapsed[t]), floor=floor(r, t)) for t in tasks]
         cells_ += [fmt(avg[m], (hi - lo) / 2), f"{r.pct_of_dense.mean():.1f}",
-                   "–" if (mk := margin_kept(avg[m], d_avg, c_avg)) is None else f"{mk:.2f}",
+                   "–" if (mk := margin_kept(avg[m], d_avg, c_avg)) is None else f"{mk:.2f}{noisy}",
                    f"{r.total_params.mean() / 1e6:.2f}"]
         if epochs:
             before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0]) & (comp.factorisation == m[1])]
@@ -195,8 +203,11 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
                "over methods present on every task listed.", ""]
     md += [
           f"Model {model}; tasks {', '.join(present)}; dev scores ×100 ± half the 95 % bootstrap "
-          "interval over dev examples; † collapsed (≥ 95 % one class); ‡ beats every other compressed row of "
-          "its column beyond resampling noise (paired bootstrap). "
+          "interval over dev examples; † collapsed (≥ 95 % one class); ° no better than constant (the "
+          "interval reaches the constant predictor's score; dense rows too: that task's margins are noise); "
+          "~ margin kept whose denominator is noise (the constant average lies inside the dense average's "
+          "interval); ‡ beats every other compressed row of its column beyond resampling noise (paired "
+          "bootstrap). "
           + ("" if partial else "Produced by `dvc repro grid/dvc.yaml` ")
           + f"({out}/results.csv holds every number).", "",
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
