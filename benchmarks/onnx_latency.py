@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from fisvd.metrics import scoring_of  # noqa: E402
 from fisvd.models import load_classifier, load_tokenizer  # noqa: E402
 from fisvd.params import load_params  # noqa: E402
 from fisvd.paths import COMPRESSED, MODEL, PREPARED  # noqa: E402
+from fisvd.results import machine  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "onnx_latency"
 
@@ -58,7 +58,7 @@ def main() -> None:
     feats = dev_features(scoring_of(meta), splits, tok, L)["dev"]
     names = model_inputs(dense)
     threads = torch.get_num_threads()
-    result = {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__,
+    result = {"cpu": machine(), "threads": threads, "torch": torch.__version__,
               "model": params.model.name, "task": meta["task"], "rounds": args.rounds, "workloads": {}}
     import onnxruntime
     result["onnxruntime"] = onnxruntime.__version__
@@ -96,8 +96,8 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Dense vs compressed, PyTorch vs onnxruntime ({result['model']}, {result['task']})", "",
-             f"`python benchmarks/onnx_latency.py --rounds {args.rounds}` on {result['cpu']}, {threads} threads, "
-             f"torch {result['torch']}, onnxruntime {result['onnxruntime']}; models of the workspace pipeline "
+             f"`python benchmarks/onnx_latency.py --rounds {args.rounds}` on {result['cpu']}, "
+             f"onnxruntime {result['onnxruntime']} ({threads} intra-op threads); models of the workspace pipeline "
              f"(data/model, data/compressed). ONNX files: dense {result['dense_onnx_mb']} MB, compressed "
              f"{result['compressed_onnx_mb']} MB. Median ms over {args.rounds} interleaved rounds; speed-ups are "
              "per-round ratios, median [quartiles].", "",
