@@ -39,10 +39,13 @@ def test_nan_weights_in_model_file(tmp_path):
     w = torch.ones(4, 4)
     w[1, 2] = float("nan")
     save_file({"enc.0.q.weight": w}, str(tmp_path / "model.safetensors"))
+    skeleton = torch.nn.Module()                      # the structure (else built from the dir's config.json)
+    skeleton.enc = torch.nn.ModuleList([torch.nn.Module()])
+    skeleton.enc[0].q = torch.nn.Linear(4, 4)
     with pytest.raises(ModelError, match="enc.0.q.weight contains NaN or inf"):
-        dense_weights(str(tmp_path), ["enc.0.q"])
+        dense_weights(str(tmp_path), ["enc.0.q"], skeleton)
     with pytest.raises(ModelError, match="no tensor enc.0.k.weight"):
-        dense_weights(str(tmp_path), ["enc.0.k"])
+        dense_weights(str(tmp_path), ["enc.0.k"], skeleton)
 
 
 def test_all_zero_fisher_matrix_is_rejected():
