@@ -1,7 +1,7 @@
 """evaluate: GLUE dev metrics of the dense (data/model) and compressed (data/compressed) models on
 every dev split of the task (MNLI: matched and mismatched), parameter counts, kept ratio p,
-compression ratio, each model's 95 % bootstrap interval (`ci95`, 1000 resamples of dev examples,
-seeded), the best constant predictor's score, "% of dense" and the share of the dense
+compression ratio, each model's 95 % bootstrap interval (`ci95`: 1000 seeded resamples of dev examples,
+fisvd.report's vectorised bootstrap, the grid's), the best constant predictor's score, "% of dense" and the share of the dense
 model's margin over the constant predictor kept by the compressed one → metrics/evaluate/metrics.json
 (deterministic on CPU), and median CPU latency per batch → metrics/evaluate/latency.json (timings
 vary run to run). Both git-tracked: columns of `dvc exp show`, compared by `dvc metrics diff`.
@@ -13,10 +13,11 @@ from fisvd.cli import run_stage
 from fisvd.data import collate, dev_features, load_prepared
 from fisvd.evaluate import comparison, kept_ratio, latency_batch, latency_rounds, model_inputs, score_dev, \
     speedup_spread
-from fisvd.metrics import bootstrap_ci, scoring_of
+from fisvd.metrics import scoring_of
 from fisvd.io import remove, write_json
 from fisvd.lowrank import load_compressed
 from fisvd.models import count_params, load_classifier, load_tokenizer, pick_device
+from fisvd.report import boot_scores, interval, resample_indices
 from fisvd.paths import COMPRESSED, LATENCY, METRICS as OUT, MODEL, PREPARED as DATA
 
 KEYS = ["evaluate.batch_size", "evaluate.latency_batches", "finetune.max_length"]
@@ -39,7 +40,9 @@ def main(params):
     scores, labels = {}, None
     for name, model in models.items():     # file order (by_length=False): the numbers this stage always gave
         m, per_split = score_dev(model, devs, task, e.batch_size, collate(tokenizer), device, by_length=False)
-        lo, hi = bootstrap_ci(task, per_split)       # 95 % percentile bootstrap over dev examples
+        idx = resample_indices({s: len(y) for s, (_, y) in per_split.items()})   # the grid's bootstrap
+        lo, hi = interval(boot_scores(task, [{s: p for s, (p, _) in per_split.items()}],
+                                      {s: y for s, (_, y) in per_split.items()}, idx))
         scores[name] = {**m, "ci95": [round(lo, 4), round(hi, 4)], "params": count_params(model)}
         labels = {s: y for s, (_, y) in per_split.items()}
         log.info("%s: %s", name, scores[name])
