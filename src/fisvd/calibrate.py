@@ -1,7 +1,8 @@
 """Rank allocation calibrated by measured loss (methods.md §7b): allocation method `measured`.
 
-Δ_ℓ(r) = the loss increase on a held-out slice of the TRAINING split (never dev) when only matrix
-ℓ is replaced by its rank-r factorisation (the one `compress` uses), everything else dense:
+Δ_ℓ(r) = the loss increase on a seeded slice of the TRAINING split (never dev; not held out: the
+model was fine-tuned on these rows) when only matrix ℓ is replaced by its rank-r factorisation (the
+one `compress` uses), everything else dense:
 
     metric "kl":   Δ = (1/N) Σ_i KL(softmax z_i || softmax ẑ_i)     (z dense, ẑ compressed logits)
                    regression (one logit): Δ = (1/N) Σ_i (ẑ_i − z_i)²

@@ -93,7 +93,7 @@ ALLOCATORS.spec("max_fi", params=MaxFiParams, help="thesis M3: maximise total (o
 class MeasuredParams:
     points: int         # candidate ranks measured per matrix (fisvd.calibrate.rank_grid)
     metric: str         # kl (logit KL to the dense model; squared logit error for regression) | loss
-    slice: int          # held-out training examples the losses are measured on (never dev)
+    slice: int          # training examples the losses are measured on (never dev; the model was fine-tuned on them)
     swaps: int          # most greedy swaps tried in the joint check (0: measure the joint model only)
 
     def validate(self, key: str) -> None:
