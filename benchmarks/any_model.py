@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -39,21 +37,15 @@ def main() -> None:
     ap.add_argument("--max-train-samples", type=int, default=200)
     ap.add_argument("--scratch", default="/tmp/fisvd-any-model")
     args = ap.parse_args()
-    scratch = Path(args.scratch)
-    shutil.rmtree(scratch, ignore_errors=True)
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(scratch)], check=True)
+    sys.path.insert(0, str(ROOT / "src"))
+    from fisvd.results import scratch_clone
+    scratch, env = scratch_clone(ROOT, args.scratch)
     params = yaml.safe_load((scratch / "params.yaml").read_text())
     model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
     params["model"]["name"] = model
     params["data"].update(task=args.task, max_train_samples=args.max_train_samples)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sys.path.insert(0, str(ROOT / "src"))
-    from fisvd.data import resolve_glue_dir
-    glue = resolve_glue_dir(ROOT)      # the scratch clone has no ../shared beside it
-    env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "DVC_NO_ANALYTICS": "1",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-           **({"GLUE_DIR": str(glue)} if glue else {})}
     stages, t_all = {}, time.time()
     for stage in ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate"):
         t0 = time.time()

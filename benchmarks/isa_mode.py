@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -41,16 +39,10 @@ def cpu_flags() -> str:
 
 
 def run(mode: str) -> dict:
-    scratch = Path(f"/tmp/fisvd-isa-{mode}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(scratch)], check=True)
     sys.path.insert(0, str(ROOT / "src"))
-    from fisvd.data import resolve_glue_dir
-    glue = resolve_glue_dir(ROOT)
-    env = {k: v for k, v in os.environ.items() if k not in MODES["avx2"]}
-    env.update(MODES[mode], PYTHONPATH=str(scratch / "src"), DVC_NO_ANALYTICS="1",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               **({"GLUE_DIR": str(glue)} if glue else {}))
+    from fisvd.results import scratch_clone
+    scratch, env = scratch_clone(ROOT, f"/tmp/fisvd-isa-{mode}", drop=tuple(MODES["avx2"]))
+    env.update(MODES[mode])
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "dvc", "repro", "finetune"], cwd=scratch, env=env, check=True,
                    stdout=subprocess.DEVNULL)

@@ -17,7 +17,7 @@ from fisvd.metrics import scoring_of
 from fisvd.io import remove, write_json
 from fisvd.lowrank import load_compressed
 from fisvd.models import count_params, load_classifier, load_tokenizer, pick_device
-from fisvd.report import boot_scores, interval, resample_indices
+from fisvd.report import bootstrap_ci
 from fisvd.paths import COMPRESSED, LATENCY, METRICS as OUT, MODEL, PREPARED as DATA
 
 KEYS = ["evaluate.batch_size", "evaluate.latency_batches", "finetune.max_length"]
@@ -40,9 +40,7 @@ def main(params):
     scores, labels = {}, None
     for name, model in models.items():     # file order (by_length=False): the numbers this stage always gave
         m, per_split = score_dev(model, devs, task, e.batch_size, collate(tokenizer), device, by_length=False)
-        idx = resample_indices({s: len(y) for s, (_, y) in per_split.items()})   # the grid's bootstrap
-        lo, hi = interval(boot_scores(task, [{s: p for s, (p, _) in per_split.items()}],
-                                      {s: y for s, (_, y) in per_split.items()}, idx))
+        lo, hi = bootstrap_ci(task, per_split)      # the grid's bootstrap (fisvd.report)
         scores[name] = {**m, "ci95": [round(lo, 4), round(hi, 4)], "params": count_params(model)}
         labels = {s: y for s, (_, y) in per_split.items()}
         log.info("%s: %s", name, scores[name])

@@ -12,7 +12,7 @@ Every data problem stops here with one line naming the file, before any output i
 import logging
 
 from fisvd.cli import run_stage
-from fisvd.custom import label_counts as custom_counts, load_custom
+from fisvd.custom import load_custom
 from fisvd.data import TASKS, label_counts, load_hf, load_local, resolve_glue_dir, splits_of, subset, write_jsonl
 from fisvd.io import atomic_dir, remove, write_json
 from fisvd.paths import MANIFEST, PREPARED as OUT
@@ -31,22 +31,20 @@ def glue(task):
         splits, source = load_hf(task)
     spec = TASKS[task]
     info = {"num_labels": spec.num_labels, "is_regression": spec.is_regression, "label_names": list(spec.labels)}
-    counts = lambda rows: label_counts(spec, rows)  # noqa: E731
-    return splits, source, info, splits_of(task), counts
+    return splits, source, info, splits_of(task)
 
 
 def custom(task, spec):
     log.info("reading custom task %s from %s", task, spec.hub or ", ".join(
         str(getattr(spec, s)) for s in ("train", "dev", "test") if getattr(spec, s)))
     splits, source, info = load_custom(task, spec)
-    counts = lambda rows: custom_counts(rows, info["is_regression"])  # noqa: E731
-    return splits, source, info, tuple(splits), counts
+    return splits, source, info, tuple(splits)
 
 
 def main(params):
     d = params.data
     spec = d.custom.get(d.task)         # None: a GLUE task
-    splits, source, info, names, counts = custom(d.task, spec) if spec else glue(d.task)
+    splits, source, info, names = custom(d.task, spec) if spec else glue(d.task)
     remove(MANIFEST)
     full_rows = {s: len(splits[s]) for s in names}
     splits = {s: subset(splits[s], d.max_train_samples if s == "train" else d.max_eval_samples,
@@ -57,7 +55,7 @@ def main(params):
             write_jsonl(splits[s], tmp / f"{s}.jsonl")
         write_json(tmp / "meta.json", meta)
     write_json(MANIFEST, {"task": d.task, "source": source, "source_rows": full_rows,
-                          "rows": meta["rows"], "labels": {s: counts(splits[s]) for s in names}})
+                          "rows": meta["rows"], "labels": {s: label_counts(splits[s], info["is_regression"]) for s in names}})
     log.info("wrote %s: %s", OUT, ", ".join(f"{s} {n} rows" for s, n in meta["rows"].items()))
 
 

@@ -151,7 +151,7 @@ def test_predictions():
 def test_bootstrap_interval_matches_the_binomial_interval_for_accuracy():
     """Accuracy of a 70 %-correct classifier on 400 examples: the bootstrap 95 % interval is the
     normal-approximation binomial one, 70 ± 1.96·sqrt(.7·.3/400)·100 = 70 ± 4.49, within Monte-Carlo error."""
-    from fisvd.metrics import bootstrap_ci
+    from fisvd.report import bootstrap_ci
     labels = np.array([0, 1] * 200)
     preds = labels.copy()
     preds[:120] = 1 - preds[:120]                                    # 280 / 400 right

@@ -217,16 +217,3 @@ def _load_hub(name: str, spec) -> tuple[dict[str, list[tuple[int, dict]]], dict]
     manifest = {"type": "hf_hub", "dataset": spec.hub, "config": spec.config,
                 "splits": {s: getattr(spec, s) for s in out}, "fingerprint": fingerprints}
     return out, manifest
-
-
-def label_counts(rows: list[dict], regression: bool) -> dict:
-    """Manifest summary of one split's labels (as fisvd.data.label_counts)."""
-    vals = [r["label"] for r in rows if r["label"] is not None]
-    if not vals:
-        return {}
-    if regression:
-        return {"min": min(vals), "max": max(vals), "mean": round(sum(vals) / len(vals), 4)}
-    counts: dict[str, int] = {}
-    for v in vals:
-        counts[str(v)] = counts.get(str(v), 0) + 1
-    return dict(sorted(counts.items()))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from . import paths
 from .errors import DataError
 
 csv.field_size_limit(1 << 24)
@@ -117,12 +118,8 @@ def resolve_glue_dir(project_root: str | Path = ".") -> Optional[Path]:
             raise DataError(f"GLUE_DIR={env}: directory not found; point it at a folder holding "
                             f"<TASK>/train.tsv and dev.tsv, or unset it to load nyu-mll/glue from the hub")
         return path.resolve()
-    root = Path(project_root).resolve()
-    for d in (root, *root.parents):   # grid run folders sit inside the project: use its root
-        if (d / ".dvc").is_dir():
-            root = d
-            break
-    sibling = root.parent / "shared" / "data" / "glue"
+    sibling = paths.project_root(project_root).parent / "shared" / "data" / "glue"   # grid run folders:
+                                                                                    # the project's root
     return sibling if sibling.is_dir() else None
 
 
@@ -259,13 +256,17 @@ def subset(rows: list[dict], n: Optional[int], seed: int) -> list[dict]:
     return [rows[i] for i in keep]
 
 
-def label_counts(spec: TaskSpec, rows: list[dict]) -> dict:
-    if spec.is_regression:
-        vals = [r["label"] for r in rows]
+def label_counts(rows: list[dict], regression: bool) -> dict:
+    """Manifest summary of one split's labels: min / max / mean (regression) or the count of each
+    class id; unlabelled rows (a custom task's test split) are left out."""
+    vals = [r["label"] for r in rows if r["label"] is not None]
+    if not vals:
+        return {}
+    if regression:
         return {"min": min(vals), "max": max(vals), "mean": round(sum(vals) / len(vals), 4)}
     counts: dict[str, int] = {}
-    for r in rows:
-        counts[str(r["label"])] = counts.get(str(r["label"]), 0) + 1
+    for v in vals:
+        counts[str(v)] = counts.get(str(v), 0) + 1
     return dict(sorted(counts.items()))
 
 

@@ -19,9 +19,8 @@ over classes c of score(predict c everywhere) (MRPC dev: 74.8; CoLA: 0; STS-B: 0
 of a constant is taken as 0). `margin_kept` = (score − const) / (dense − const), the share of the
 dense model's margin over that floor that the compressed model keeps (None when dense ≤ const).
 
-Intervals: `bootstrap_ci` resamples dev examples with replacement (each dev split on its own,
-seeded) and returns the 2.5 / 97.5 percentiles of the task score: a 95 % percentile-bootstrap
-interval over dev examples.
+Intervals: fisvd.report (`bootstrap_ci`, and the grid's paired resamples), vectorised over these
+definitions.
 """
 from __future__ import annotations
 
@@ -159,23 +158,6 @@ def margin_kept(score: float, dense_score: float, const_score: float) -> Optiona
     if dense_score <= const_score:
         return None
     return (score - const_score) / (dense_score - const_score)
-
-
-def bootstrap_ci(task: "str | Scoring", per_split: Mapping[str, tuple[np.ndarray, np.ndarray]], n: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap interval of `task_metrics(task, per_split)["score"]` over dev examples:
-    `n` resamples with replacement of each split's (prediction, label) pairs, seeded."""
-    rng = np.random.default_rng(seed)
-    arrays = {s: (np.asarray(p), np.asarray(y)) for s, (p, y) in per_split.items()}
-    scores = np.empty(n)
-    for i in range(n):
-        sample = {}
-        for s, (p, y) in arrays.items():
-            idx = rng.integers(0, len(y), len(y))
-            sample[s] = (p[idx], y[idx])
-        scores[i] = task_metrics(task, sample)["score"]
-    lo, hi = np.quantile(scores, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def predictions(task: "str | Scoring", logits: np.ndarray) -> np.ndarray:

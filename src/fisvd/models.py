@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .modeling_fisvd import LowRankLinear, save_tokenizer, set_module
+from .modeling_fisvd import LowRankLinear, in_out, save_tokenizer, set_module
 
 DEFAULT_MODEL = "minilm-l6"
 log = logging.getLogger("fisvd")
@@ -126,7 +126,7 @@ class Conv1DLinear(nn.Linear):
 
 
 def is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+    return not isinstance(module, nn.Linear) and in_out(module) is not None
 
 
 def linearize(model: nn.Module) -> nn.Module:

@@ -104,6 +104,16 @@ def boot_scores(task: str, preds: list[dict[str, np.ndarray]], labels: dict[str,
     return np.mean(per_seed, axis=0)
 
 
+def bootstrap_ci(task: "str | Scoring", per_split: dict[str, tuple[np.ndarray, np.ndarray]], n: int = N_BOOT,
+                 seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile-bootstrap interval of one model's task score over dev examples (`per_split`:
+    {split: (predictions, labels)}): `n` seeded resamples of each split, as the grid resamples."""
+    idx = resample_indices({s: len(y) for s, (_, y) in per_split.items()}, n, seed)
+    boot = boot_scores(task, [{s: np.asarray(p) for s, (p, _) in per_split.items()}],
+                       {s: np.asarray(y) for s, (_, y) in per_split.items()}, idx)
+    return interval(boot, level)
+
+
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)

@@ -10,6 +10,9 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
+
+from .data import resolve_glue_dir
 
 
 def machine() -> str:
@@ -56,3 +59,21 @@ def recorded(path: str):
                 f"Run: {time.strftime('%Y-%m-%d', time.gmtime(t0))}, {time.time() - t0:.0f} s\n\n"
                 f"```text\n{buf.getvalue().rstrip()}\n```\n")
     print(f"wrote {path}")
+
+
+def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """A fresh `git clone` of `root`'s HEAD at `dest` (replaced) and the environment to run its
+    pipeline in: its own sources first, this interpreter's venv on PATH, root's GLUE copy (the clone
+    has no ../shared beside it), DVC analytics off; the variables in `drop` removed."""
+    import shutil
+    import subprocess
+
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", str(root), str(dest)], check=True)
+    glue = resolve_glue_dir(root)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PYTHONPATH=str(dest / "src"), DVC_NO_ANALYTICS="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               **({"GLUE_DIR": str(glue)} if glue else {}))
+    return dest, env
