@@ -1,19 +1,23 @@
 """Fine-tune settings per task, chosen on a held-out slice of the TRAINING split (never dev).
 
 For each task: a seeded 10 % of train (at least 200 rows) is held out; the model is fine-tuned on
-the rest once per candidate learning rate for `--epochs` epochs (the shared setup of fisvd.train:
-AdamW, batch 16, warm-up 10 %, linear decay, seed 42), scored on the held-out slice after every
-epoch. The chosen setting is the learning rate with the best held-out score after the full run (ties: the
-smaller rate), with that many epochs. The per-epoch scores are reported for information only: they
+the rest once per candidate (learning rate, batch size) for `--epochs` epochs (the shared setup of
+fisvd.train: AdamW, warm-up 10 %, linear decay, seed 42), scored on the held-out slice after every
+epoch. The chosen setting is the (learning rate, batch size) with the best held-out score after the
+full run (ties: the smaller rate, then the shorter run, then the smaller batch), with that many
+epochs. The grid's fine-tune and recovery use the chosen batch size (recovery reads the task's
+`grid.finetune` section). The per-epoch scores are reported for information only: they
 come from one linear schedule over the maximum epochs, so the reading after epoch e is not a model
 trained for e epochs (choosing such a reading gave RTE a 1-epoch model that collapsed on dev).
 The grid then fine-tunes on the whole train split with the chosen setting.
 
 Rows land in benchmarks/results/finetune_select.csv as each run finishes (a rerun skips the
-(task, model, learning rate, epochs) runs already there); the chosen settings go to
+(task, model, learning rate, batch size, epochs) runs already there; rows written before the
+batch size was a candidate are batch 16 runs); the chosen settings go to
 finetune_select.json and a Markdown summary beside them.
 
-    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4] [--epochs N] [--apply]
+    python benchmarks/finetune_select.py [--tasks rte,stsb,cola,sst2,mrpc] [--lrs 3e-5,1e-4] [--batch-sizes 16,32]
+        [--epochs N] [--apply]
 
 `--epochs N` runs the candidates with an N-epoch schedule instead of the task's default length
 (MAX_EPOCHS), e.g. when the held-out score was still rising at the last epoch; every complete run
@@ -41,7 +45,8 @@ CSV, JSON, MD = OUT / "finetune_select.csv", OUT / "finetune_select.json", OUT /
 MAX_EPOCHS = {"rte": 5, "stsb": 4, "cola": 4, "sst2": 3, "mrpc": 4, "qnli": 3, "mnli": 2, "qqp": 2, "wnli": 5}
 # the grid's seeded training subsets (params.yaml grid.max_train_samples), so selection sees the grid's data
 MAX_TRAIN = load_params(Path(__file__).resolve().parents[1] / "params.yaml").grid.max_train_samples
-FIXED = dict(batch_size=16, weight_decay=0.01, warmup_ratio=0.1, seed=42)
+FIXED = dict(weight_decay=0.01, warmup_ratio=0.1, seed=42)
+OLD_BATCH = 16     # the batch size of every run recorded before batch size was a candidate
 MAX_LENGTH = 128
 
 
@@ -56,10 +61,13 @@ def with_run_epochs(df: pd.DataFrame) -> pd.DataFrame:
     """`run_epochs` (each row's schedule length) filled for rows written before the column existed:
     their run was one schedule per (task, model, learning rate), as long as its last epoch."""
     df = df.copy()
+    if "batch_size" not in df:
+        df["batch_size"] = OLD_BATCH
+    df["batch_size"] = df["batch_size"].fillna(OLD_BATCH).astype(int)
     if "run_epochs" not in df:
         df["run_epochs"] = float("nan")
     old = df.run_epochs.isna()
-    df.loc[old, "run_epochs"] = df[old].groupby(["task", "model", "learning_rate"]).epochs.transform("max")
+    df.loc[old, "run_epochs"] = df[old].groupby(["task", "model", "learning_rate", "batch_size"]).epochs.transform("max")
     df["run_epochs"] = df["run_epochs"].astype(int)
     return df
 
@@ -68,13 +76,16 @@ def choose(df: pd.DataFrame) -> dict:
     """Best held-out score at the end of each run (the only reading that is a complete fine-tune with
     its own schedule: an earlier epoch of a longer linear schedule is not "training e epochs", and
     choosing it gave RTE a collapsed 1-epoch model); ties → the smaller learning rate, then the
-    shorter run. The per-epoch scores are reported, not chosen from."""
+    shorter run, then the smaller batch. The per-epoch scores are reported, not chosen from."""
     if "run_epochs" not in df:
         df = df.assign(run_epochs=df.epochs.max())
+    if "batch_size" not in df:
+        df = df.assign(batch_size=OLD_BATCH)
     last = df[df.epochs == df.run_epochs]
-    best = last.sort_values(["score", "learning_rate", "epochs"], ascending=[False, True, True]).iloc[0]
+    best = last.sort_values(["score", "learning_rate", "epochs", "batch_size"],
+                            ascending=[False, True, True, True]).iloc[0]
     return {"learning_rate": float(best.learning_rate), "epochs": int(best.epochs),
-            "holdout_score": round(float(best.score), 2)}
+            "batch_size": int(best.batch_size), "holdout_score": round(float(best.score), 2)}
 
 
 def report(df: pd.DataFrame) -> None:
@@ -83,17 +94,18 @@ def report(df: pd.DataFrame) -> None:
     lines = ["# Fine-tune settings chosen on a held-out slice of train", "",
              "Produced by `python benchmarks/finetune_select.py`. Held-out: seeded 10 % of train (≥ 200 rows); "
              "score ×100 on it after each epoch (one linear schedule over the maximum epochs; the choice reads the "
-             "last epoch only). Fixed: "
+             "last epoch only). Candidates: learning rate × batch size. Fixed: "
              + ", ".join(f"{k} {v}" for k, v in FIXED.items()) + f", max_length {MAX_LENGTH}. "
              "Training subsets: " + ", ".join(f"{t} {n}" for t, n in MAX_TRAIN.items()) + ".", ""]
     for t, g in df.groupby("task"):
-        piv = g.pivot_table(index=["learning_rate", "run_epochs"], columns="epochs", values="score")
-        lines += [f"## {t}: chosen lr {chosen[t]['learning_rate']:g}, {chosen[t]['epochs']} epochs "
-                  f"(held-out {chosen[t]['holdout_score']:.2f})", "",
-                  "| lr (run of N epochs) \\ epoch | " + " | ".join(str(c) for c in piv.columns) + " |",
+        piv = g.pivot_table(index=["learning_rate", "batch_size", "run_epochs"], columns="epochs", values="score")
+        c = chosen[t]
+        lines += [f"## {t}: chosen lr {c['learning_rate']:g}, batch {c['batch_size']}, {c['epochs']} epochs "
+                  f"(held-out {c['holdout_score']:.2f})", "",
+                  "| lr, batch (run of N epochs) \\ epoch | " + " | ".join(str(c) for c in piv.columns) + " |",
                   "|---|" + "---|" * len(piv.columns)]
-        lines += [f"| {lr:g} ({n}) | " + " | ".join("" if pd.isna(v) else f"{v:.2f}" for v in row) + " |"
-                  for (lr, n), row in piv.iterrows()]
+        lines += [f"| {lr:g}, {b} ({n}) | " + " | ".join("" if pd.isna(v) else f"{v:.2f}" for v in row) + " |"
+                  for (lr, b, n), row in piv.iterrows()]
         lines.append("")
     MD.write_text("\n".join(lines))
 
@@ -113,9 +125,10 @@ def apply(chosen: dict, tasks: list[str], params: Path = Path("params.yaml")) ->
     for task in tasks:
         c = chosen[task]
         for i in range(sect + 1, len(lines)):
-            m = re.match(rf"(\s+){task}: \{{learning_rate: [^,]+, epochs: \d+\}}", lines[i])
+            m = re.match(rf"(\s+){task}: \{{learning_rate: [^,]+, epochs: \d+(, batch_size: \d+)?\}}", lines[i])
             if m:
-                new = (f"{m.group(1)}{task}: {{learning_rate: {_sci(c['learning_rate'])}, epochs: {c['epochs']}}}"
+                new = (f"{m.group(1)}{task}: {{learning_rate: {_sci(c['learning_rate'])}, epochs: {c['epochs']}, "
+                       f"batch_size: {c.get('batch_size', OLD_BATCH)}}}"
                        f"  # held-out {c['holdout_score']:.2f}\n")
                 changed += [task] if new != lines[i] else []
                 lines[i] = new
@@ -126,7 +139,7 @@ def apply(chosen: dict, tasks: list[str], params: Path = Path("params.yaml")) ->
     return changed
 
 
-def run(task: str, lr: float, model_name: str, epochs: int) -> list[dict]:
+def run(task: str, lr: float, batch_size: int, model_name: str, epochs: int) -> list[dict]:
     rows, _ = load_local(task, resolve_glue_dir("."))
     train = subset(rows["train"], MAX_TRAIN.get(task), 0)
     fit, held = holdout_split(train)
@@ -135,11 +148,12 @@ def run(task: str, lr: float, model_name: str, epochs: int) -> list[dict]:
     spec = TASKS[task]
     model = load_classifier(path, spec.num_labels, spec.labels)
     trainer = make_trainer(model, tok, task, tokenize(tok, fit, MAX_LENGTH), tokenize(tok, held, MAX_LENGTH),
-                           epochs=epochs, learning_rate=lr, output_dir="/tmp/fisvd-select", **FIXED)
+                           epochs=epochs, learning_rate=lr, batch_size=batch_size, output_dir="/tmp/fisvd-select",
+                           **FIXED)
     t0 = time.time()
     trainer.train()
     secs = time.time() - t0
-    return [{"task": task, "model": model_name, "learning_rate": lr, "run_epochs": epochs,
+    return [{"task": task, "model": model_name, "learning_rate": lr, "batch_size": batch_size, "run_epochs": epochs,
              "epochs": e.pop("epoch"),
              "fit_rows": len(fit), "holdout_rows": len(held), "seconds": round(secs), **e}
             for e in epoch_scores(trainer)]
@@ -149,6 +163,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="rte,stsb,cola,sst2,mrpc")
     ap.add_argument("--lrs", default="3e-5,1e-4")
+    ap.add_argument("--batch-sizes", default="16,32")
     ap.add_argument("--model", default="minilm-l6")
     ap.add_argument("--epochs", type=int, help="schedule length of these runs (default: the task's MAX_EPOCHS)")
     ap.add_argument("--apply", action="store_true", help="write the chosen settings into params.yaml grid.finetune")
@@ -156,14 +171,15 @@ def main():
     df = with_run_epochs(pd.read_csv(CSV)) if CSV.exists() else pd.DataFrame()
     for task in a.tasks.split(","):
         n = a.epochs or MAX_EPOCHS[task]
-        for lr in (float(x) for x in a.lrs.split(",")):
+        for lr, bs in ((float(x), int(b)) for b in a.batch_sizes.split(",") for x in a.lrs.split(",")):
             if len(df) and ((df.task == task) & (df.model == a.model) & (df.learning_rate == lr)
-                            & (df.run_epochs == n)).any():
+                            & (df.batch_size == bs) & (df.run_epochs == n)).any():
                 continue
-            new = pd.DataFrame(run(task, lr, a.model, n))
-            print(new[["task", "learning_rate", "epochs", "score", "collapsed", "seconds"]].to_string(index=False),
+            new = pd.DataFrame(run(task, lr, bs, a.model, n))
+            print(new[["task", "learning_rate", "batch_size", "epochs", "score", "collapsed", "seconds"]]
+                  .to_string(index=False),
                   flush=True)
-            df = pd.concat([df, new], ignore_index=True)
+            df = with_run_epochs(pd.concat([df, new], ignore_index=True))
             OUT.mkdir(parents=True, exist_ok=True)
             df.to_csv(CSV, index=False)
             report(df)

@@ -279,7 +279,7 @@ def test_task_names_custom_and_glue():
     raw["grid"]["tasks"] = ["tickets"]
     with pytest.raises(ParamError, match="grid.finetune.tickets: missing"):
         parse_params(raw)
-    raw["grid"]["finetune"]["tickets"] = {"learning_rate": 5e-5, "epochs": 3}
+    raw["grid"]["finetune"]["tickets"] = {"learning_rate": 5e-5, "epochs": 3, "batch_size": 16}
     assert parse_params(raw).grid.tasks == ["tickets"]
 
 
@@ -321,7 +321,7 @@ def test_grid_runs_a_custom_task_like_a_glue_one():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["custom"] = {"tickets": dict(SPEC)}
     raw["grid"]["tasks"] = ["mrpc", "tickets"]
-    raw["grid"]["finetune"]["tickets"] = {"learning_rate": 5e-5, "epochs": 3}
+    raw["grid"]["finetune"]["tickets"] = {"learning_rate": 5e-5, "epochs": 3, "batch_size": 16}
     p = parse_params(raw)
     run = G.task_params(raw, p, "tickets", 42)
     assert run["data"]["task"] == "tickets" and run["data"]["custom"]["tickets"]["train"] == SPEC["train"]

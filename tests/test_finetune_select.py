@@ -28,16 +28,16 @@ def test_apply_rewrites_only_the_named_tasks_lines(tmp_path):
     bench = _bench()
     path = tmp_path / "params.yaml"
     path.write_text(PARAMS)
-    chosen = {"mrpc": {"learning_rate": 1e-4, "epochs": 4, "holdout_score": 86.25},
+    chosen = {"mrpc": {"learning_rate": 1e-4, "epochs": 4, "batch_size": 32, "holdout_score": 86.25},
               "rte": {"learning_rate": 3e-5, "epochs": 5, "holdout_score": 59.84}}
     assert bench.apply(chosen, ["mrpc"], path) == ["mrpc"]
     loaded = yaml.safe_load(path.read_text())
-    assert loaded["grid"]["finetune"]["mrpc"] == {"learning_rate": 1e-4, "epochs": 4}
+    assert loaded["grid"]["finetune"]["mrpc"] == {"learning_rate": 1e-4, "epochs": 4, "batch_size": 32}
     assert loaded["grid"]["finetune"]["rte"] == {"learning_rate": 3e-5, "epochs": 5}
     assert loaded["finetune"]["learning_rate"] == 5e-5          # outside grid: untouched
     new, old = path.read_text().splitlines(), PARAMS.splitlines()
     assert [i for i, (a, b) in enumerate(zip(new, old)) if a != b] == [5]
-    assert new[5] == "    mrpc: {learning_rate: 1.0e-4, epochs: 4}  # held-out 86.25"
+    assert new[5] == "    mrpc: {learning_rate: 1.0e-4, epochs: 4, batch_size: 32}  # held-out 86.25"
     assert "# per-task settings" in new[4] and "# an old comment" in new[6]
 
 
@@ -55,7 +55,7 @@ def test_choose_reads_complete_runs_only_and_breaks_ties_to_the_smaller_rate():
                        "epochs": [1, 2, 1, 2, 1, 2],
                        "score": [90.0, 70.0, 60.0, 75.0, 50.0, 75.0]})
     # 3e-5's epoch-1 reading (90) is the best number but not a complete run; 5e-5 and 1e-4 tie at 75
-    assert bench.choose(df) == {"learning_rate": 5e-5, "epochs": 2, "holdout_score": 75.0}
+    assert bench.choose(df) == {"learning_rate": 5e-5, "epochs": 2, "batch_size": 16, "holdout_score": 75.0}
 
 
 def test_runs_of_different_lengths_compete_at_their_own_last_epoch():
@@ -69,5 +69,21 @@ def test_runs_of_different_lengths_compete_at_their_own_last_epoch():
     df = bench.with_run_epochs(pd.concat([old, new], ignore_index=True))
     assert df.run_epochs.tolist() == [4] * 8 + [8] * 8    # the 8-epoch run does not stretch the old ones
     # complete readings: 3e-5/4 → 33, 1e-4/4 → 29, 3e-5/8 → 35 (its epoch-7 37 is not a complete run)
-    assert bench.choose(df) == {"learning_rate": 3e-5, "epochs": 8, "holdout_score": 35.0}
-    assert bench.choose(df[df.run_epochs == 4]) == {"learning_rate": 3e-5, "epochs": 4, "holdout_score": 33.0}
+    assert bench.choose(df) == {"learning_rate": 3e-5, "epochs": 8, "batch_size": 16, "holdout_score": 35.0}
+    assert bench.choose(df[df.run_epochs == 4]) == {"learning_rate": 3e-5, "epochs": 4, "batch_size": 16,
+                                                    "holdout_score": 33.0}
+
+
+def test_batch_size_is_a_candidate_and_old_rows_are_batch_16():
+    bench = _bench()
+    old = pd.DataFrame({"task": "mrpc", "model": "m", "learning_rate": [3e-5, 3e-5, 1e-4, 1e-4],
+                        "run_epochs": 2, "epochs": [1, 2, 1, 2], "score": [80, 82, 79, 83.0]})
+    new = pd.DataFrame({"task": "mrpc", "model": "m", "learning_rate": [3e-5, 3e-5, 1e-4, 1e-4],
+                        "batch_size": 32, "run_epochs": 2, "epochs": [1, 2, 1, 2], "score": [81, 84, 80, 83.0]})
+    df = bench.with_run_epochs(pd.concat([old, new], ignore_index=True))
+    assert df.batch_size.tolist() == [16] * 4 + [32] * 4
+    assert bench.choose(df) == {"learning_rate": 3e-5, "epochs": 2, "batch_size": 32, "holdout_score": 84.0}
+    # a tie between batch sizes at the same rate and length goes to the smaller batch
+    tie = df.assign(score=df.score.where(~((df.batch_size == 32) & (df.learning_rate == 1e-4)), 83.0))
+    assert bench.choose(tie[tie.learning_rate == 1e-4]) == {"learning_rate": 1e-4, "epochs": 2, "batch_size": 16,
+                                                            "holdout_score": 83.0}

@@ -73,15 +73,18 @@ def test_grid_params_errors_name_the_key():
 
 
 def test_task_params_apply_the_task_settings_and_nothing_else():
-    p = parse_params(RAW)
-    out = G.task_params(RAW, p, "rte", 7)
+    raw = tiny_grid()
+    raw["grid"]["finetune"]["rte"] = {"learning_rate": 2e-5, "epochs": 5, "batch_size": 32}
+    p = parse_params(raw)
+    out = G.task_params(raw, p, "rte", 7)
     assert out["data"]["task"] == "rte" and out["finetune"]["seed"] == 7
     assert out["finetune"]["learning_rate"] == p.grid.finetune["rte"].learning_rate
     assert out["finetune"]["epochs"] == p.grid.finetune["rte"].epochs
+    assert (out["finetune"]["learning_rate"], out["finetune"]["batch_size"]) == (2e-5, 32)
     assert out["allocate"]["fi_retention"]["calibrate"] is True
     assert out["grid"]["tasks"] == ["rte"] and out["grid"]["seeds"] == [7]
-    same = {k for k in RAW if out[k] == RAW[k]}
-    assert same == set(RAW) - {"data", "finetune", "allocate", "grid"}
+    same = {k for k in raw if out[k] == raw[k]}
+    assert same == set(raw) - {"data", "finetune", "allocate", "grid"}
     parse_params(out)
 
 
@@ -167,7 +170,7 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     raw["allocate"]["speed_table"] = None              # the committed table times MiniLM's shapes only
     raw["grid"].update(tasks=["mrpc"], seeds=[42], budgets=[50, 20], allocations=["uniform_rank", "max_fi"],
                        factorisations=["fwsvd", "kfac"], limit={}, max_train_samples={},
-                       finetune={"mrpc": {"learning_rate": 1e-4, "epochs": 1}})
+                       finetune={"mrpc": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 8}})
     raw["recover"].update(epochs=1, cells=[{"allocation": "max_fi", "factorisation": "kfac", "budgets": [20]}])
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     glue = write_mrpc(tmp_path / "glue", n_train=32, n_dev=16)
@@ -247,7 +250,7 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     # a partial report while a grid is running: a task not started and a missing cell are skipped, counted
     full = (repo / "metrics/report/results.csv").read_bytes()
     raw["grid"]["tasks"] = ["mrpc", "rte"]
-    raw["grid"]["finetune"]["rte"] = {"learning_rate": 1e-4, "epochs": 1}
+    raw["grid"]["finetune"]["rte"] = {"learning_rate": 1e-4, "epochs": 1, "batch_size": 8}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     generate()
     (repo / "grid/mrpc/s42/results/fwsvd/energy-p30.json").unlink()

@@ -109,7 +109,7 @@ def task_params(raw: dict, p: Params, task: str, seed: int) -> dict:
     out["data"]["task"] = task
     out["data"]["max_train_samples"] = p.grid.max_train_samples.get(task)
     ft = p.grid.finetune[task]
-    out["finetune"].update(learning_rate=ft.learning_rate, epochs=ft.epochs, seed=seed)
+    out["finetune"].update(learning_rate=ft.learning_rate, epochs=ft.epochs, batch_size=ft.batch_size, seed=seed)
     out["allocate"]["fi_retention"]["calibrate"] = True
     if p.allocate.speed_table:      # paths in a run folder's params are relative to that folder
         up = "/".join([".."] * len(Path(run_dir(task, seed)).parts))

@@ -218,10 +218,12 @@ class EvaluateParams:
 class TaskFinetune:
     learning_rate: float
     epochs: int
+    batch_size: int
 
     def validate(self, key: str) -> None:
         positive(f"{key}.learning_rate", self.learning_rate)
         at_least(f"{key}.epochs", self.epochs, 1)
+        positive(f"{key}.batch_size", self.batch_size)
 
 
 @dataclass(frozen=True)
