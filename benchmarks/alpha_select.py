@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from fisvd.allocate import allocate
-from fisvd.calibrate import joint_deltas, training_slice
+from fisvd.calibrate import joint_deltas
+from fisvd.data import training_slice
 from fisvd.data import load_prepared
 from fisvd.factorize import Factors
 from fisvd.methods import FACTORISATIONS, KfacParams, WhitenParams

@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from fisvd.calibrate import measure, rank_grid, training_slice
+from fisvd.calibrate import measure, rank_grid
+from fisvd.data import training_slice
 from fisvd.data import load_prepared
 from fisvd.factorize import Factors, factorize
 from fisvd.methods import FACTORISATIONS

@@ -42,8 +42,8 @@ def main(params, args):
         by_cell, by_rec = {}, {}
         for c in cells(params, task=task):
             by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
-        for c in recover_cells(params, task=task):
-            by_rec.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = recover_result(c)
+        for c in recover_cells(params, task=task):       # fine-tune seeds × recovery seeds, averaged
+            by_rec.setdefault((c.allocation, c.label, c.budget), {})[(c.cell.seed, c.seed)] = recover_result(c)
         if not (recs := read({s: f"{run_dir(task, s)}/results/dense.json" for s in g.seeds})):
             counts[1] += sum(map(len, [*by_cell.values(), *by_rec.values()]))
             continue

@@ -69,9 +69,11 @@ def test_every_method_spec_has_its_implementation():
     """One home per method: a spec in fisvd.methods, its implementation registered by name."""
     import fisvd.allocate  # noqa: F401  (registers the allocators)
     import fisvd.factorize  # noqa: F401  (registers the factorisations)
+    import fisvd.sequential  # noqa: F401  (registers the sequential ones)
     from fisvd.methods import ALLOCATORS, FACTORISATIONS
     for name in ALLOCATORS.names():
         assert set(ALLOCATORS[name].impl) == {"fn"}, name
     for name in FACTORISATIONS.names():
         e = FACTORISATIONS[name]
-        assert set(e.impl) == ({"whitened", "unwhiten"} if e.sliceable else {"fn", "whitened"}), name
+        want = {"whitened", "unwhiten"} if e.sliceable else {"model", "whitened"} if e.sequential else {"fn", "whitened"}
+        assert set(e.impl) == want, name

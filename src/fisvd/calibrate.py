@@ -58,21 +58,11 @@ import torch
 from torch import nn
 
 from .allocate import Matrix, _budget, check_curves, total_size
-from .data import batches as _batches, by_length, collate, subset, tokenize
 from .errors import AllocationError
 from .lowrank import LowRankLinear, set_module
 from .models import find_blocks
 
 GRID_LOW, GRID_HIGH = 1 / 32, 3 / 4      # fractions of r̄ spanned by the measured ranks (geometric)
-SLICE_SEED, SLICE_BATCH = 0, 32          # the training slice: seeded subset, batches of 32 in length order
-
-
-def training_slice(train_rows: list[dict], n: int, tokenizer, max_length: int) -> list[dict]:
-    """The measurement slice: a seeded subset of `n` TRAINING rows (never dev), tokenised and batched
-    in token-length order (far less padding than file order; Δ is a mean over examples, so the order
-    does not change what is measured)."""
-    feats = tokenize(tokenizer, subset(train_rows, n, SLICE_SEED), max_length)
-    return list(_batches([feats[i] for i in by_length(feats)], SLICE_BATCH, collate(tokenizer)))
 METRICS = ("kl", "loss")
 
 

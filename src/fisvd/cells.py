@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .allocate import Matrix, report
-from .data import collate, dev_features
+from .data import collate, dev_features, training_slice
 from .deps import ROOT, code_deps
 from .evaluate import dev_record, score_dev
 from .metrics import scoring_of
@@ -39,6 +39,7 @@ from .lowrank import LowRankLinear, set_module
 from .methods import FACTORISATIONS
 from .models import compressible_linears, count_params, load_classifier, load_tokenizer, pick_device
 from .plan import Probe, matrices, plan
+from .sequential import build_factors
 from .speed import load_table
 from .stats import load_statistics
 
@@ -174,13 +175,23 @@ def _compute(params, f, meta, splits, todo, memo, model_dir, fisher_path, stats_
     log.info("%s: decomposed %d matrices in %.1f s", f, len(infos), time.perf_counter() - t0)
     devs = dev_features(task, splits, tok, L)
     probe = Probe(model, infos, factors, splits["train"], tok, L, device)
+    calibration: list = []
+
+    def calibration_batches():      # sequential factorisations: one seeded training slice per process
+        if not calibration:
+            calibration.extend(training_slice(splits["train"], params.compress.opts(f).examples, tok, L))
+        return calibration
     for c in todo:
         t1 = time.perf_counter()
         opts = a.opts(c.allocation)
         ranks, info = plan(c.allocation, mats, budget=c.budget / 100, rank_multiple=a.rank_multiple, opts=opts,
                            probe=lambda: probe)
         rec = cell_record(mats, ranks, total, info)
-        low = {M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar}
+        if FACTORISATIONS[f].sequential:
+            low = build_factors(f, model, stats, {M.name: r for M, r in zip(mats, ranks) if r < M.rbar},
+                                params.compress.opts(f), calibration_batches, device)
+        else:
+            low = {M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar}
         with Swapped(model, low) as cm:
             m, per_split = score_dev(cm, devs, task, params.evaluate.batch_size, collate(tok), device)
         rec.update(dev_record(m, per_split), seconds=round(time.perf_counter() - t1, 2))

@@ -336,3 +336,14 @@ def by_length(features: list[dict]) -> list[int]:
     """Indices of `features` sorted by token count (stable): batching in this order pads far less
     (dev sets, calibration slices); results are put back in the original order by the caller."""
     return sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+
+
+SLICE_SEED, SLICE_BATCH = 0, 32          # training slices: seeded subset, batches of 32 in length order
+
+
+def training_slice(train_rows: list[dict], n: int, tokenizer, max_length: int) -> list[dict]:
+    """A seeded subset of `n` TRAINING rows (never dev), tokenised and batched in token-length order
+    (far less padding than file order): the `measured` allocator's slice (its Δ is a mean over
+    examples, so the order does not change what is measured) and kfac_seq's calibration rows."""
+    feats = tokenize(tokenizer, subset(train_rows, n, SLICE_SEED), max_length)
+    return list(batches([feats[i] for i in by_length(feats)], SLICE_BATCH, collate(tokenizer)))

@@ -252,6 +252,7 @@ def _whiten_back(W, stats, opts: WhitenParams, US, Vh):
 
 
 @FACTORISATIONS.implements("kfac", "whitened")
+@FACTORISATIONS.implements("kfac_seq", "whitened")   # its ranks: kfac's spectrum of the dense model (fisvd.sequential)
 def _kfac_T(W, stats, opts: KfacParams):
     _check_cov(W, stats["cov_x"], "cov_x", W.shape[1])
     _check_cov(W, stats["cov_g"], "cov_g", W.shape[0])
@@ -296,6 +297,9 @@ def factorize(method: str, W: torch.Tensor, stats, r: int, opts=None, **kw):
     stats, r, alpha_x=0.01, alpha_g=0.01)`). Sliceable methods: the first r components of
     `decompose` (one decomposition, the same bytes at every rank); tfwsvd: its weighted ALS at r."""
     entry, stats, opts = _prepare(method, stats, opts, kw)
+    if entry.sequential:
+        raise ValueError(f"{method} factorises the whole model from calibration batches, not one matrix: "
+                         f"use fisvd.sequential.build_factors")
     if entry.sliceable:
         _check_rank(W, r)
         A, B, _ = decompose(method, W, stats, opts)

@@ -77,8 +77,33 @@ def cells(p: Params, task: str | None = None, seed: int | None = None, factorisa
             and allowed(p, t, f, a, b)]
 
 
-def recover_cells(p: Params, task: str | None = None, seed: int | None = None) -> list[Cell]:
-    """Grid cells that also get recovery fine-tuning (recover.cells ∩ the grid)."""
+@dataclass(frozen=True, order=True)
+class Recovery:
+    """One recovery fine-tuning of a grid cell: plain (task loss) or with the dense model as teacher,
+    at a recovery seed (the cell's fine-tune seed unless recover.cells[].seeds says otherwise)."""
+    cell: Cell
+    teacher: bool
+    seed: int
+
+    def __getattr__(self, name):            # the cell's fields: task, folder, factorisation, allocation, budget
+        if name.startswith("__") or name == "cell":
+            raise AttributeError(name)
+        return getattr(self.cell, name)
+
+    @property
+    def name(self) -> str:
+        c = self.cell
+        return paths.recover_name(c.factorisation, c.allocation, c.budget, self.teacher,
+                                  None if self.seed == c.seed else self.seed)
+
+    @property
+    def label(self) -> str:
+        """The factorisation as the report names it: `kfac`, or `kfac+kd` with a teacher."""
+        return self.cell.factorisation + (paths.KD if self.teacher else "")
+
+
+def recover_cells(p: Params, task: str | None = None, seed: int | None = None) -> list[Recovery]:
+    """Recovery runs of grid cells (recover.cells ∩ the grid), each teacher choice and recovery seed."""
     grid = set(cells(p, task, seed))
     out = []
     for rc in p.recover.cells:
@@ -86,8 +111,10 @@ def recover_cells(p: Params, task: str | None = None, seed: int | None = None) -
             for s in p.grid.seeds:
                 for b in rc.budgets:
                     c = Cell(t, s, rc.factorisation, rc.allocation, b)
-                    if c in grid and c not in out:
-                        out.append(c)
+                    for rs in rc.seeds or [s]:
+                        r = Recovery(c, bool(rc.teacher), rs)
+                        if c in grid and r not in out:
+                            out.append(r)
     return sorted(out)
 
 
@@ -95,12 +122,12 @@ def cell_result(c: Cell, folder: str | None = None) -> str:
     return f"{folder or c.folder}/" + paths.cell_result(c.factorisation, c.allocation, c.budget)
 
 
-def recover_name(c: Cell) -> str:
-    return f"recover-{c.factorisation}-{c.allocation}-p{c.budget:02d}"
+def recover_name(r: Recovery) -> str:
+    return r.name
 
 
-def recover_result(c: Cell) -> str:
-    return f"{c.folder}/results/{recover_name(c)}.json"
+def recover_result(r: Recovery) -> str:
+    return f"{r.cell.folder}/results/{r.name}.json"
 
 
 def task_params(raw: dict, p: Params, task: str, seed: int) -> dict:
@@ -164,11 +191,12 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
     for c in recover_cells(p, task, seed):
         stages[recover_name(c)] = _stage(
             "stages/recover.py", up, f" --factorisation {c.factorisation} --allocation {c.allocation} "
-            f"--budget {c.budget}",
+            f"--budget {c.budget}" + (" --teacher" if c.teacher else "")
+            + (f" --seed {c.seed}" if c.seed != c.cell.seed else ""),
             data_deps=["data/prepared", "data/model", "data/fisher.safetensors", "data/stats.safetensors",
                        paths.cell_result(c.factorisation, c.allocation, c.budget)],
             params=["recover.epochs", "finetune", *_method_keys(p, "compress", [c.factorisation]),
-                    "evaluate.batch_size"],
+                    *(["recover.teacher"] if c.teacher else []), "evaluate.batch_size"],
             outs=[f"results/{recover_name(c)}.json"],
             plots=[{f"metrics/recover/{recover_name(c)}/plots/metrics": {"cache": False, "x": "step"}}])
     top = {k: root[k] for k in ("metrics",) if k in root}

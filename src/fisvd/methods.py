@@ -6,8 +6,9 @@ grid generator read these specs; the computations register against them by name
 (`@ALLOCATORS.implements(name)` in fisvd.allocate, `@FACTORISATIONS.implements(name)` in
 fisvd.factorize), and a test holds specs and implementations one to one.
 
-Needs: a factorisation lists the statistics it reads ("fisher", "cov_x", "cov_g"), and `sliceable`
-says its rank-r factors are slices of one decomposition (one SVD serves every rank); an allocator lists "measurements"
+Needs: a factorisation lists the statistics it reads ("fisher", "cov_x", "cov_g"), `sliceable`
+says its rank-r factors are slices of one decomposition (one SVD serves every rank), `sequential`
+that it factorises the whole model at once from calibration batches; an allocator lists "measurements"
 when it needs loss measurements on a training slice (fisvd.plan builds them). `budgeted(opts)` says
 whether the allocator spends the budget p with these options.
 
@@ -154,5 +155,23 @@ class KfacParams:
 
 FACTORISATIONS.spec("kfac", params=KfacParams, needs=("cov_x", "cov_g"), sliceable=True, help="K-FAC two-sided "
                     "SVD of L_g^T W L_x, Sigma_g = L_g L_g^T (GFWSVD)")
+
+
+
+@dataclass(frozen=True)
+class KfacSeqParams:
+    alpha_x: float      # damping of S = Σ x̃x̃ᵀ (and of C): + alpha_x · mean(diag S) · I, a pull towards W
+    alpha_g: float      # damping of Σg: + alpha_g · mean(diag Σg) · I
+    examples: int       # training examples the group-by-group fit runs on (seeded subset)
+
+    def validate(self, key: str) -> None:
+        at_least(f"{key}.alpha_x", self.alpha_x, 0)
+        at_least(f"{key}.alpha_g", self.alpha_g, 0)
+        at_least(f"{key}.examples", self.examples, 1)
+
+
+FACTORISATIONS.spec("kfac_seq", params=KfacSeqParams, needs=("cov_x", "cov_g"), sequential=True,
+                    help="sequential K-FAC: each Linear fitted to the dense output from the already compressed "
+                    "prefix's inputs (closed form with the cross-covariance; ranks on kfac's spectrum)")
 
 STATISTICS = ("fisher", "cov_x", "cov_g")   # the needs that name a statistic (fisvd.fisher, fisvd.stats)

@@ -273,14 +273,31 @@ class GridParams:
 
 @dataclass(frozen=True)
 class RecoverCell:
+    """Cells to recover: allocation × factorisation at `budgets`; `teacher: true` distils from the
+    dense model (recover.teacher); `seeds`: recovery seeds (default: the cell's fine-tune seed)."""
+    OPTIONAL_KEYS = ("teacher", "seeds")
     allocation: str
     factorisation: str
     budgets: list[int]
+    teacher: Optional[bool]
+    seeds: Optional[list[int]]
+
+
+@dataclass(frozen=True)
+class TeacherParams:
+    weight: float           # w in (1 − w) · task loss + w · KD (fisvd.distill)
+    temperature: float      # τ of the KD term
+
+    def validate(self, key: str) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ParamError(f"{key}.weight: {self.weight!r} is out of range; allowed values are in [0, 1]")
+        positive(f"{key}.temperature", self.temperature)
 
 
 @dataclass(frozen=True)
 class RecoverParams:
     epochs: int
+    teacher: TeacherParams
     cells: list[RecoverCell]
 
     def validate(self, key: str) -> None:
@@ -289,6 +306,8 @@ class RecoverParams:
         for i, c in enumerate(self.cells):
             choice(f"{key}.cells[{i}].allocation", c.allocation, reg["allocate"].names())
             choice(f"{key}.cells[{i}].factorisation", c.factorisation, reg["compress"].names())
+            if c.seeds is not None and (not c.seeds or len(set(c.seeds)) != len(c.seeds)):
+                raise ParamError(f"{key}.cells[{i}].seeds: {c.seeds!r}; give one or more distinct seeds")
 
 
 @dataclass(frozen=True)

@@ -50,13 +50,24 @@ def cells_runtime(factorisation: str) -> str:
 def recover_result(name: str) -> str:
     return f"{RESULTS}/{name}.json"
 
+
+KD = "+kd"      # a recovery with the dense model as teacher: its name and report label carry this
+
+
+def recover_name(factorisation: str, allocation: str, budget: int, teacher: bool = False,
+                 seed: int | None = None) -> str:
+    """recover-<f>-<a>-p<b>, + `-kd` with the dense model as teacher, + `-r<seed>` for a recovery seed
+    other than the cell's fine-tune seed (seed=None)."""
+    return (f"recover-{factorisation}-{allocation}-p{budget:02d}" + ("-kd" if teacher else "")
+            + (f"-r{seed}" if seed is not None else ""))
+
 # stage: (pipeline inputs, outputs); sources (scripts, modules) are listed in dvc.yaml
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": ((CUSTOM_DATA,), (PREPARED, MANIFEST)),
     "finetune": ((PREPARED,), (MODEL, FINETUNE_LIVE)),
     "fisher": ((PREPARED, MODEL), (FISHER, STATS, FISHER_SUMMARY)),
     "allocate": ((PREPARED, MODEL, FISHER, STATS, LATENCY_TABLE), (RANKS,)),
-    "compress": ((MODEL, FISHER, STATS, RANKS), (COMPRESSED,)),
+    "compress": ((PREPARED, MODEL, FISHER, STATS, RANKS), (COMPRESSED,)),
     "evaluate": ((PREPARED, MODEL, COMPRESSED), (METRICS,)),
     # grid stages (fisvd.grid; outputs named per factorisation / cell)
     "dense": ((PREPARED, MODEL), (DENSE_RESULT,)),

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import torch
 
 from .allocate import Matrix, allocate, report
-from .calibrate import fit_curves, joint_refine, measure, rank_grid, training_slice, with_curves
+from .calibrate import fit_curves, joint_refine, measure, rank_grid, with_curves
+from .data import training_slice
 from .errors import AllocationError
 from .factorize import Factors, fwsvd_scale, spectrum
 from .methods import ALLOCATORS

@@ -32,6 +32,8 @@ class Entry:
     needs: tuple[str, ...]      # what the method reads (statistics, "measurements", …)
     budgeted: Callable = _always  # opts → whether the method spends the budget p (allocators)
     sliceable: bool = False     # factorisations: rank-r factors are slices of one decomposition
+    sequential: bool = False    # factorisations: factors of all matrices at once, from the model and
+                                # calibration batches (fisvd.sequential), not matrix by matrix
     impl: dict = field(default_factory=dict, compare=False, repr=False)   # kind → function
 
     @property
@@ -60,12 +62,12 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def spec(self, name: str, *, help: str, params: Optional[type] = None, needs: tuple[str, ...] = (),
-             budgeted: Callable = _always, sliceable: bool = False) -> Entry:
+             budgeted: Callable = _always, sliceable: bool = False, sequential: bool = False) -> Entry:
         if name in self._entries:
             raise ValueError(f"{self.section}: method {name!r} registered twice")
         if params is not None and not dataclasses.is_dataclass(params):
             raise TypeError(f"{self.section}.{name}: params must be a dataclass")
-        self._entries[name] = Entry(name, params, help, tuple(needs), budgeted, sliceable)
+        self._entries[name] = Entry(name, params, help, tuple(needs), budgeted, sliceable, sequential)
         return self._entries[name]
 
     def implements(self, name: str, kind: str = "fn"):

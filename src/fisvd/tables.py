@@ -25,6 +25,7 @@ from .metrics import Scoring, margin_kept
 from .report import GROUPS, boot_scores, fmt, interval, paired_win, resample_indices
 
 HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
+KD = "+kd"               # a recovery with the dense model as teacher (fisvd.paths.KD): `kfac+kd`
 BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "fwsvd"), ("uniform_rank", "tfwsvd")]
 TOP = 3                  # the overview's best methods by average, besides the baselines
 
@@ -158,7 +159,8 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
                    "–" if (mk := margin_kept(avg[m], d_avg, c_avg)) is None else f"{mk:.2f}{noisy}",
                    f"{r.total_params.mean() / 1e6:.2f}"]
         if epochs:
-            before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0]) & (comp.factorisation == m[1])]
+            before = comp[(comp.recovery_epochs == 0) & (comp.allocation == m[0])
+                          & (comp.factorisation == m[1].removesuffix(KD))]
             cells_.append(fmt(float(before.score.mean())) if set(before.task) >= set(tasks) else "–")
         lines.append("| " + " | ".join([f"{m[0]} + {m[1]}", *cells_]) + " |")
     return lines

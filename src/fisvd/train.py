@@ -5,6 +5,9 @@ AdamW (weight decay), linear warm-up over `warmup_ratio` of all steps then linea
 dynamic padding, seeded data order; CUDA + bf16 autocast when available, CPU otherwise. Eval on
 `eval_feats` after every epoch (the per-epoch metrics land in `trainer.state.log_history`).
 
+With a `teacher` (recovery: the dense model), the loss is fisvd.distill.mixed_loss: (1 − w) · task
+loss + w · KD against the teacher's logits at temperature τ (teacher in eval mode, no gradients).
+
 Under `accelerate launch` / `torchrun` with N processes the Trainer trains data-parallel (DDP) and
 `batch_size` stays the global batch: each process takes batch_size / N examples per step (DDP
 averages the gradients), so the number of steps and the learning-rate schedule are those of one
@@ -18,8 +21,9 @@ import numpy as np
 
 from .data import collate
 from .dist import is_main, launched_world_size
+from .distill import mixed_loss
 from .errors import ParamError
-from .metrics import glue_metrics, predictions
+from .metrics import glue_metrics, predictions, scoring
 
 RUNTIME_WORDS = ("runtime", "per_second")
 
@@ -31,8 +35,9 @@ def is_runtime(key: str) -> bool:
 
 def make_trainer(model, tokenizer, task: str, train_feats, eval_feats, *, epochs: int, learning_rate: float,
                  batch_size: int, weight_decay: float, warmup_ratio: float, seed: int, output_dir: str,
-                 callbacks=()):
-    """A configured (not yet trained) transformers.Trainer."""
+                 callbacks=(), teacher=None, kd_weight: float = 0.0, kd_temperature: float = 1.0):
+    """A configured (not yet trained) transformers.Trainer; with `teacher` and kd_weight > 0 its loss
+    mixes in distillation from the teacher's logits (module docstring)."""
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -57,9 +62,28 @@ def make_trainer(model, tokenizer, task: str, train_feats, eval_feats, *, epochs
         # the classifier's loss is a per-example mean that ignores `num_items_in_batch`: with token
         # averaging (on by default) the Trainer would scale it by N under N processes (no-op for one)
         average_tokens_across_devices=False)
-    return Trainer(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats,
-                   data_collator=collate(tokenizer), processing_class=tokenizer,
-                   compute_metrics=compute_metrics, callbacks=list(callbacks))
+    kw = dict(model=model, args=args, train_dataset=train_feats, eval_dataset=eval_feats,
+              data_collator=collate(tokenizer), processing_class=tokenizer,
+              compute_metrics=compute_metrics, callbacks=list(callbacks))
+    if teacher is None or kd_weight == 0.0:
+        return Trainer(**kw)
+    regression = scoring(task).regression
+
+    class TeacherTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            ids = inputs["input_ids"]
+            if next(teacher.parameters()).device != ids.device:
+                teacher.to(ids.device)
+            with torch.no_grad():
+                t = teacher.eval()(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            s = outputs.logits
+            if regression:
+                s, t = s.squeeze(-1), t.squeeze(-1)
+            loss = mixed_loss(outputs.loss, s, t, kd_weight, kd_temperature, regression)
+            return (loss, outputs) if return_outputs else loss
+
+    return TeacherTrainer(**kw)
 
 
 def epoch_scores(trainer) -> list[dict]:

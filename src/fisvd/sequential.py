@@ -1,0 +1,196 @@
+"""Sequential two-sided factorisation (`kfac_seq`; derivation in docs/methods.md): each Linear is fitted to the dense
+model's output while it reads the activations of the model whose earlier Linears are already
+factorised, so truncation errors stop compounding through the blocks (SAES-SVD, SVD-LLM v2).
+
+For one Linear (dense weight W [m, n]) over the calibration tokens t: x_t is its input in the dense
+model, x̃_t its input in the partly compressed model. With Σg = L_g L_gᵀ the dense model's
+output-gradient covariance (kfac's, damped by α_g) the factors minimise, over rank-r Ŵ,
+
+    J(Ŵ) = Σ_t ‖L_gᵀ (W x_t − Ŵ x̃_t)‖² + δ ‖L_gᵀ (W − Ŵ)‖²_F,        δ = α_x · mean diag(S),
+
+(means over tokens; the δ term is kfac's damping, a pull towards the dense weight). With the cross
+covariance C = Σ_t x_t x̃_tᵀ + δI and S' = Σ_t x̃_t x̃_tᵀ + δI = L Lᵀ (lower Cholesky),
+
+    J = const − ‖T‖² + ‖T − L_gᵀ Ŵ L‖²_F,       T = L_gᵀ W C L⁻ᵀ,
+
+so Ŵ = L_g⁻ᵀ SVD_r(T) L⁻¹: A = L_g⁻ᵀ U_r S_r, B = V_rᵀ L⁻¹ (`seq_kfac`), and the truncation costs
+Σ_{k>r} s_k(T)² on top of the part no linear map of x̃ can recover. When x̃ = x, C = S' and T =
+L_gᵀ W L: exactly kfac.
+
+`sequential_factors(model, ranks, cov_g, batches, opts, device)` runs it over a model: the Linears to
+factorise are grouped by the input tensor they read (BERT q, k, v: one group) in the order the
+forward pass calls them; for each group, one pass over the calibration batches runs the dense
+model and the partly compressed copy up to that group's input (a forward hook stops the pass there),
+accumulates C and S over the non-padding tokens in float64, factorises every member, and swaps the
+factors into the copy. Cost: about one forward pass of the calibration batches per group, both
+models, each cut at the group (benchmarks/results/sequential.md measures it). The ranks come from
+the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
+
+    factors = sequential_factors(model, {"bert.encoder.layer.0.attention.self.query": 64, ...},
+                                 {name: Σg}, batches, KfacSeqParams(alpha_x=1e-3, alpha_g=1e-2, examples=512),
+                                 torch.device("cpu"))
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .factorize import Factors, _check_cov, _check_rank
+from .lowrank import LowRankLinear, set_module
+from .methods import FACTORISATIONS, KfacSeqParams
+from .stats import damped_cholesky
+
+log = logging.getLogger("fisvd")
+
+
+def seq_kfac(W: torch.Tensor, cov_g: torch.Tensor, cross: torch.Tensor, cov_xt: torch.Tensor, r: int,
+             alpha_x: float, alpha_g: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-r (A, B) minimising J (module docstring). `cross` = C = Σ_t x_t x̃_tᵀ, `cov_xt` = S =
+    Σ_t x̃_t x̃_tᵀ (n×n, per-token means), `cov_g` = Σg (m×m). In W's dtype and device."""
+    _check_rank(W, r)
+    n = W.shape[1]
+    _check_cov(W, cross, "cross", n)
+    _check_cov(W, cov_xt, "cov_xt", n)
+    _check_cov(W, cov_g, "cov_g", W.shape[0])
+    dev = W.device
+    S = cov_xt.to(dev).double()
+    delta = alpha_x * S.diagonal().mean()
+    L = damped_cholesky(S, alpha_x)                                      # L Lᵀ = S + δI
+    Lg = damped_cholesky(cov_g.to(dev), alpha_g)
+    C = cross.to(dev).double() + delta * torch.eye(n, dtype=torch.float64, device=dev)
+    T = torch.linalg.solve_triangular(L, (Lg.T @ W.double() @ C).T, upper=False).T   # (…) L⁻ᵀ
+    U, s, Vh = torch.linalg.svd(T, full_matrices=False)
+    A = torch.linalg.solve_triangular(Lg.T, U[:, :r] * s[:r], upper=True)          # L_gᵀ A = U_r S_r
+    B = torch.linalg.solve_triangular(L, Vh[:r], upper=False, left=False)          # B L = V_rᵀ
+    return A.to(W.dtype), B.to(W.dtype)
+
+
+
+class _Stop(Exception):
+    """Raised by a forward hook once the group's inputs of a batch are captured."""
+
+
+def _groups(model: nn.Module, names: list[str], batch: dict) -> tuple[list[list[str]], dict[str, int]]:
+    """Linears of `names` grouped by the input tensors they read, groups in call order, and each
+    Linear's number of calls per forward pass (one forward of `batch`)."""
+    seen: dict[str, list] = {}
+    first: dict[str, int] = {}
+
+    def hook(name):
+        def f(mod, inputs, out):
+            seen.setdefault(name, []).append(inputs[0])
+            first.setdefault(name, len(first))
+        return f
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ValueError(f"{missing[0]} was not called in the forward pass")
+    groups: list[list[str]] = []
+    for n in sorted(names, key=first.get):
+        same = next((g for g in groups if len(seen[g[0]]) == len(seen[n])
+                     and all(a is b for a, b in zip(seen[g[0]], seen[n]))), None)
+        (same.append(n) if same is not None else groups.append([n]))
+    return groups, {n: len(seen[n]) for n in names}
+
+
+def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+    """Rows of the inputs of Linear `name` over its `calls` calls on `batch` (token calls: the
+    non-padding rows), the forward pass cut right after the last call."""
+    rows = []
+
+    def hook(mod, inputs, out):
+        x = inputs[0]
+        token = tuple(x.shape[:-1]) == tuple(mask.shape)
+        rows.append((x[mask] if token else x.reshape(-1, x.shape[-1])).double())
+        if len(rows) == calls:
+            raise _Stop
+    h = model.get_submodule(name).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return torch.cat(rows)
+
+
+@FACTORISATIONS.implements("kfac_seq", "model")
+def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str, torch.Tensor], batches: list[dict],
+                       opts: KfacSeqParams, device: torch.device, progress: Callable = lambda it: it,
+                       timing: dict | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (A, B)} for every Linear of `ranks` (rank below full), fitted group by group against the
+    dense `model` (left unchanged) on `batches` (module docstring). `cov_g[name]`: its Σg (per-token
+    mean, as `fisvd.stats.load_stats`). Factors on the CPU in the weights' dtype."""
+    if not batches:
+        raise ValueError("kfac_seq needs at least one calibration batch")
+    model = model.eval().to(device)
+    comp = copy.deepcopy(model)
+    order = [n for n, _ in model.named_modules() if n in ranks]
+    batches = [{k: v.to(device) for k, v in b.items() if k != "labels"} for b in batches]
+    masks = [(b["attention_mask"] if "attention_mask" in b else torch.ones_like(b["input_ids"])).bool()
+             for b in batches]
+    groups, calls = _groups(model, order, batches[0])
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    t0 = time.perf_counter()
+    passes = 0.0
+    for group in progress(groups):
+        lead = group[0]
+        n = model.get_submodule(lead).in_features
+        C = torch.zeros(n, n, dtype=torch.float64, device=device)
+        S = torch.zeros(n, n, dtype=torch.float64, device=device)
+        tokens = 0
+        t1 = time.perf_counter()
+        for b, mask in zip(batches, masks):
+            X = _inputs(model, lead, calls[lead], b, mask)
+            Xt = _inputs(comp, lead, calls[lead], b, mask)
+            C.addmm_(X.T, Xt)
+            S.addmm_(Xt.T, Xt)
+            tokens += X.shape[0]
+        passes += time.perf_counter() - t1
+        C, S = C / tokens, (S + S.T) / (2 * tokens)
+        for name in group:
+            dense = model.get_submodule(name)
+            A, B = seq_kfac(dense.weight.detach(), cov_g[name].to(device), C, S, ranks[name], opts.alpha_x, opts.alpha_g)
+            out[name] = (A.cpu(), B.cpu())
+            set_module(comp, name, LowRankLinear.from_factors(A, B, dense.bias).to(device))
+    if timing is not None:
+        timing.update(forward_s=round(passes, 1), total_s=round(time.perf_counter() - t0, 1), groups=len(groups))
+    log.info("kfac_seq: %d matrices in %d groups, %.1f s (forward passes %.1f s)", len(out), len(groups),
+             time.perf_counter() - t0, passes)
+    return out
+
+
+def build_factors(method: str, model: nn.Module, stats: dict[str, dict], ranks: dict[str, int], opts,
+                  batches: Callable[[], list[dict]], device: torch.device, timing: dict | None = None
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (A, B)} of factorisation `method` at `ranks` (name → rank below full) — the one entry for
+    the stages: matrix-by-matrix methods through `fisvd.factorize.Factors` (on `device`, one matrix in
+    memory at a time), sequential ones over the model; `batches()` (called only by those) gives the
+    calibration batches; `stats[name]`: the matrix's statistics dict (`fisvd.stats.load_statistics`)."""
+    entry = FACTORISATIONS[method]
+    if entry.sequential:
+        return entry.implementation("model")(model, ranks, {n: stats[n]["cov_g"] for n in ranks}, batches(), opts,
+                                             device, timing=timing)
+    weights = {n: model.get_submodule(n).weight.detach() for n in ranks}
+    factors = Factors(method, weights, {n: stats[n] for n in ranks}, opts, device=device, keep=False)
+    t0 = time.perf_counter()
+    out = {}
+    for name, r in ranks.items():
+        A, B = factors.at(name, r)
+        out[name] = (A.cpu(), B.cpu())
+    if timing is not None:
+        timing.update(total_s=round(time.perf_counter() - t0, 1))
+    return out
