@@ -1,7 +1,8 @@
 """fisher: empirical diagonal Fisher and two-sided statistics of every compressible Linear of the
 fine-tuned model over the training split → data/fisher.safetensors (raw sums Σ(∂L/∂W)² + count),
 data/stats.safetensors (Σx = Σ_t x_t x_tᵀ, Σg = Σ_t g_t g_tᵀ over non-padding tokens, for the
-whiten / kfac factorisations; fisvd.stats), metrics/fisher/summary.json.
+whiten / kfac factorisations; with fisher.weighted also the gradient-weighted pair of kfac_gw;
+fisvd.stats), metrics/fisher/summary.json.
 
 per_batch: F = (1/B) Σ_b g_b², g_b the gradient of mini-batch b's mean loss, from the same forward
 and backward pass that collects Σx and Σg (one pass over the data).
@@ -29,7 +30,7 @@ from fisvd.models import compressible_linears, load_classifier, load_tokenizer, 
 from fisvd.paths import FISHER, FISHER_RUNTIME, FISHER_SUMMARY, MODEL, PREPARED, STATS
 from fisvd.stats import collect_stats, save_stats
 
-KEYS = ["fisher.mode", "fisher.batch_size", "fisher.max_samples", "finetune.max_length"]
+KEYS = ["fisher.mode", "fisher.batch_size", "fisher.max_samples", "fisher.weighted", "finetune.max_length"]
 log = logging.getLogger("fisvd")
 
 
@@ -55,7 +56,7 @@ def main(params):
              len(feats), device, f" (rank {rank()} of {world_size()})" if world_size() > 1 else "")
     t0 = time.perf_counter()
     sums = {} if fp.mode == "per_batch" else None
-    stats, stats_meta = collect_stats(model, names, train_batches, device, fisher_out=sums,
+    stats, stats_meta = collect_stats(model, names, train_batches, device, fisher_out=sums, weighted=fp.weighted,
                                       progress=lambda it: tqdm(it, desc="fisher+stats", unit="batch",
                                                                disable=not main_rank))
     count, n = stats_meta["batches"], stats_meta["examples"]

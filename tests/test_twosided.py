@@ -154,14 +154,17 @@ def test_full_rank_reproduces_W_and_rank_deficient_stats_stay_finite(method, sha
 
 def test_whitened_matrix_of_every_method():
     W, F = rand(5, 4, seed=1), torch.rand(5, 4, generator=gen(2), dtype=torch.float64)
-    Sx, Sg = spd(4, 3), spd(5, 4)
-    stats = {"fisher": F, "cov_x": Sx, "cov_g": Sg}
+    Sx, Sg, Sxg, Sgn = spd(4, 3), spd(5, 4), spd(4, 7), spd(5, 8)
+    stats = {"fisher": F, "cov_x": Sx, "cov_g": Sg, "cov_xg": Sxg, "cov_gn": Sgn}
     opts = {"tfwsvd": {"max_iters": 1, "tol": 0.0}, "whiten": {"alpha_x": 0.0},
-            "kfac": {"alpha_x": 0.0, "alpha_g": 0.0}}
+            "kfac": {"alpha_x": 0.0, "alpha_g": 0.0}, "kfac_gw": {"alpha_x": 0.0, "alpha_g": 0.0},
+            "kfac_seq": {"alpha_x": 0.0, "alpha_g": 0.0, "examples": 1}}
     Ts = {m: whitened(m, W, stats, **opts.get(m, {})) for m in FACTORISATIONS.names()}
     Lx, Lg = torch.linalg.cholesky(Sx), torch.linalg.cholesky(Sg)
     s = F.mean(0).sqrt()                         # methods.md §6: mean over the m outputs
-    expect = {"svd": W, "fwsvd": W * s, "tfwsvd": W * s, "whiten": W @ Lx, "kfac": Lg.T @ W @ Lx}
+    expect = {"svd": W, "fwsvd": W * s, "tfwsvd": W * s, "whiten": W @ Lx, "kfac": Lg.T @ W @ Lx,
+              "kfac_gw": torch.linalg.cholesky(Sgn).T @ W @ torch.linalg.cholesky(Sxg),
+              "kfac_seq": Lg.T @ W @ Lx}
     assert set(Ts) == set(expect)
     for m in expect:
         assert Ts[m].dtype == torch.float64 and torch.allclose(Ts[m], expect[m], rtol=1e-12), m
@@ -230,6 +233,7 @@ def brute_force(model, names, exs):
         mod.forward = fwd
     sx = {n: 0 for n in names}
     sg = {n: 0 for n in names}
+    weighted.clear()
     try:
         for ex in exs:
             model.zero_grad()
@@ -237,12 +241,20 @@ def brute_force(model, names, exs):
             for n in names:
                 x, y = seen[n]
                 for t in range(x.shape[1]):
-                    sx[n] = sx[n] + torch.outer(x[0, t], x[0, t]).double()
-                    sg[n] = sg[n] + torch.outer(y.grad[0, t], y.grad[0, t]).double()
+                    xt, gt = x[0, t].double(), y.grad[0, t].double()
+                    sx[n] = sx[n] + torch.outer(xt, xt)
+                    sg[n] = sg[n] + torch.outer(gt, gt)
+                    w = float(gt @ gt)                    # ‖g_t‖²
+                    xg, gn = weighted.get(n, (0, 0))
+                    # a token whose output the loss does not feel (last block, not the pooled one): ĝ = 0
+                    weighted[n] = (xg + w * torch.outer(xt, xt), gn + (torch.outer(gt, gt) / w if w > 0 else 0))
     finally:
         for mod in mods.values():
             del mod.forward
     return sx, sg
+
+
+weighted: dict = {}     # brute_force's gradient-weighted pair per matrix: (Σ ‖g‖² x xᵀ, Σ ĝ ĝᵀ)
 
 
 def close(a, b, tol=2e-5):
@@ -270,6 +282,39 @@ def test_hook_statistics_equal_per_token_brute_force_with_padding(regression):
         assert torch.equal(stats[f"cov_x/{key}"], stats[f"cov_x/{key}"].T)
     assert sum(k.startswith("cov_x/") for k in stats) == 4 * model.config.num_hidden_layers
     assert sum(k.startswith("cov_g/") for k in stats) == len(names)
+
+
+def test_gradient_weighted_statistics_equal_per_token_brute_force(tmp_path):
+    model = tiny_bert(vocab_size=100)
+    mats = compressible_linears(model)
+    names = [m.name for m in mats]
+    exs = examples(7, seed=1)
+    batches = [collate(exs[:4]), collate(exs[4:])]
+    plain, _ = collect_stats(model, names, batches, CPU)
+    stats, meta = collect_stats(model, names, batches, CPU, weighted=True)
+    brute_force(model, names, exs)
+    assert meta["weighted"] is True
+    for n in names:
+        assert close(stats[f"cov_xg/{n}"], weighted[n][0]), n
+        assert close(stats[f"cov_gn/{n}"], weighted[n][1]), n
+        assert torch.equal(stats[f"cov_g/{n}"], plain[f"cov_g/{n}"])     # the plain statistics unchanged
+    # per-token trace of the direction covariance is 1: Σ ĝĝᵀ has trace = number of tokens (first
+    # block: every token reaches the loss); the last block's query: only the 7 pooled tokens do
+    n_tok = meta["tokens"][names[0]]
+    assert float(torch.trace(stats[f"cov_gn/{names[0]}"])) == pytest.approx(n_tok, rel=1e-5)
+    last_q = [n for n in names if n.endswith("query")][-1]
+    assert float(torch.trace(stats[f"cov_gn/{last_q}"])) == pytest.approx(7, rel=1e-5)
+    save_stats(tmp_path / "s.safetensors", stats, meta)
+    loaded, _ = load_stats(tmp_path / "s.safetensors")
+    got = matrix_stats(loaded, meta, names[0])
+    assert set(got) == {"cov_x", "cov_g", "cov_xg", "cov_gn"}
+    assert torch.allclose(got["cov_xg"], stats[f"cov_xg/{names[0]}"] / n_tok)
+    # a plain file gives kfac_gw a clear error
+    from fisvd.stats import load_statistics
+    save_stats(tmp_path / "p.safetensors", plain, {**meta, "weighted": False})
+    shapes = {m.name: m.shape for m in mats}
+    with pytest.raises(StatsError, match="fisher.weighted: true"):
+        load_statistics({"cov_xg", "cov_gn"}, shapes, tmp_path / "none", tmp_path / "p.safetensors")
 
 
 def test_statistics_do_not_depend_on_batch_cut_or_padding_tokens():
@@ -432,6 +477,10 @@ def _loss_models():
         "tfwsvd": lambda D, st, o: (st["fisher"] * D ** 2).sum(),
         "whiten": lambda D, st, o: torch.trace(D @ damped(st["cov_x"], o.alpha_x) @ D.T),
         "kfac": lambda D, st, o: torch.trace(D.T @ damped(st["cov_g"], o.alpha_g) @ D @ damped(st["cov_x"], o.alpha_x)),
+        "kfac_gw": lambda D, st, o: torch.trace(D.T @ damped(st["cov_gn"], o.alpha_g) @ D
+                                                @ damped(st["cov_xg"], o.alpha_x)),
+        # ranks on kfac's spectrum of the dense statistics; its own fit depends on the whole model
+        "kfac_seq": lambda D, st, o: torch.trace(D.T @ damped(st["cov_g"], o.alpha_g) @ D @ damped(st["cov_x"], o.alpha_x)),
     }
 
 
@@ -453,10 +502,14 @@ def test_spectrum_tail_is_the_factorisations_own_loss_model(method, shape):
     W = torch.randn(m, n, generator=g, dtype=torch.float64)
     col = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
     X, G = torch.randn(3 * n, n, generator=g, dtype=torch.float64), torch.randn(3 * m, m, generator=g, dtype=torch.float64)
-    st = {"fisher": col[None, :].expand(m, n).clone(), "cov_x": X.T @ X / len(X), "cov_g": G.T @ G / len(G)}
+    X2, G2 = torch.randn(3 * n, n, generator=g, dtype=torch.float64), torch.randn(3 * m, m, generator=g, dtype=torch.float64)
+    st = {"fisher": col[None, :].expand(m, n).clone(), "cov_x": X.T @ X / len(X), "cov_g": G.T @ G / len(G),
+          "cov_xg": X2.T @ X2 / len(X2), "cov_gn": G2.T @ G2 / len(G2)}
     opts = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).compress.options[method]
     fac = Factors(method, {"w": W}, {"w": st}, opts)
     spec = fac.spectrum("w")
+    if FACTORISATIONS[method].sequential:      # truncation on its spectrum = kfac's own truncation
+        fac = Factors("kfac", {"w": W}, {"w": st}, FACTORISATIONS["kfac"].params(opts.alpha_x, opts.alpha_g))
     for r in (1, min(shape) // 2, min(shape) - 1):
         A, B = fac.at("w", r)
         D = W - A.double() @ B.double()

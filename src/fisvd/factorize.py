@@ -16,6 +16,8 @@ Two-sided, data-aware (methods.md §4b; closed form, one SVD; Σx = Σ_t x_t x_t
 Σg = Σ_t g_t g_tᵀ (m×m) from `fisvd.stats`, damped M + α·mean(diag M)·I, lower Cholesky M = L Lᵀ):
 - `whiten`: T = W L_x, W_r = SVD_r(T) L_x⁻¹; A = U_r S_r, B = V_rᵀ L_x⁻¹ (SVD-LLM, DRONE).
             Minimises Σ_t ‖ΔW x_t‖² = tr(ΔW Σx ΔWᵀ).
+- `kfac_gw`: kfac on the gradient-weighted pair (Σx^g = Σ_t ‖g_t‖² x_t x_tᵀ, Σĝ = Σ_t ĝ_t ĝ_tᵀ;
+            fisvd.stats), so tokens the loss does not feel weigh nothing.
 - `kfac`:   T = L_gᵀ W L_x, W_r = L_g⁻ᵀ SVD_r(T) L_x⁻¹; A = L_g⁻ᵀ U_r S_r, B = V_rᵀ L_x⁻¹ (GFWSVD with
             K-FAC factors). Minimises tr(ΔWᵀ Σg ΔW Σx) = ‖L_gᵀ ΔW L_x‖²_F, optimum Σ_{k>r} s_k(T)².
             `L_g W L_x` (no transpose) is a published mistake: it is only right when L_g is diagonal.
@@ -269,8 +271,20 @@ def _kfac_back(W, stats, opts: KfacParams, US, Vh):
     return torch.linalg.solve_triangular(Lg.T, US, upper=True), B                 # L_gᵀ A = U S
 
 
+@FACTORISATIONS.implements("kfac_gw", "whitened")
+def _kfac_gw_T(W, stats, opts: KfacParams):
+    return _kfac_T(W, {"cov_x": stats["cov_xg"], "cov_g": stats["cov_gn"]}, opts)
+
+
+@FACTORISATIONS.implements("kfac_gw", "unwhiten")
+def _kfac_gw_back(W, stats, opts: KfacParams, US, Vh):
+    return _kfac_back(W, {"cov_x": stats["cov_xg"], "cov_g": stats["cov_gn"]}, opts, US, Vh)
+
+
 _NEEDS = {"fisher": "a Fisher tensor (stats['fisher'])", "cov_x": "the input covariance Σx (stats['cov_x'])",
-          "cov_g": "the output-gradient covariance Σg (stats['cov_g'])"}
+          "cov_g": "the output-gradient covariance Σg (stats['cov_g'])",
+          "cov_xg": "the gradient-weighted input covariance (stats['cov_xg']; fisher.weighted: true)",
+          "cov_gn": "the gradient-direction covariance (stats['cov_gn']; fisher.weighted: true)"}
 
 
 def _prepare(method: str, stats, opts, kw):

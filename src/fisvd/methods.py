@@ -157,6 +157,10 @@ FACTORISATIONS.spec("kfac", params=KfacParams, needs=("cov_x", "cov_g"), sliceab
                     "SVD of L_g^T W L_x, Sigma_g = L_g L_g^T (GFWSVD)")
 
 
+FACTORISATIONS.spec("kfac_gw", params=KfacParams, needs=("cov_xg", "cov_gn"), sliceable=True,
+                    help="K-FAC on gradient-weighted statistics: sum |g_t|^2 x_t x_t^T and the gradient "
+                    "directions' covariance (tokens the loss does not feel weigh nothing; fisher.weighted: true)")
+
 
 @dataclass(frozen=True)
 class KfacSeqParams:
@@ -174,4 +178,4 @@ FACTORISATIONS.spec("kfac_seq", params=KfacSeqParams, needs=("cov_x", "cov_g"), 
                     help="sequential K-FAC: each Linear fitted to the dense output from the already compressed "
                     "prefix's inputs (closed form with the cross-covariance; ranks on kfac's spectrum)")
 
-STATISTICS = ("fisher", "cov_x", "cov_g")   # the needs that name a statistic (fisvd.fisher, fisvd.stats)
+STATISTICS = ("fisher", "cov_x", "cov_g", "cov_xg", "cov_gn")   # the needs that name a statistic (fisvd.fisher, fisvd.stats)

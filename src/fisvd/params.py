@@ -156,6 +156,7 @@ class FisherParams:
     mode: str
     batch_size: int
     max_samples: Optional[int]
+    weighted: bool
 
     def validate(self, key: str) -> None:
         choice(f"{key}.mode", self.mode, FISHER_MODES)
@@ -335,6 +336,11 @@ class Params:
             if t not in self.grid.finetune:
                 raise ParamError(f"grid.finetune.{t}: missing; every grid task needs its fine-tune settings "
                                  f"(learning_rate, epochs; benchmarks/finetune_select.py chooses them)")
+        reg = registries()["compress"]
+        weighted = [m for m in (self.compress.method, *self.grid.factorisations) if {"cov_xg", "cov_gn"} & set(reg[m].needs)]
+        if weighted and not self.fisher.weighted:
+            raise ParamError(f"fisher.weighted: false, but {weighted[0]} (compress.method or grid.factorisations) reads "
+                             f"the gradient-weighted statistics; set fisher.weighted: true")
 
 
 def _type_name(tp: Any) -> str:

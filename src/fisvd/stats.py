@@ -5,6 +5,15 @@ For a Linear y = x Wᵀ + b (W: [out = m, in = n]), over the non-padding tokens 
     Σx = Σ_t x_t x_tᵀ          (n×n, x_t = the Linear's input at token t)
     Σg = Σ_t g_t g_tᵀ          (m×m, g_t = B · ∂L/∂y_t)
 
+Gradient-weighted pair (`weighted=True`, for kfac_gw), per matrix:
+
+    Σx^g = Σ_t ‖g_t‖² x_t x_tᵀ     Σĝ = Σ_t ĝ_t ĝ_tᵀ,  ĝ_t = g_t / ‖g_t‖
+
+The loss model Σ_t (g_tᵀ ΔW x_t)² = Σ_t ‖g_t‖² (ĝ_tᵀ ΔW x_t)² factorises as tr(ΔWᵀ Σĝ ΔW Σx^g)
+when the gradient's direction is independent of its norm and the input, rather than of the input
+alone: tokens whose output the loss does not feel (every token but the pooled one in the last
+block) drop out of Σx^g instead of counting like the rest.
+
 L is the model's own task loss on the batch (CE; MSE for regression), the mean of the B per-example
 losses ℓ_b of the batch, so ∂L/∂y_t = (1/B) ∂ℓ_b/∂y_t: scaling by the batch size B makes g_t the
 gradient of token t's own example loss, and Σg does not depend on how the data are cut into
@@ -81,9 +90,12 @@ def damped_cholesky(M: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], device: torch.device,
-                  progress: Callable = lambda it: it, fisher_out: dict | None = None
+                  progress: Callable = lambda it: it, fisher_out: dict | None = None, weighted: bool = False
                   ) -> tuple[dict[str, torch.Tensor], dict]:
     """Raw sums Σx (shared per input tensor) and Σg of the Linears `names` (model order); see above.
+
+    `weighted`: also the gradient-weighted pair of every matrix (kfac_gw; module docstring):
+    `cov_xg/<matrix>` = Σ_t ‖g_t‖² x_t x_tᵀ and `cov_gn/<matrix>` = Σ_t ĝ_t ĝ_tᵀ, ĝ_t = g_t / ‖g_t‖.
 
     With `fisher_out` (a dict), the same backward pass also yields the per_batch diagonal Fisher:
     `fisher_out[name]` = Σ_b (∂L_b/∂W)² (raw sums over batches, as `fisher.fisher_per_batch`).
@@ -126,7 +138,15 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
             x = inputs[0]
             token = tuple(x.shape[:-1]) == tuple(state["mask"].shape)
             state["x"].setdefault(name, []).append((x, token))
-            out.register_hook(lambda g: add(f"cov_g/{name}", rows_of(g, token), state["B"]))
+
+            def on_grad(g):
+                gr = rows_of(g, token).detach().float() * state["B"]
+                add(f"cov_g/{name}", gr)
+                if weighted:
+                    norms = gr.norm(dim=1, keepdim=True)
+                    add(f"cov_xg/{name}", rows_of(x.detach(), token).float() * norms)
+                    add(f"cov_gn/{name}", gr / norms.clamp_min(torch.finfo(gr.dtype).tiny))
+            out.register_hook(on_grad)
         return hook
 
     handles = [m.register_forward_hook(fwd_hook(n)) for n, m in mods.items()]
@@ -185,6 +205,9 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
         raise ValueError("no batches: the statistics would be empty")
     for n, m in mods.items():           # no gradient reached it: all zero (check_against rejects it)
         sums.setdefault(f"cov_g/{n}", torch.zeros(m.out_features, m.out_features, device=device))
+        if weighted:
+            sums.setdefault(f"cov_xg/{n}", torch.zeros(m.in_features, m.in_features, device=device))
+            sums.setdefault(f"cov_gn/{n}", torch.zeros(m.out_features, m.out_features, device=device))
     if world > 1:
         all_reduce(sums)
         if fisher_out is not None:
@@ -197,7 +220,7 @@ def collect_stats(model: nn.Module, names: list[str], batches: Iterable[dict], d
     if fisher_out is not None:
         fisher_out.update({n: f.cpu() for n, f in fisher_out.items()})
     meta = {"kind": KIND, "batches": batches_n, "examples": examples, "tokens": tokens,
-            "cov_x_of": cov_x_of, "g_scale": "batch_size"}
+            "cov_x_of": cov_x_of, "g_scale": "batch_size", **({"weighted": True} if weighted else {})}
     return stats, meta
 
 
@@ -228,8 +251,9 @@ def load_stats(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (KeyError, ValueError, TypeError, AttributeError):
         raise StatsError(f"{path}: metadata lacks the two-sided statistics' token counts and Σx map") from None
     out = {}
+    extra = ("cov_xg", "cov_gn") if meta.get("weighted") else ()
     for n in tokens:
-        for key in (f"cov_x/{cov_x_of.get(n)}", f"cov_g/{n}"):
+        for key in (f"cov_x/{cov_x_of.get(n)}", f"cov_g/{n}", *(f"{k}/{n}" for k in extra)):
             if key not in sums:
                 raise StatsError(f"{path}: no tensor {key} for matrix {n}")
             if tokens[n] < 1:
@@ -246,8 +270,13 @@ def load_stats(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def matrix_stats(stats: dict[str, torch.Tensor], meta: dict, name: str) -> dict[str, torch.Tensor]:
-    """{"cov_x": Σx, "cov_g": Σg} of matrix `name`, the statistics dict `factorize` takes."""
-    return {"cov_x": stats[f"cov_x/{meta['cov_x_of'][name]}"], "cov_g": stats[f"cov_g/{name}"]}
+    """{"cov_x": Σx, "cov_g": Σg} of matrix `name` (+ "cov_xg", "cov_gn" when collected `weighted`),
+    the statistics dict `factorize` takes."""
+    out = {"cov_x": stats[f"cov_x/{meta['cov_x_of'][name]}"], "cov_g": stats[f"cov_g/{name}"]}
+    for k in ("cov_xg", "cov_gn"):
+        if f"{k}/{name}" in stats:
+            out[k] = stats[f"{k}/{name}"]
+    return out
 
 
 def check_against(stats: dict[str, torch.Tensor], meta: dict, shapes: dict[str, tuple[int, int]],
@@ -278,9 +307,12 @@ def load_statistics(needs, shapes: dict[str, tuple[int, int]], fisher_path: str 
         check_fisher(fisher, shapes, str(fisher_path))
         for name in shapes:
             out[name]["fisher"] = fisher[name]
-    if needs & {"cov_x", "cov_g"}:
+    if needs & {"cov_x", "cov_g", "cov_xg", "cov_gn"}:
         stats, meta = load_stats(stats_path)
         check_against(stats, meta, shapes, str(stats_path))
+        if needs & {"cov_xg", "cov_gn"} and not meta.get("weighted"):
+            raise StatsError(f"{stats_path}: no gradient-weighted statistics (cov_xg, cov_gn); set "
+                             f"fisher.weighted: true and re-run the fisher stage")
         for name in shapes:
             out[name].update(matrix_stats(stats, meta, name))
     return out
