@@ -76,7 +76,7 @@ def main():
           f"(alpha_x {kopts.alpha_x:g}, alpha_g {kopts.alpha_g:g}), the same for kfac and kfac_seq\n")
 
     def seq(p, examples, timing=None):
-        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples)
+        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, sopts.weighting)
         return build_factors("kfac_seq", model, stats, ranks[p], opts,
                              lambda: training_slice(splits["train"], examples, tok, L), CPU, timing=timing)
 

@@ -151,7 +151,7 @@ def test_driver_fits_each_group_on_the_compressed_prefix():
     of the dense model and of a copy holding the factors of the earlier Linears, then the closed form."""
     model, names, cov_g = tiny()
     ranks = {n: 3 for n in names}
-    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7)
+    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting="token")
     batches = batches_of()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     got = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
@@ -203,7 +203,7 @@ def test_sequential_fit_tracks_the_dense_outputs_better_than_kfac_on_its_batches
             return sum(float(((comp.bert(**b).last_hidden_state - model.bert(**b).last_hidden_state) ** 2).sum())
                        for b in batches)
 
-    seq = build_factors("kfac_seq", model, stats, ranks, KfacSeqParams(1e-3, 1e-2, 24), lambda: batches, CPU)
+    seq = build_factors("kfac_seq", model, stats, ranks, KfacSeqParams(1e-3, 1e-2, 24, "token"), lambda: batches, CPU)
     plain = build_factors("kfac", model, stats, ranks, FACTORISATIONS["kfac"].params(1e-3, 1e-2), lambda: [], CPU)
     assert output_error(seq) < 0.85 * output_error(plain)      # measured 0.42 vs 0.56
 
@@ -219,6 +219,34 @@ def test_build_factors_does_not_ask_plain_methods_for_batches_and_factorize_refu
     assert torch.allclose(out[names[0]][0] @ out[names[0]][1], factorize("svd", W, None, 2)[0]
                           @ factorize("svd", W, None, 2)[1])
     with pytest.raises(ValueError, match="whole model"):
-        factorize("kfac_seq", W, st, 2, alpha_x=0.01, alpha_g=0.01, examples=4)
+        factorize("kfac_seq", W, st, 2, alpha_x=0.01, alpha_g=0.01, examples=4, weighting="token")
     with pytest.raises(ValueError, match="at least one calibration batch"):
-        sequential_factors(model, {names[0]: 2}, cov_g, [], KfacSeqParams(0.01, 0.01, 1), CPU)
+        sequential_factors(model, {names[0]: 2}, cov_g, [], KfacSeqParams(0.01, 0.01, 1, "token"), CPU)
+
+
+def test_gradient_weighting_on_a_dense_prefix_is_kfac_gw():
+    """The first group reads a dense prefix (x̃ = x): kfac_seq with weighting: gradient must then be
+    kfac_gw on the gradient-weighted statistics fisvd.stats collects from the same batches (tested
+    there against per-token brute force); later groups differ (their prefix is compressed)."""
+    from fisvd.stats import collect_stats, load_stats, matrix_stats, save_stats
+    model, names, _ = tiny()
+    batches = [dict(b, labels=torch.tensor([i % 2 for i in range(len(b["input_ids"]))])) for b in batches_of()]
+    raw, meta = collect_stats(model, names, batches, CPU, weighted=True)
+    ranks = {n: 3 for n in names}
+    unused = {n: None for n in names}            # gradient weighting computes its own output side
+    got = sequential_factors(model, ranks, unused, batches, KfacSeqParams(0.01, 0.01, 7, "gradient"), CPU)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        save_stats(f"{d}/s.safetensors", raw, meta)
+        stats, meta = load_stats(f"{d}/s.safetensors")
+    q = names[0]
+    st = matrix_stats(stats, meta, q)
+    A0, B0 = factorize("kfac_gw", model.get_submodule(q).weight.detach(), st, 3, alpha_x=0.01, alpha_g=0.01)
+    assert torch.allclose(A0 @ B0, got[q][0] @ got[q][1], atol=1e-4)
+    k = names[1]                                  # key: same input as query, its own gradient weights
+    st = matrix_stats(stats, meta, k)
+    A1, B1 = factorize("kfac_gw", model.get_submodule(k).weight.detach(), st, 3, alpha_x=0.01, alpha_g=0.01)
+    assert torch.allclose(A1 @ B1, got[k][0] @ got[k][1], atol=1e-4)
+    assert not torch.allclose(got[q][0] @ got[q][1], A0 @ B1)
+    with pytest.raises(ValueError, match="labelled calibration batches"):
+        sequential_factors(model, ranks, unused, batches_of(), KfacSeqParams(0.01, 0.01, 7, "gradient"), CPU)

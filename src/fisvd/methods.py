@@ -167,11 +167,13 @@ class KfacSeqParams:
     alpha_x: float      # damping of S = Σ x̃x̃ᵀ (and of C): + alpha_x · mean(diag S) · I, a pull towards W
     alpha_g: float      # damping of Σg: + alpha_g · mean(diag Σg) · I
     examples: int       # training examples the group-by-group fit runs on (seeded subset)
+    weighting: str      # token (every token counts alike) | gradient (x̃ weighted by ‖g_t‖², output side Σĝ)
 
     def validate(self, key: str) -> None:
         at_least(f"{key}.alpha_x", self.alpha_x, 0)
         at_least(f"{key}.alpha_g", self.alpha_g, 0)
         at_least(f"{key}.examples", self.examples, 1)
+        choice(f"{key}.weighting", self.weighting, ("token", "gradient"))
 
 
 FACTORISATIONS.spec("kfac_seq", params=KfacSeqParams, needs=("cov_x", "cov_g"), sequential=True,

@@ -13,7 +13,9 @@ covariance C = Σ_t x_t x̃_tᵀ + δI and S' = Σ_t x̃_t x̃_tᵀ + δI = L L�
 
     J = const − ‖T‖² + ‖T − L_gᵀ Ŵ L‖²_F,       T = L_gᵀ W C L⁻ᵀ,
 
-so Ŵ = L_g⁻ᵀ SVD_r(T) L⁻¹: A = L_g⁻ᵀ U_r S_r, B = V_rᵀ L⁻¹ (`seq_kfac`), and the truncation costs
+so Ŵ = L_g⁻ᵀ SVD_r(T) L⁻¹: A = L_g⁻ᵀ U_r S_r, B = V_rᵀ L⁻¹ (`seq_kfac`). `weighting: gradient`
+weights token t by ‖g_t‖² (the dense model's loss gradient at the Linear's output; its own C, S per
+Linear) and uses the directions' covariance Σĝ = mean ĝ_t ĝ_tᵀ for Σg (kfac_gw's pair). The truncation costs
 Σ_{k>r} s_k(T)² on top of the part no linear map of x̃ can recover. When x̃ = x, C = S' and T =
 L_gᵀ W L: exactly kfac.
 
@@ -105,6 +107,51 @@ def _groups(model: nn.Module, names: list[str], batch: dict) -> tuple[list[list[
     return groups, {n: len(seen[n]) for n in names}
 
 
+def _grad_norms(model: nn.Module, names: list[str], batch: dict, mask: torch.Tensor,
+                dircov: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """‖g_t‖ at the output of each Linear of `names` for the rows `_inputs` returns (same order), g_t =
+    B · ∂L/∂y_t (the gradient of token t's own example loss, as fisvd.stats), from one forward and
+    backward pass of the dense model on `batch` (with labels); adds Σ_t ĝ_t ĝ_tᵀ to `dircov[name]`."""
+    outs: dict[str, list] = {}
+
+    def hook(name):
+        def f(mod, inputs, out):
+            out.retain_grad()
+            outs.setdefault(name, []).append(out)
+        return f
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            emb = model.get_input_embeddings()
+            h = emb.register_forward_hook(lambda m, i, o: o.requires_grad_())   # a graph without weight grads
+            try:
+                loss = model(**batch).loss * batch["input_ids"].shape[0]
+                loss.backward()
+            finally:
+                h.remove()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in flags.items():
+            p.requires_grad_(f)
+    norms = {}
+    for n, calls in outs.items():
+        rows = []
+        for y in calls:
+            g = y.grad if y.grad is not None else torch.zeros_like(y)
+            token = tuple(g.shape[:-1]) == tuple(mask.shape)
+            rows.append((g[mask] if token else g.reshape(-1, g.shape[-1])).double())
+        G = torch.cat(rows)
+        norms[n] = G.norm(dim=1)
+        D = G / norms[n].clamp_min(torch.finfo(G.dtype).tiny)[:, None]
+        dircov[n] = dircov.get(n, 0) + D.T @ D
+    return norms
+    return norms
+
+
 def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Tensor) -> torch.Tensor:
     """Rows of the inputs of Linear `name` over its `calls` calls on `batch` (token calls: the
     non-padding rows), the forward pass cut right after the last call."""
@@ -139,31 +186,44 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
     model = model.eval().to(device)
     comp = copy.deepcopy(model)
     order = [n for n, _ in model.named_modules() if n in ranks]
-    batches = [{k: v.to(device) for k, v in b.items() if k != "labels"} for b in batches]
+    labelled = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in labelled]
     masks = [(b["attention_mask"] if "attention_mask" in b else torch.ones_like(b["input_ids"])).bool()
              for b in batches]
     groups, calls = _groups(model, order, batches[0])
+    norms = None
+    if opts.weighting == "gradient":        # per-token weights ‖g_t‖², output side Σĝ (kfac_gw's pair)
+        if any("labels" not in b for b in labelled):
+            raise ValueError("kfac_seq with weighting: gradient needs labelled calibration batches")
+        dircov: dict[str, torch.Tensor] = {}
+        norms = [_grad_norms(model, order, b, m, dircov) for b, m in zip(labelled, masks)]
+        count = sum(int(m.sum()) for m in masks)
+        cov_g = {n: d / count for n, d in dircov.items()}
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     t0 = time.perf_counter()
     passes = 0.0
     for group in progress(groups):
         lead = group[0]
         n = model.get_submodule(lead).in_features
-        C = torch.zeros(n, n, dtype=torch.float64, device=device)
-        S = torch.zeros(n, n, dtype=torch.float64, device=device)
+        keys = group if norms is not None else [lead]     # gradient weights: each member its own C, S
+        C = {k: torch.zeros(n, n, dtype=torch.float64, device=device) for k in keys}
+        S = {k: torch.zeros(n, n, dtype=torch.float64, device=device) for k in keys}
         tokens = 0
         t1 = time.perf_counter()
-        for b, mask in zip(batches, masks):
+        for i, (b, mask) in enumerate(zip(batches, masks)):
             X = _inputs(model, lead, calls[lead], b, mask)
             Xt = _inputs(comp, lead, calls[lead], b, mask)
-            C.addmm_(X.T, Xt)
-            S.addmm_(Xt.T, Xt)
+            for k in keys:
+                w = norms[i][k][:, None] if norms is not None else 1.0
+                C[k].addmm_((X * w).T, Xt * w)
+                S[k].addmm_((Xt * w).T, Xt * w)
             tokens += X.shape[0]
         passes += time.perf_counter() - t1
-        C, S = C / tokens, (S + S.T) / (2 * tokens)
         for name in group:
+            k = name if norms is not None else lead
             dense = model.get_submodule(name)
-            A, B = seq_kfac(dense.weight.detach(), cov_g[name].to(device), C, S, ranks[name], opts.alpha_x, opts.alpha_g)
+            A, B = seq_kfac(dense.weight.detach(), cov_g[name].to(device), C[k] / tokens,
+                            (S[k] + S[k].T) / (2 * tokens), ranks[name], opts.alpha_x, opts.alpha_g)
             out[name] = (A.cpu(), B.cpu())
             set_module(comp, name, LowRankLinear.from_factors(A, B, dense.bias).to(device))
     if timing is not None:
