@@ -132,11 +132,32 @@ def test_boot_scores_resample_pairs_and_average_seeds_and_mnli_splits():
     labels = {"dev": rng.integers(0, 3, 30), "dev_mm": rng.integers(0, 3, 20)}
     preds = [{s: np.where(rng.random(len(y)) < 0.6, y, (y + 1) % 3) for s, y in labels.items()} for _ in range(2)]
     idx = resample_indices({s: len(y) for s, y in labels.items()}, n=5, seed=3)
-    got = boot_scores("mnli", preds, labels, idx)
+    got = boot_scores("mnli", preds, labels, idx, resample_seeds=False)
+    per = [[task_metrics("mnli", {s: (pr[s][idx[s][i]], labels[s][idx[s][i]]) for s in labels})["score"]
+            for pr in preds] for i in range(5)]
     for i in range(5):
-        want = np.mean([task_metrics("mnli", {s: (pr[s][idx[s][i]], labels[s][idx[s][i]]) for s in labels})["score"]
-                        for pr in preds])
-        assert got[i] == pytest.approx(want)
+        assert got[i] == pytest.approx(np.mean(per[i]))
+    # two-level bootstrap: each replicate averages k seeds drawn with replacement
+    from fisvd.report import seed_draws
+    both = boot_scores("mnli", preds, labels, idx)
+    draws = seed_draws(5, 2)
+    for i in range(5):
+        assert both[i] == pytest.approx(np.mean([per[i][j] for j in draws[i]]))
+    assert len({tuple(d) for d in seed_draws(1000, 3)}) > 20          # really resamples the seeds
+    np.testing.assert_allclose(boot_scores("mnli", preds[:1], labels, idx), [p[0] for p in per])   # one seed
+
+
+def test_seed_resampling_widens_the_interval_when_seeds_disagree():
+    from fisvd.report import interval
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400)
+    good = np.where(rng.random(400) < 0.9, y, 1 - y)
+    bad = np.where(rng.random(400) < 0.6, y, 1 - y)          # one seed far worse than the others
+    preds = [{"dev": good}, {"dev": good}, {"dev": bad}]
+    idx = resample_indices({"dev": 400}, n=1000, seed=0)
+    lo1, hi1 = interval(boot_scores("sst2", preds, {"dev": y}, idx, resample_seeds=False))
+    lo2, hi2 = interval(boot_scores("sst2", preds, {"dev": y}, idx))
+    assert hi2 - lo2 > 2 * (hi1 - lo1)
 
 
 def test_paired_win_needs_the_whole_interval_above_zero():

@@ -4,8 +4,12 @@ themselves: fisvd.tables).
 Intervals: 95 % percentile bootstrap over dev examples (1000 resamples, seeded), vectorised: one
 index matrix per dev split, shared by every cell of a task, so two cells' resampled scores are
 paired and `paired_win(a, b)` (the 2.5 % quantile of score_a − score_b over the same resamples > 0)
-says whether a beats b beyond resampling noise. With several fine-tune seeds a cell's score is the
-mean over seeds, resampled on the same indices.
+says whether a beats b beyond resampling noise. With several seeds (fine-tune seeds; recovered
+cells: fine-tune × recovery seeds) a cell's score is the mean over its seeds, and each bootstrap
+replicate also resamples the seeds: it draws k of the cell's k seeds with replacement (a seeded
+draw shared by every cell with k seeds, so paired cells draw the same seeds) and averages their
+scores on that replicate's dev examples. The interval then covers seed and dev-example variation
+together (a two-level bootstrap); with one seed it is the dev-example bootstrap.
 
 Task score (fisvd.metrics): CoLA MCC; MRPC, QQP mean(F1, acc); STS-B mean(Pearson, Spearman);
 MNLI mean(acc m, acc mm); others accuracy; ×100. Groups (the GLUE paper's): NLI = MNLI, QNLI, RTE,
@@ -93,15 +97,25 @@ def resample_indices(sizes: dict[str, int], n: int = N_BOOT, seed: int = 0) -> d
     return {s: rng.integers(0, k, (n, k)) for s, k in sorted(sizes.items())}
 
 
+def seed_draws(n: int, k: int, seed: int = 1) -> np.ndarray:
+    """[n, k] seed indices drawn with replacement, one row per bootstrap replicate (seeded by n, k)."""
+    return np.random.default_rng([seed, n, k]).integers(0, k, (n, k))
+
+
 def boot_scores(task: str, preds: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
-                idx: dict[str, np.ndarray]) -> np.ndarray:
-    """[n] resampled task scores of a cell: mean over seeds (`preds`: one {split: predictions} per
-    seed) of the task score (MNLI: mean over its splits) on the resampled examples."""
+                idx: dict[str, np.ndarray], resample_seeds: bool = True) -> np.ndarray:
+    """[n] resampled task scores of a cell (`preds`: one {split: predictions} per seed): per replicate,
+    the task score (MNLI: mean over its splits) on the resampled examples, averaged over k seeds drawn
+    with replacement (`seed_draws`; `resample_seeds=False`: over every seed once)."""
     per_seed = []
     for pr in preds:
         parts = [split_scores(task, np.asarray(pr[s])[idx[s]], np.asarray(labels[s])[idx[s]]) for s in idx]
         per_seed.append(np.mean(parts, axis=0))
-    return np.mean(per_seed, axis=0)
+    per_seed = np.asarray(per_seed)                     # [k, n]
+    k, n = per_seed.shape
+    if k == 1 or not resample_seeds:
+        return per_seed.mean(axis=0)
+    return per_seed[seed_draws(n, k), np.arange(n)[:, None]].mean(axis=1)
 
 
 def bootstrap_ci(task: "str | Scoring", per_split: dict[str, tuple[np.ndarray, np.ndarray]], n: int = N_BOOT,
