@@ -19,7 +19,7 @@ import logging
 import os
 
 from fisvd.cli import run_stage
-from fisvd.data import load_prepared
+from fisvd.data import calibration_rows, load_prepared
 from fisvd.errors import ParamError
 from fisvd.factorize import Factors
 from fisvd.io import remove, write_json
@@ -64,7 +64,7 @@ def main(params):
     def probe():        # only for methods that need measurements: loads the model and the training split
         meta, splits = load_prepared(PREPARED)
         model = load_classifier(MODEL, meta["num_labels"]).float().eval()
-        return Probe(model, infos, factors, splits["train"], load_tokenizer(MODEL), params.finetune.max_length,
+        return Probe(model, infos, factors, calibration_rows(splits), load_tokenizer(MODEL), params.finetune.max_length,
                      pick_device())
 
     ranks, info = plan(a.method, mats, budget=a.budget, rank_multiple=a.rank_multiple, opts=a.opts(), probe=probe)

@@ -9,7 +9,7 @@ import logging
 import time
 
 from fisvd.cli import run_stage
-from fisvd.data import load_prepared, training_slice
+from fisvd.data import calibration_rows, load_prepared, training_slice
 from fisvd.io import atomic_dir, remove
 from fisvd.lowrank import apply_lowrank, save_compressed
 from fisvd.methods import FACTORISATIONS
@@ -35,7 +35,7 @@ def main(params):
 
     def calibration():          # kfac_seq only: a seeded slice of the training rows
         _, splits = load_prepared(PREPARED)
-        return training_slice(splits["train"], c.opts().examples, tok, params.finetune.max_length)
+        return training_slice(calibration_rows(splits), c.opts().examples, tok, params.finetune.max_length)
     low = build_factors(c.method, model, stats, ranks, c.opts(), calibration, pick_device())
     apply_lowrank(model.cpu(), low)
     log.info("%s: factorised %d of %d matrices in %.1f s", c.method, len(low), len(infos), time.perf_counter() - t0)

@@ -5,6 +5,9 @@ GLUE source: env GLUE_DIR (GLUE TSV layout), else ../shared/data/glue beside the
 `datasets.load_dataset("nyu-mll/glue", task)`. Both give identical rows (see fisvd.data). A custom
 task (`data.task` naming a `data.custom` section): its local CSV / TSV / JSON Lines / Parquet files or
 hub dataset (fisvd.custom); meta.json then also records its metrics and label names.
+`data.calibration_rows` > 0 moves that many seeded training rows (seed data.seed + 2) to a
+`calibration` split that fine-tuning never sees (the measured allocator's slice and kfac_seq draw
+from it: fisvd.data.calibration_rows); the manifest lists its row count like every split's.
 The committed manifest metrics/prepare/data.json records the source, the sha256 of every source
 file (or the HF fingerprint) and row counts, so git shows which data each result came from.
 Every data problem stops here with one line naming the file, before any output is touched.
@@ -13,11 +16,13 @@ import logging
 
 from fisvd.cli import run_stage
 from fisvd.custom import load_custom
-from fisvd.data import TASKS, label_counts, load_hf, load_local, resolve_glue_dir, splits_of, subset, write_jsonl
+from fisvd.data import (TASKS, hold_out, label_counts, load_hf, load_local, resolve_glue_dir, splits_of, subset,
+                        write_jsonl)
 from fisvd.io import atomic_dir, remove, write_json
 from fisvd.paths import MANIFEST, PREPARED as OUT
 
-KEYS = ["data.task", "data.max_train_samples", "data.max_eval_samples", "data.seed", "data.custom"]
+KEYS = ["data.task", "data.max_train_samples", "data.max_eval_samples", "data.seed", "data.calibration_rows",
+        "data.custom"]
 log = logging.getLogger("fisvd")
 
 
@@ -45,11 +50,14 @@ def main(params):
     d = params.data
     spec = d.custom.get(d.task)         # None: a GLUE task
     splits, source, info, names = custom(d.task, spec) if spec else glue(d.task)
-    remove(MANIFEST)
     full_rows = {s: len(splits[s]) for s in names}
     splits = {s: subset(splits[s], d.max_train_samples if s == "train" else d.max_eval_samples,
                         d.seed if s == "train" else d.seed + 1) for s in names}
+    if d.calibration_rows:              # held out of fine-tuning for the calibrated methods
+        splits["train"], splits["calibration"] = hold_out(splits["train"], d.calibration_rows, d.seed + 2)
+        names = (*names, "calibration")
     meta = {"task": d.task, **info, "rows": {s: len(splits[s]) for s in names}}
+    remove(MANIFEST)
     with atomic_dir(OUT) as tmp:
         for s in names:
             write_jsonl(splits[s], tmp / f"{s}.jsonl")

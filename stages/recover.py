@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fisvd.balance import balance
 from fisvd.cli import run_stage
-from fisvd.data import collate, dev_features, load_prepared, tokenize, training_slice
+from fisvd.data import calibration_rows, collate, dev_features, load_prepared, tokenize, training_slice
 from fisvd.dist import is_main
 from fisvd.evaluate import dev_record, score_dev
 from fisvd.metrics import scoring_of
@@ -61,7 +61,7 @@ def main(params, args):
         remove(out, live_dir)
     opts = params.compress.opts(args.factorisation)
     factors = build_factors(args.factorisation, model, stats, low, opts,
-                            lambda: training_slice(splits["train"], opts.examples, tok, ft.max_length), pick_device())
+                            lambda: training_slice(calibration_rows(splits), opts.examples, tok, ft.max_length), pick_device())
     apply_lowrank(model.cpu(), {n: balance(*AB) for n, AB in factors.items()})
     train = tokenize(tok, splits["train"], ft.max_length)
     devs = dev_features(task, splits, tok, ft.max_length)

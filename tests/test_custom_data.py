@@ -393,3 +393,34 @@ def test_locate_finds_a_compressed_model_on_the_hub(tmp_path, monkeypatch):
     assert locate("acme/dense-model") == (None, None)            # a dense hub model: the base class loads it
     (tmp_path / "local").mkdir()
     assert locate(tmp_path / "local") == (None, None)
+
+
+def test_calibration_rows_are_held_out_of_fine_tuning_seeded_and_recorded(tmp_path, monkeypatch, capsys):
+    """data.calibration_rows moves seeded training rows to a `calibration` split: disjoint from train,
+    together the old train split; the calibrated methods draw from it (fisvd.data.calibration_rows)."""
+    from fisvd.data import calibration_rows, load_prepared
+    repo = project(tmp_path / "base")
+    assert prepare(repo, monkeypatch)[0] == 0
+    _, base = read_prepared(repo)
+    assert calibration_rows(base) is base["train"]                     # none held out: training rows
+    held = project(tmp_path / "held")
+    params = yaml.safe_load((held / "params.yaml").read_text())
+    params["data"]["calibration_rows"] = 5
+    (held / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert prepare(held, monkeypatch)[0] == 0
+    meta, rows = read_prepared(held)
+    assert meta["rows"] == {"train": 13, "dev": 6, "calibration": 5}
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, rows["train"] + rows["calibration"])) == sorted(map(key, base["train"]))   # a partition
+    _, loaded = load_prepared(held / "data/prepared")
+    assert calibration_rows(loaded) == rows["calibration"]
+    manifest = json.loads((held / "metrics/prepare/data.json").read_text())
+    assert manifest["rows"]["calibration"] == 5
+    again = project(tmp_path / "again")                                 # seeded: the same rows
+    (again / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare(again, monkeypatch)
+    assert read_prepared(again)[1]["calibration"] == rows["calibration"]
+    params["data"]["calibration_rows"] = 18                             # the whole split: one line, nothing written
+    (again / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    code, err = prepare(again, monkeypatch, capsys)
+    assert code == 2 and "data.calibration_rows: 18 of 18 training rows" in err[-1]

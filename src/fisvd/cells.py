@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .allocate import Matrix, report
-from .data import collate, dev_features, training_slice
+from .data import calibration_rows, collate, dev_features, training_slice
 from .deps import ROOT, code_deps
 from .evaluate import dev_record, score_dev
 from .metrics import scoring_of
@@ -174,12 +174,12 @@ def _compute(params, f, meta, splits, todo, memo, model_dir, fisher_path, stats_
     mats = matrices(infos, weights, stats, factors, a.speed_table and load_table(a.speed_table), a.budget_kind)
     log.info("%s: decomposed %d matrices in %.1f s", f, len(infos), time.perf_counter() - t0)
     devs = dev_features(task, splits, tok, L)
-    probe = Probe(model, infos, factors, splits["train"], tok, L, device)
+    probe = Probe(model, infos, factors, calibration_rows(splits), tok, L, device)
     calibration: list = []
 
     def calibration_batches():      # sequential factorisations: one seeded training slice per process
         if not calibration:
-            calibration.extend(training_slice(splits["train"], params.compress.opts(f).examples, tok, L))
+            calibration.extend(training_slice(calibration_rows(splits), params.compress.opts(f).examples, tok, L))
         return calibration
     for c in todo:
         t1 = time.perf_counter()

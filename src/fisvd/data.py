@@ -256,6 +256,14 @@ def subset(rows: list[dict], n: Optional[int], seed: int) -> list[dict]:
     return [rows[i] for i in keep]
 
 
+def hold_out(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(the rest, `n` seeded rows held out), both in original order."""
+    if not 0 < n < len(rows):
+        raise DataError(f"data.calibration_rows: {n} of {len(rows)} training rows; hold out fewer than the split")
+    held = set(random.Random(seed).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
 def label_counts(rows: list[dict], regression: bool) -> dict:
     """Manifest summary of one split's labels: min / max / mean (regression) or the count of each
     class id; unlabelled rows (a custom task's test split) are left out."""
@@ -336,6 +344,13 @@ def by_length(features: list[dict]) -> list[int]:
     """Indices of `features` sorted by token count (stable): batching in this order pads far less
     (dev sets, calibration slices); results are put back in the original order by the caller."""
     return sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+
+
+def calibration_rows(splits: dict[str, list[dict]]) -> list[dict]:
+    """The rows the calibrated methods (the `measured` allocator's slice, kfac_seq) draw from: the
+    `calibration` split that prepare holds out of fine-tuning (data.calibration_rows > 0), else the
+    training rows (seen in fine-tuning)."""
+    return splits.get("calibration") or splits["train"]
 
 
 SLICE_SEED, SLICE_BATCH = 0, 32          # training slices: seeded subset, batches of 32 in length order

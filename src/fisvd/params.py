@@ -104,6 +104,7 @@ class DataParams:
     max_train_samples: Optional[int]
     max_eval_samples: Optional[int]
     seed: int
+    calibration_rows: int
     custom: dict[str, CustomTask]
 
     def validate(self, key: str) -> None:
@@ -114,6 +115,7 @@ class DataParams:
         choice(f"{key}.task", self.task, all_tasks(self))
         positive(f"{key}.max_train_samples", self.max_train_samples, allow_none=True)
         positive(f"{key}.max_eval_samples", self.max_eval_samples, allow_none=True)
+        at_least(f"{key}.calibration_rows", self.calibration_rows, 0)
 
 
 def all_tasks(data: DataParams) -> tuple[str, ...]:
