@@ -29,8 +29,8 @@ from fisvd.metrics import constant_score, margin_kept
 from fisvd.models import compressible_linears, load_classifier, load_tokenizer, resolve_model
 from fisvd.params import load_params
 from fisvd.plan import matrices, plan
-from fisvd.stats import collect_stats, load_stats, save_stats
-from fisvd.fisher import load_fisher, save_fisher
+from fisvd.stats import collect_stats, load_statistics, save_stats
+from fisvd.fisher import save_fisher
 from fisvd.train import make_trainer
 
 OUT = Path("benchmarks/results")
@@ -87,7 +87,7 @@ def main():
     work = Path(f"/tmp/fisvd-recover-select/{task}")
     work.mkdir(parents=True, exist_ok=True)
     dense = dense_model(task, params, fit, held, tok, path, work)
-    from fisvd.stats import load_statistics
+
     infos = compressible_linears(dense)
     W = {m.name: dense.get_submodule(m.name).weight.detach() for m in infos}
     stats = load_statistics({"fisher", "cov_x", "cov_g"}, {m.name: m.shape for m in infos},

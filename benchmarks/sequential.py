@@ -1,20 +1,25 @@
-"""kfac_seq vs kfac at low budgets on the workspace's fine-tuned model (`dvc repro fisher` first).
+"""kfac_seq and kfac_gw vs kfac at low budgets on the workspace's fine-tuned model (`dvc repro fisher` first).
 
-1. `compress.kfac_seq.examples`, chosen on TRAINING data: for each candidate number of calibration
-   rows, kfac_seq compresses the model at p = 0.3, 0.2, 0.1 (max_fi ranks on kfac's spectrum, the
-   same for every candidate and for kfac); the score is the KL of compressed vs dense logits on 256
-   seeded training rows that no candidate calibrates on (geometric mean over the budgets). The lowest
-   wins unless a smaller candidate is within 2 % (cost).
-2. Dev score of kfac and kfac_seq (the params.yaml examples) at p = 0.5, 0.3, 0.2, 0.1: score ×100 with
-   a 95 % bootstrap interval over dev examples, margin kept over the constant predictor, and the
-   paired bootstrap interval of kfac_seq − kfac (the same resamples for both).
-3. Cost: kfac_seq's pass (forward passes and total) against the Fisher + statistics pass
-   (fisvd.stats.collect_stats with the Fisher over the whole training split), timed in this run.
+1. (`--select`) `compress.kfac_seq.examples`, chosen on TRAINING data: for each candidate number of
+   calibration rows, kfac_seq compresses the model at p = 0.3, 0.2, 0.1 (max_fi ranks on kfac's
+   spectrum, the same for every candidate and for kfac); the score is the KL of compressed vs dense
+   logits on 256 seeded training rows that no candidate calibrates on (geometric mean over the
+   budgets); each candidate's weighting too. The lowest wins unless a smaller candidate is within 2 %
+   (cost). Written to benchmarks/results/sequential_select_<task>.md.
+2. Dev score of every variant at p = 0.5, 0.3, 0.2, 0.1, the same ranks for all (max_fi on kfac's
+   spectrum, so the difference is the fit alone): kfac, kfac_gw (gradient-weighted statistics, from
+   one more statistics pass in this run), kfac_seq with token and with gradient weighting (the
+   params.yaml examples): score ×100 with a 95 % bootstrap interval over dev examples, margin kept
+   over the constant predictor, and the paired bootstrap interval of each variant − kfac (the same
+   resamples for all).
+3. Cost: each variant's extra pass against the Fisher + statistics pass (fisvd.stats.collect_stats with
+   the Fisher over the whole training split), timed in this run.
 
-    python benchmarks/sequential.py [--examples 128,512,1024] [--skip-select]
+    python benchmarks/sequential.py [--select --examples 128,512,1024]
 """
 import argparse
 import random
+import sys
 import time
 
 import numpy as np
@@ -22,6 +27,7 @@ import torch
 
 from fisvd.data import collate, dev_features, load_prepared, tokenize, training_slice, batches as batches_of
 from fisvd.calibrate import joint_deltas
+from fisvd.cells import Swapped
 from fisvd.evaluate import score_dev
 from fisvd.factorize import Factors
 from fisvd.methods import FACTORISATIONS, KfacSeqParams
@@ -33,7 +39,7 @@ from fisvd.plan import matrices, plan
 from fisvd.report import boot_scores, interval, resample_indices
 from fisvd.results import recorded
 from fisvd.sequential import build_factors
-from fisvd.stats import collect_stats, load_statistics
+from fisvd.stats import collect_stats, load_statistics, matrix_stats
 
 SELECT_BUDGETS = (0.3, 0.2, 0.1)
 DEV_BUDGETS = (0.5, 0.3, 0.2, 0.1)
@@ -53,7 +59,7 @@ def held_out_rows(train: list[dict], candidates: list[int], n: int = 256, seed: 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", default="128,512,1024")
-    ap.add_argument("--skip-select", action="store_true")
+    ap.add_argument("--select", action="store_true", help="section 1 only")
     a = ap.parse_args()
     params = load_params("params.yaml")
     meta, splits = load_prepared(PREPARED)
@@ -75,12 +81,12 @@ def main():
     print(f"{meta['task']}, {len(splits['train'])} training rows; ranks: max_fi on kfac's spectrum "
           f"(alpha_x {kopts.alpha_x:g}, alpha_g {kopts.alpha_g:g}), the same for kfac and kfac_seq\n")
 
-    def seq(p, examples, timing=None):
-        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, sopts.weighting)
+    def seq(p, examples, timing=None, weighting=sopts.weighting):
+        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, weighting)
         return build_factors("kfac_seq", model, stats, ranks[p], opts,
                              lambda: training_slice(splits["train"], examples, tok, L), CPU, timing=timing)
 
-    if not a.skip_select:
+    if a.select:
         cands = [int(x) for x in a.examples.split(",")]
         held = held_out_rows(splits["train"], cands)
         feats = tokenize(tok, held, L)
@@ -93,18 +99,33 @@ def main():
         print("| kfac | " + " | ".join(f"{v:.4g}" for v in kl)
               + f" | {np.exp(np.mean(np.log(kl))):.4g} | — |", flush=True)
         geo = {}
-        for k in cands:
-            t = {}
-            cand = [seq(p, k, t if p == 0.2 else None) for p in SELECT_BUDGETS]
-            kl = joint_deltas(model, cand, hb, CPU, metric="kl")
-            geo[k] = float(np.exp(np.mean(np.log(kl))))
-            print(f"| kfac_seq, {k} rows | " + " | ".join(f"{v:.4g}" for v in kl)
-                  + f" | {geo[k]:.4g} | {t['total_s']} |", flush=True)
+        for w in ("token", "gradient"):
+            for k in cands:
+                t = {}
+                cand = [seq(p, k, t if p == 0.2 else None, w) for p in SELECT_BUDGETS]
+                kl = joint_deltas(model, cand, hb, CPU, metric="kl")
+                geo[(k, w)] = float(np.exp(np.mean(np.log(kl))))
+                print(f"| kfac_seq, {k} rows, {w} | " + " | ".join(f"{v:.4g}" for v in kl)
+                      + f" | {geo[(k, w)]:.4g} | {t['total_s']} |", flush=True)
         best = min(geo, key=geo.get)
-        chosen = min(k for k in geo if geo[k] <= 1.02 * geo[best])
-        print(f"\nchosen: {chosen} rows (lowest geo-mean {best}: {geo[best]:.4g}; the smallest within 2 %)\n")
+        chosen = min((k for k in geo if geo[k] <= 1.02 * geo[best]), key=lambda k: (k[0], k[1] != "token"))
+        print(f"\nchosen: {chosen[0]} rows, {chosen[1]} weighting (lowest geo-mean {best}: {geo[best]:.4g}; "
+              f"the smallest within 2 %)")
+        return
 
-    print(f"## 2. dev score, kfac vs kfac_seq ({sopts.examples} calibration rows)\n")
+    t0 = time.perf_counter()
+    feats = tokenize(tok, splits["train"], L)
+    train_batches = list(batches_of(feats, params.fisher.batch_size, collate(tok)))
+    raw, smeta = collect_stats(model, [m.name for m in infos], train_batches, CPU, fisher_out={}, weighted=True)
+    weighted_s = time.perf_counter() - t0
+    n_tok = smeta["tokens"]
+    wstats = {m.name: {k: v / n_tok[m.name] for k, v in matrix_stats(raw, smeta, m.name).items()} for m in infos}
+    gw = Factors("kfac_gw", W, wstats, params.compress.opts("kfac_gw"))
+    variants = {"kfac": lambda p, t: kfac[p],
+                "kfac_gw": lambda p, t: {n: gw.at(n, k) for n, k in ranks[p].items()},
+                "kfac_seq": lambda p, t: seq(p, sopts.examples, t, "token"),
+                "kfac_seq gradient": lambda p, t: seq(p, sopts.examples, t, "gradient")}
+    print(f"## 2. dev score at the same ranks (kfac_seq: {sopts.examples} calibration rows)\n")
     devs = dev_features(task, splits, tok, L)
     labels = {s: np.array([f["labels"] for f in fs]) for s, fs in devs.items()}
     const = constant_score(task, labels if len(labels) > 1 else next(iter(labels.values())))
@@ -112,7 +133,6 @@ def main():
     bs, coll = params.evaluate.batch_size, collate(tok)
 
     def scored(factor_map):
-        from fisvd.cells import Swapped
         with Swapped(model, factor_map) as cm:
             m, per = score_dev(cm, devs, task, bs, coll, CPU)
         return m, boot_scores(task, [{s: p for s, (p, _) in per.items()}], labels, idx)
@@ -120,35 +140,38 @@ def main():
     dm, dboot = scored({})
     lo, hi = interval(dboot)
     print(f"dense {dm['score']:.2f} [{lo:.2f}, {hi:.2f}], constant predictor {const:.2f}\n")
-    print("| p | kfac | margin kept | kfac_seq | margin kept | kfac_seq − kfac [95 % paired] | kfac_seq pass s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| p | variant | score [95 %] | margin kept | − kfac [95 % paired] | pass s |")
+    print("|---|---|---|---|---|---|")
+    seconds = {}
     for p in DEV_BUDGETS:
-        km, kb = scored(kfac[p])
-        t = {}
-        sm, sb = scored(seq(p, sopts.examples, t))
-        dlo, dhi = interval(sb - kb)
-
-        def cell(m, b):
+        base = None
+        for name, make in variants.items():
+            t = {}
+            m, b = scored(make(p, t))
+            if base is None:
+                base, kscore = b, m["score"]
             lo, hi = interval(b)
-            return f"{m['score']:.2f} [{lo:.2f}, {hi:.2f}]{' †' if m['collapsed'] else ''}"
-        mk = [margin_kept(m["score"], dm["score"], const) for m in (km, sm)]
-        print(f"| {p} | {cell(km, kb)} | {mk[0]:.3f} | {cell(sm, sb)} | {mk[1]:.3f} | "
-              f"{sm['score'] - km['score']:+.2f} [{dlo:+.2f}, {dhi:+.2f}] | {t['total_s']} |", flush=True)
+            dlo, dhi = interval(b - base)
+            mk = margin_kept(m["score"], dm["score"], const)
+            seconds.setdefault(name, {})[p] = t.get("total_s")
+            print(f"| {p} | {name} | {m['score']:.2f} [{lo:.2f}, {hi:.2f}]{' †' if m['collapsed'] else ''} | "
+                  f"{mk:.3f} | " + ("—" if name == "kfac" else
+                                   f"{m['score'] - kscore:+.2f} [{dlo:+.2f}, {dhi:+.2f}]")
+                  + f" | {t.get('total_s', '—')} |", flush=True)
 
     print("\n## 3. cost\n")
-    feats = tokenize(tok, splits["train"], L)
-    train_batches = list(batches_of(feats, params.fisher.batch_size, collate(tok)))
     t0 = time.perf_counter()
     collect_stats(model, [m.name for m in infos], train_batches, CPU, fisher_out={})
     ref = time.perf_counter() - t0
-    t = {}
-    seq(0.2, sopts.examples, t)
-    print(f"Fisher + statistics pass over {len(feats)} training rows: {ref:.1f} s; kfac_seq at p = 0.2 over "
-          f"{sopts.examples} rows: {t['total_s']} s ({t['forward_s']} s forward passes, {t['groups']} input groups) "
-          f"= {t['total_s'] / ref:.2f}x")
+    print(f"Fisher + statistics pass over {len(feats)} training rows: {ref:.1f} s; with the gradient-weighted "
+          f"statistics (fisher.weighted): {weighted_s:.1f} s ({weighted_s / ref:.2f}x).")
+    for name in ("kfac_seq", "kfac_seq gradient"):
+        s02 = seconds[name][0.2]
+        print(f"{name} at p = 0.2 over {sopts.examples} rows: {s02} s = {s02 / ref:.2f}x the Fisher + statistics pass")
 
 
 if __name__ == "__main__":
     task = load_params("params.yaml").data.task
-    with recorded(f"benchmarks/results/sequential_{task}.md"):
+    name = "sequential_select" if "--select" in sys.argv else "sequential"
+    with recorded(f"benchmarks/results/{name}_{task}.md"):
         main()

@@ -55,7 +55,7 @@ def run_dir(task: str, seed: int) -> str:
     return f"{GRID}/{task}/s{seed}"
 
 
-def allowed(p: Params, task: str, fact: str, alloc: str, budget: int) -> bool:
+def allowed(p: Params, task: str, fact: str, alloc: str, budget: int, seed: int | None = None) -> bool:
     for method in (fact, alloc):
         lim = p.grid.limit.get(method)
         if lim is None:
@@ -63,7 +63,8 @@ def allowed(p: Params, task: str, fact: str, alloc: str, budget: int) -> bool:
         if (lim.tasks is not None and task not in lim.tasks
                 or lim.factorisations is not None and fact not in lim.factorisations
                 or lim.allocations is not None and alloc not in lim.allocations
-                or lim.budgets is not None and budget not in lim.budgets):
+                or lim.budgets is not None and budget not in lim.budgets
+                or lim.seeds is not None and seed is not None and seed not in lim.seeds):
             return False
     return True
 
@@ -74,7 +75,7 @@ def cells(p: Params, task: str | None = None, seed: int | None = None, factorisa
     return [Cell(t, s, f, a, b) for t in g.tasks for s in g.seeds for f in g.factorisations
             for a in g.allocations for b in g.budgets
             if (task in (None, t)) and (seed in (None, s)) and (factorisation in (None, f))
-            and allowed(p, t, f, a, b)]
+            and allowed(p, t, f, a, b, s)]
 
 
 @dataclass(frozen=True, order=True)

@@ -238,6 +238,7 @@ class Limit:
     factorisations: Optional[list[str]]
     allocations: Optional[list[str]]
     budgets: Optional[list[int]]
+    seeds: Optional[list[int]]
 
 
 @dataclass(frozen=True)

@@ -48,17 +48,21 @@ def recorded(path: str):
     old = sys.stdout
     sys.stdout = _Tee(old, buf)
     t0 = time.time()
+    stopped = ""
     try:
         yield
+    except BaseException as exc:        # a run cut short still leaves what it printed, marked as such
+        stopped = f"; STOPPED by {type(exc).__name__}: {exc}"
+        raise
     finally:
         sys.stdout = old
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    cmd = " ".join(["python", *sys.argv])
-    with open(path, "w") as f:
-        f.write(f"# {os.path.basename(path)}\n\nCommand: `{cmd}`  \nMachine: {machine()}  \n"
-                f"Run: {time.strftime('%Y-%m-%d', time.gmtime(t0))}, {time.time() - t0:.0f} s\n\n"
-                f"```text\n{buf.getvalue().rstrip()}\n```\n")
-    print(f"wrote {path}")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        cmd = " ".join(["python", *sys.argv])
+        with open(path, "w") as f:
+            f.write(f"# {os.path.basename(path)}\n\nCommand: `{cmd}`  \nMachine: {machine()}  \n"
+                    f"Run: {time.strftime('%Y-%m-%d', time.gmtime(t0))}, {time.time() - t0:.0f} s{stopped}\n\n"
+                    f"```text\n{buf.getvalue().rstrip()}\n```\n")
+        print(f"wrote {path}")
 
 
 def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()) -> tuple[Path, dict]:

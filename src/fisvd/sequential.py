@@ -72,7 +72,6 @@ def seq_kfac(W: torch.Tensor, cov_g: torch.Tensor, cross: torch.Tensor, cov_xt: 
     return A.to(W.dtype), B.to(W.dtype)
 
 
-
 class _Stop(Exception):
     """Raised by a forward hook once the group's inputs of a batch are captured."""
 
