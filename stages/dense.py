@@ -25,7 +25,7 @@ def main(params):
     devs = dev_features(task, splits, tok, params.finetune.max_length)
     m, per_split = score_dev(model, devs, task, params.evaluate.batch_size, collate(tok), pick_device())
     rec = dev_record(m, per_split)
-    out = {"task": str(task), **{k: rec[k] for k in ("score", "collapsed", "metrics")},
+    out = {"task": str(task), "seed": params.finetune.seed, **{k: rec[k] for k in ("score", "collapsed", "metrics")},
            "constant_score": round(constant_score(task, {s: y for s, (_, y) in per_split.items()}), 4),
            "total_params": count_params(model), "predictions": rec["predictions"],
            "labels": {s: [float(v) if scoring(task).regression else int(v) for v in y] for s, (_, y) in per_split.items()}}

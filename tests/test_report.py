@@ -183,6 +183,18 @@ def test_rows_from_results_average_seeds_and_keep_the_margin():
     assert (boots[("rte", "max_fi", "kfac", 50, 0)] == 100).all()
 
 
+def test_a_cell_on_fewer_seeds_is_measured_against_dense_on_the_same_seeds():
+    lab = {"dev": [1, 0] * 10}
+    dense = {"mrpc": [record(80, lab, labels=lab, constant_score=60, seed=42),
+                      record(90, lab, labels=lab, constant_score=60, seed=43)]}
+    cells = {"mrpc": {("energy", "fwsvd", 50): [record(75, lab, seed=42)],                  # seed 42 only
+                      ("max_fi", "kfac", 50): [record(75, lab, seed=42), record(85, lab, seed=43)]}}
+    df, _ = rows_from_results(dense, cells, {}, 1, "m")
+    one, both = df.iloc[1], df.iloc[2]
+    assert one.pct_of_dense == round(100 * 75 / 80, 2) and one.margin_kept == 0.75      # vs seed 42's dense
+    assert both.pct_of_dense == round(100 * 80 / 85, 2) and both.margin_kept == 0.8     # vs the mean of both
+
+
 def test_no_better_than_constant_and_noisy_margin_marks():
     df, boots = frame()
     t = cells_of(table(df, boots, 50, 0, TASKS))

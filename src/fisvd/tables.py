@@ -46,6 +46,7 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
         idx = resample_indices({s: len(v) for s, v in labels.items()})
         const = first["constant_score"]
         d_score = float(np.mean([d["score"] for d in d_recs]))
+        d_of = {d.get("seed"): d["score"] for d in d_recs}      # a cell on fewer seeds: dense on the same ones
         groups = [(("dense", "dense", 100), 0, d_recs)]
         groups += [(k, 0, recs) for k, recs in cells.get(task, {}).items()]
         groups += [(k, epochs, recs) for k, recs in recovered.get(task, {}).items()]
@@ -54,6 +55,8 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
                 continue
             b = boot_scores(sc, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
             score = float(np.mean([r["score"] for r in recs]))
+            seeds = {r.get("seed") for r in recs}
+            ref = float(np.mean([d_of[s] for s in seeds])) if seeds <= set(d_of) and None not in seeds else d_score
             lo, hi = interval(b)
             metrics = {k: float(np.mean([r["metrics"][k] for r in recs])) for k in recs[0]["metrics"]}
             rows.append({"task": task, "model": model, "allocation": alloc, "factorisation": fact,
@@ -61,8 +64,8 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
                          "budget": budget / 100, "kept_ratio": float(np.mean([r.get("kept_ratio", 1.0) for r in recs])),
                          "total_params": int(np.mean([r["total_params"] for r in recs])), "recovery_epochs": ep,
                          "score": round(score, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
-                         "pct_of_dense": round(100 * score / d_score, 2) if d_score > 0 else None,
-                         "margin_kept": None if (mk := margin_kept(score, d_score, const)) is None else round(mk, 4),
+                         "pct_of_dense": round(100 * score / ref, 2) if ref > 0 else None,
+                         "margin_kept": None if (mk := margin_kept(score, ref, const)) is None else round(mk, 4),
                          **{k: round(v, 6) for k, v in metrics.items()},
                          "collapsed": any(r["collapsed"] for r in recs), "constant_score": const, "seeds": len(recs)})
             boots[(task, alloc, fact, budget, ep)] = b
