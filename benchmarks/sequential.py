@@ -82,7 +82,7 @@ def main():
           f"(alpha_x {kopts.alpha_x:g}, alpha_g {kopts.alpha_g:g}), the same for kfac and kfac_seq\n")
 
     def seq(p, examples, timing=None, weighting=sopts.weighting):
-        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, weighting)
+        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, weighting, sopts.block_steps, sopts.block_lr)
         return build_factors("kfac_seq", model, stats, ranks[p], opts,
                              lambda: training_slice(splits["train"], examples, tok, L), CPU, timing=timing)
 

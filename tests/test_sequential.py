@@ -151,7 +151,7 @@ def test_driver_fits_each_group_on_the_compressed_prefix():
     of the dense model and of a copy holding the factors of the earlier Linears, then the closed form."""
     model, names, cov_g = tiny()
     ranks = {n: 3 for n in names}
-    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting="token")
+    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting="token", block_steps=0, block_lr=1e-4)
     batches = batches_of()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     got = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
@@ -203,7 +203,7 @@ def test_sequential_fit_tracks_the_dense_outputs_better_than_kfac_on_its_batches
             return sum(float(((comp.bert(**b).last_hidden_state - model.bert(**b).last_hidden_state) ** 2).sum())
                        for b in batches)
 
-    seq = build_factors("kfac_seq", model, stats, ranks, KfacSeqParams(1e-3, 1e-2, 24, "token"), lambda: batches, CPU)
+    seq = build_factors("kfac_seq", model, stats, ranks, KfacSeqParams(1e-3, 1e-2, 24, "token", 0, 1e-4), lambda: batches, CPU)
     plain = build_factors("kfac", model, stats, ranks, FACTORISATIONS["kfac"].params(1e-3, 1e-2), lambda: [], CPU)
     assert output_error(seq) < 0.85 * output_error(plain)      # measured 0.42 vs 0.56
 
@@ -219,9 +219,9 @@ def test_build_factors_does_not_ask_plain_methods_for_batches_and_factorize_refu
     assert torch.allclose(out[names[0]][0] @ out[names[0]][1], factorize("svd", W, None, 2)[0]
                           @ factorize("svd", W, None, 2)[1])
     with pytest.raises(ValueError, match="whole model"):
-        factorize("kfac_seq", W, st, 2, alpha_x=0.01, alpha_g=0.01, examples=4, weighting="token")
+        factorize("kfac_seq", W, st, 2, alpha_x=0.01, alpha_g=0.01, examples=4, weighting="token", block_steps=0, block_lr=1e-4)
     with pytest.raises(ValueError, match="at least one calibration batch"):
-        sequential_factors(model, {names[0]: 2}, cov_g, [], KfacSeqParams(0.01, 0.01, 1, "token"), CPU)
+        sequential_factors(model, {names[0]: 2}, cov_g, [], KfacSeqParams(0.01, 0.01, 1, "token", 0, 1e-4), CPU)
 
 
 def test_gradient_weighting_on_a_dense_prefix_is_kfac_gw():
@@ -234,7 +234,7 @@ def test_gradient_weighting_on_a_dense_prefix_is_kfac_gw():
     raw, meta = collect_stats(model, names, batches, CPU, weighted=True)
     ranks = {n: 3 for n in names}
     unused = {n: None for n in names}            # gradient weighting computes its own output side
-    got = sequential_factors(model, ranks, unused, batches, KfacSeqParams(0.01, 0.01, 7, "gradient"), CPU)
+    got = sequential_factors(model, ranks, unused, batches, KfacSeqParams(0.01, 0.01, 7, "gradient", 0, 1e-4), CPU)
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         save_stats(f"{d}/s.safetensors", raw, meta)
@@ -249,4 +249,35 @@ def test_gradient_weighting_on_a_dense_prefix_is_kfac_gw():
     assert torch.allclose(A1 @ B1, got[k][0] @ got[k][1], atol=1e-4)
     assert not torch.allclose(got[q][0] @ got[q][1], A0 @ B1)
     with pytest.raises(ValueError, match="labelled calibration batches"):
-        sequential_factors(model, ranks, unused, batches_of(), KfacSeqParams(0.01, 0.01, 7, "gradient"), CPU)
+        sequential_factors(model, ranks, unused, batches_of(), KfacSeqParams(0.01, 0.01, 7, "gradient", 0, 1e-4), CPU)
+
+
+def test_block_matching_lowers_each_blocks_output_error_from_the_closed_form():
+    from fisvd.sequential import _block_inputs, _block_out, match_block
+    model, names, cov_g = tiny()
+    batches = batches_of(sizes=((8, 12), (8, 10)))
+    masks = [b["attention_mask"].bool() for b in batches]
+    ranks = {n: 4 for n in names}
+    base = KfacSeqParams(0.01, 0.01, 16, "token", 0, 1e-3)
+    closed = sequential_factors(model, ranks, cov_g, batches, base, CPU)
+    comp = tiny_bert(vocab_size=100).eval()
+    comp.load_state_dict(model.state_dict())
+    for n, (A, B) in closed.items():
+        set_module(comp, n, LowRankLinear.from_factors(A, B, model.get_submodule(n).bias))
+    block = "bert.encoder.layer.0"
+
+    def error():
+        with torch.no_grad():
+            return sum(float(((_block_out(comp.get_submodule(block), _block_inputs(comp, block, b))
+                               - _block_out(model.get_submodule(block), _block_inputs(model, block, b)))[m] ** 2).mean())
+                       for b, m in zip(batches, masks))
+    before = error()
+    frozen = {k: v.clone() for k, v in comp.state_dict().items() if "first" not in k and "second" not in k}
+    hist = match_block(model, comp, block, [n for n in names if n.startswith(block + ".")], batches, masks, 20, 1e-3)
+    assert error() < 0.9 * before and hist[-1] < hist[0]                        # measured: 0.85x
+    assert all(torch.equal(v, comp.state_dict()[k]) for k, v in frozen.items())     # only the factors moved
+    assert all(p.requires_grad for p in comp.parameters())                           # flags restored
+    # the driver with block_steps returns the matched factors of every block, in order
+    got = sequential_factors(model, ranks, cov_g, batches, KfacSeqParams(0.01, 0.01, 16, "token", 5, 1e-3), CPU)
+    assert set(got) == set(closed)
+    assert not torch.allclose(got[names[0]][0], closed[names[0]][0])

@@ -158,7 +158,7 @@ def test_whitened_matrix_of_every_method():
     stats = {"fisher": F, "cov_x": Sx, "cov_g": Sg, "cov_xg": Sxg, "cov_gn": Sgn}
     opts = {"tfwsvd": {"max_iters": 1, "tol": 0.0}, "whiten": {"alpha_x": 0.0},
             "kfac": {"alpha_x": 0.0, "alpha_g": 0.0}, "kfac_gw": {"alpha_x": 0.0, "alpha_g": 0.0},
-            "kfac_seq": {"alpha_x": 0.0, "alpha_g": 0.0, "examples": 1, "weighting": "token"}}
+            "kfac_seq": {"alpha_x": 0.0, "alpha_g": 0.0, "examples": 1, "weighting": "token", "block_steps": 0, "block_lr": 1e-4}}
     Ts = {m: whitened(m, W, stats, **opts.get(m, {})) for m in FACTORISATIONS.names()}
     Lx, Lg = torch.linalg.cholesky(Sx), torch.linalg.cholesky(Sg)
     s = F.mean(0).sqrt()                         # methods.md §6: mean over the m outputs

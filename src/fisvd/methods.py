@@ -168,12 +168,16 @@ class KfacSeqParams:
     alpha_g: float      # damping of Σg: + alpha_g · mean(diag Σg) · I
     examples: int       # training examples the group-by-group fit runs on (seeded subset)
     weighting: str      # token (every token counts alike) | gradient (x̃ weighted by ‖g_t‖², output side Σĝ)
+    block_steps: int    # block output matching: Adam passes over the calibration batches per block (0: off)
+    block_lr: float     # its learning rate
 
     def validate(self, key: str) -> None:
         at_least(f"{key}.alpha_x", self.alpha_x, 0)
         at_least(f"{key}.alpha_g", self.alpha_g, 0)
         at_least(f"{key}.examples", self.examples, 1)
         choice(f"{key}.weighting", self.weighting, ("token", "gradient"))
+        at_least(f"{key}.block_steps", self.block_steps, 0)
+        positive(f"{key}.block_lr", self.block_lr)
 
 
 FACTORISATIONS.spec("kfac_seq", params=KfacSeqParams, needs=("cov_x", "cov_g"), sequential=True,

@@ -28,6 +28,12 @@ factors into the copy. Cost: about one forward pass of the calibration batches p
 models, each cut at the group (benchmarks/results/sequential.md measures it). The ranks come from
 the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
 
+Block output matching (`block_steps` > 0, `match_block`): once every group of a block is fitted,
+`block_steps` Adam passes (`block_lr`) over the calibration batches move that block's factors (all
+else frozen) to minimise the mean squared error over non-padding tokens between the block's output
+on the compressed prefix's input and the dense block's output on the dense input, starting from the
+closed form; later blocks then read the matched block.
+
     factors = sequential_factors(model, {"bert.encoder.layer.0.attention.self.query": 64, ...},
                                  {name: Σg}, batches, KfacSeqParams(alpha_x=1e-3, alpha_g=1e-2, examples=512),
                                  torch.device("cpu"))
@@ -45,6 +51,7 @@ from torch import nn
 from .factorize import Factors, _check_cov, _check_rank
 from .lowrank import LowRankLinear, set_module
 from .methods import FACTORISATIONS, KfacSeqParams
+from .models import find_blocks
 from .stats import damped_cholesky
 
 log = logging.getLogger("fisvd")
@@ -173,6 +180,67 @@ def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Te
     return torch.cat(rows)
 
 
+def _block_inputs(model: nn.Module, block: str, batch: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) the block `block` is called with on `batch` (the forward cut there)."""
+    got = {}
+
+    def pre(mod, args, kwargs):
+        got["in"] = (args, kwargs)
+        raise _Stop
+    h = model.get_submodule(block).register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got["in"]
+
+
+def _block_out(block: nn.Module, inputs: tuple[tuple, dict]) -> torch.Tensor:
+    out = block(*inputs[0], **inputs[1])
+    return out[0] if isinstance(out, tuple) else out
+
+
+def match_block(dense: nn.Module, comp: nn.Module, block: str, names: list[str], batches: list[dict],
+                masks: list[torch.Tensor], steps: int, lr: float) -> list[float]:
+    """Block output matching: `steps` Adam passes over `batches` on the factors of the LowRankLinears
+    `names` inside `comp`'s block `block`, minimising the mean squared error over non-padding tokens
+    between that block's output on the compressed prefix's input and the dense block's output on the
+    dense input (everything else frozen). Returns the loss of each pass (before its updates)."""
+    targets, inputs = [], []
+    for b in batches:
+        d_in = _block_inputs(dense, block, b)
+        with torch.no_grad():
+            targets.append(_block_out(dense.get_submodule(block), d_in).detach())
+        inputs.append(_block_inputs(comp, block, b))
+    mods = [comp.get_submodule(n) for n in names if isinstance(comp.get_submodule(n), LowRankLinear)]
+    params = [p for m in mods for p in (m.first.weight, m.second.weight)]
+    flags = {p: p.requires_grad for p in comp.parameters()}
+    for p in comp.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    history = []
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                total = 0.0
+                for x, y, m in zip(inputs, targets, masks):
+                    opt.zero_grad()
+                    loss = ((_block_out(comp.get_submodule(block), x) - y)[m] ** 2).mean()
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach())
+                history.append(total / len(inputs))
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)
+    return history
+
+
 @FACTORISATIONS.implements("kfac_seq", "model")
 def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str, torch.Tensor], batches: list[dict],
                        opts: KfacSeqParams, device: torch.device, progress: Callable = lambda it: it,
@@ -200,8 +268,10 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
         cov_g = {n: d / count for n, d in dircov.items()}
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     t0 = time.perf_counter()
-    passes = 0.0
-    for group in progress(groups):
+    passes = matched = 0.0
+    prefix, blocks = find_blocks(model)
+    block_of = {n: next(k for k in range(len(blocks)) if n.startswith(f"{prefix}.{k}.")) for n in order}
+    for gi, group in enumerate(progress(groups)):
         lead = group[0]
         n = model.get_submodule(lead).in_features
         keys = group if norms is not None else [lead]     # gradient weights: each member its own C, S
@@ -225,8 +295,18 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
                             (S[k] + S[k].T) / (2 * tokens), ranks[name], opts.alpha_x, opts.alpha_g)
             out[name] = (A.cpu(), B.cpu())
             set_module(comp, name, LowRankLinear.from_factors(A, B, dense.bias).to(device))
+        k = block_of[lead]
+        if opts.block_steps and (gi + 1 == len(groups) or block_of[groups[gi + 1][0]] != k):
+            t1 = time.perf_counter()             # the block's last group: match its output to the dense block's
+            names = [n for n in order if block_of[n] == k]
+            match_block(model, comp, f"{prefix}.{k}", names, batches, masks, opts.block_steps, opts.block_lr)
+            for n in names:
+                mod = comp.get_submodule(n)
+                out[n] = (mod.second.weight.detach().cpu().clone(), mod.first.weight.detach().cpu().clone())
+            matched += time.perf_counter() - t1
     if timing is not None:
-        timing.update(forward_s=round(passes, 1), total_s=round(time.perf_counter() - t0, 1), groups=len(groups))
+        timing.update(forward_s=round(passes, 1), block_s=round(matched, 1), total_s=round(time.perf_counter() - t0, 1),
+                      groups=len(groups))
     log.info("kfac_seq: %d matrices in %d groups, %.1f s (forward passes %.1f s)", len(out), len(groups),
              time.perf_counter() - t0, passes)
     return out
