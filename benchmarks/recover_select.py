@@ -35,7 +35,10 @@ from fisvd.train import make_trainer
 
 OUT = Path("benchmarks/results")
 CSV, MD = OUT / "recover_select.csv", OUT / "recover_select.md"
-CANDIDATES = [(0.0, 1.0), (0.5, 1.0), (0.5, 2.0), (1.0, 2.0), (1.0, 4.0)]   # (teacher weight, temperature)
+# (teacher weight, temperature, weight decay: None = the fine-tune's), in the order they run (a stopped run
+# leaves the most informative ones): plain, the two teacher mixes, then weight decay off, then the rest
+CANDIDATES = [(0.0, 1.0, None), (0.5, 2.0, None), (1.0, 2.0, None), (0.0, 1.0, 0.0), (0.5, 2.0, 0.0),
+              (0.5, 1.0, None), (1.0, 4.0, None), (1.0, 2.0, 0.0)]
 CPU = torch.device("cpu")
 
 
@@ -108,30 +111,28 @@ def main():
     before = score_dev(c0, held_f, task, 64, coll, CPU)[0]["score"]
     df = pd.read_csv(CSV) if CSV.exists() else pd.DataFrame()
     for seed in (int(s) for s in a.seeds.split(",")):
-        for (w, tau) in CANDIDATES:
-            for wd in (params.finetune.weight_decay, 0.0):
-                key = dict(task=task, budget=a.budget, weight=w, temperature=tau, weight_decay=wd, seed=seed)
-                if w == 0.0 and tau != 1.0:
-                    continue
-                if len(df) and (df[list(key)] == pd.Series(key)).all(axis=1).any():
-                    continue
-                student = copy.deepcopy(dense)
-                apply_lowrank(student, {n: balance(*AB) for n, AB in low.items()})
-                tr = make_trainer(student, tok, task, fit_f, held_f["dev"], epochs=1, learning_rate=ft.learning_rate,
-                                  batch_size=ft.batch_size, weight_decay=wd, warmup_ratio=params.finetune.warmup_ratio,
-                                  seed=seed, output_dir=str(work / "rec"), teacher=dense if w > 0 else None,
-                                  kd_weight=w, kd_temperature=tau)
-                t0 = time.time()
-                tr.train()
-                m = score_dev(tr.model.float().eval(), held_f, task, 64, coll, CPU)[0]
-                row = {**key, "held_out_score": round(m["score"], 2), "collapsed": m["collapsed"],
-                       "before_recovery": round(before, 2), "dense": round(d_score, 2), "constant": round(const, 2),
-                       "margin_kept": round(margin_kept(m["score"], d_score, const) or float("nan"), 4),
-                       "fit_rows": len(fit), "held_rows": len(held), "seconds": round(time.time() - t0)}
-                print(row, flush=True)
-                df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
-                df.to_csv(CSV, index=False)
-                report(df)
+        for (w, tau, decay) in CANDIDATES:
+            wd = params.finetune.weight_decay if decay is None else decay
+            key = dict(task=task, budget=a.budget, weight=w, temperature=tau, weight_decay=wd, seed=seed)
+            if len(df) and (df[list(key)] == pd.Series(key)).all(axis=1).any():
+                continue
+            student = copy.deepcopy(dense)
+            apply_lowrank(student, {n: balance(*AB) for n, AB in low.items()})
+            tr = make_trainer(student, tok, task, fit_f, held_f["dev"], epochs=1, learning_rate=ft.learning_rate,
+                              batch_size=ft.batch_size, weight_decay=wd, warmup_ratio=params.finetune.warmup_ratio,
+                              seed=seed, output_dir=str(work / "rec"), teacher=dense if w > 0 else None,
+                              kd_weight=w, kd_temperature=tau)
+            t0 = time.time()
+            tr.train()
+            m = score_dev(tr.model.float().eval(), held_f, task, 64, coll, CPU)[0]
+            row = {**key, "held_out_score": round(m["score"], 2), "collapsed": m["collapsed"],
+                   "before_recovery": round(before, 2), "dense": round(d_score, 2), "constant": round(const, 2),
+                   "margin_kept": round(margin_kept(m["score"], d_score, const) or float("nan"), 4),
+                   "fit_rows": len(fit), "held_rows": len(held), "seconds": round(time.time() - t0)}
+            print(row, flush=True)
+            df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+            df.to_csv(CSV, index=False)
+            report(df)
 
 
 def report(df):

@@ -134,3 +134,27 @@ def test_help_lists_every_registered_method_with_its_keys(stage, section):
         assert f"{name} {' '.join(entry.help.split())}" in out
         assert all(k in out for k in entry.keys(section))
     assert "ranks.json" in out or "compressed" in out
+
+
+def test_sequential_factorisation_cannot_pair_with_a_measuring_allocator():
+    import yaml
+    from fisvd.errors import ParamError
+    from fisvd.params import parse_params
+    from conftest import ROOT
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    parse_params(raw)                                    # the shipped grid keeps them apart
+    bad = json_copy(raw)
+    bad["compress"]["method"], bad["allocate"]["method"] = "kfac_seq", "measured"
+    with pytest.raises(ParamError, match="allocate.method: measured"):
+        parse_params(bad)
+    bad = json_copy(raw)
+    bad["grid"]["limit"]["kfac_seq"] = {"budgets": [50]}           # every allocation ...
+    parse_params(bad)                                              # ... but measured's own limit excludes it
+    bad["grid"]["limit"]["measured"]["factorisations"].append("kfac_seq")
+    with pytest.raises(ParamError, match="grid.limit.kfac_seq.allocations"):
+        parse_params(bad)
+
+
+def json_copy(x):
+    import json
+    return json.loads(json.dumps(x))

@@ -339,6 +339,20 @@ class Params:
             if t not in self.grid.finetune:
                 raise ParamError(f"grid.finetune.{t}: missing; every grid task needs its fine-tune settings "
                                  f"(learning_rate, epochs; benchmarks/finetune_select.py chooses them)")
+        if registries()["compress"][self.compress.method].sequential and \
+                "measurements" in registries()["allocate"][self.allocate.method].needs:
+            raise ParamError(f"allocate.method: {self.allocate.method} measures each matrix's factors alone, but "
+                             f"compress.method {self.compress.method} fits the whole model at once; choose another pair")
+        seq = [f for f in self.grid.factorisations if registries()["compress"][f].sequential]
+        lim = {f: self.grid.limit.get(f) for f in seq}
+        for f in seq:
+            allocs = lim[f].allocations if lim[f] and lim[f].allocations is not None else self.grid.allocations
+            bad = [a for a in allocs if a in self.grid.allocations and "measurements" in registries()["allocate"][a].needs
+                   and not (self.grid.limit.get(a) and self.grid.limit[a].factorisations is not None
+                            and f not in self.grid.limit[a].factorisations)]
+            if bad:
+                raise ParamError(f"grid.limit.{f}.allocations: {f} fits the whole model at once and cannot run with "
+                                 f"{bad[0]} (it measures each matrix's factors alone); limit one of them")
         reg = registries()["compress"]
         weighted = [m for m in (self.compress.method, *self.grid.factorisations) if {"cov_xg", "cov_gn"} & set(reg[m].needs)]
         if weighted and not self.fisher.weighted:
