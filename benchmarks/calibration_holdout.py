@@ -76,7 +76,7 @@ def main():
     const = constant_score(task, labels if len(labels) > 1 else next(iter(labels.values())))
     idx = resample_indices({s: len(y) for s, y in labels.items()})
     a_opts = params.allocate
-    print(f"{meta['task']}: measured allocator ({a_opts.measured}) vs max_fi, kfac spectrum and factors; "
+    print(f"{meta['task']}: measured allocator ({a_opts.opts('measured')}) vs max_fi, kfac spectrum and factors; "
           f"constant predictor {const:.2f}\n")
     print("| model | slice rows | dense | p | max_fi | measured | measured − max_fi [95 % paired] | measure s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -108,7 +108,7 @@ def main():
                 out[method] = scored({M.name: factors.at(M.name, r) for M, r in zip(mats, ranks) if r < M.rbar})
             (ms, mb), (qs, qb) = out["max_fi"], out["measured"]
             lo, hi = interval(qb - mb)
-            print(f"| {label} | {min(len(rows), a_opts.measured.slice)} | {dense:.2f} | {p} | "
+            print(f"| {label} | {min(len(rows), a_opts.opts('measured').slice)} | {dense:.2f} | {p} | "
                   f"{ms:.2f} | {qs:.2f} | {qs - ms:+.2f} [{lo:+.2f}, {hi:+.2f}] | {secs:.0f} |", flush=True)
 
 
