@@ -169,15 +169,19 @@ def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Te
         rows.append((x[mask] if token else x.reshape(-1, x.shape[-1])).double())
         if len(rows) == calls:
             raise _Stop
-    h = model.get_submodule(name).register_forward_hook(hook)
+    _forward_until(model, batch, model.get_submodule(name).register_forward_hook(hook))
+    return torch.cat(rows)
+
+
+def _forward_until(model: nn.Module, batch: dict, handle) -> None:
+    """One forward pass of `batch` without gradients, cut where a hook raises _Stop; `handle` removed."""
     try:
         with torch.no_grad():
             model(**batch)
     except _Stop:
         pass
     finally:
-        h.remove()
-    return torch.cat(rows)
+        handle.remove()
 
 
 def _block_inputs(model: nn.Module, block: str, batch: dict) -> tuple[tuple, dict]:
@@ -187,14 +191,7 @@ def _block_inputs(model: nn.Module, block: str, batch: dict) -> tuple[tuple, dic
     def pre(mod, args, kwargs):
         got["in"] = (args, kwargs)
         raise _Stop
-    h = model.get_submodule(block).register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**batch)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
+    _forward_until(model, batch, model.get_submodule(block).register_forward_pre_hook(pre, with_kwargs=True))
     return got["in"]
 
 
