@@ -131,7 +131,7 @@ def test_finetune_unknown_model_exits_2_without_output(tmp_path):
     ("allocate", ["data/prepared"], "data/model", "finetune"),
     ("allocate", ["data/prepared", "data/model"], "data/fisher.safetensors", "fisher"),
     ("allocate", ["data/prepared", "data/model", "data/fisher.safetensors"], "data/stats.safetensors", "fisher"),
-    ("compress", ["data/model", "data/fisher.safetensors", "data/stats.safetensors"], "metrics/allocate/ranks.json",
+    ("compress", ["data/prepared", "data/model", "data/fisher.safetensors", "data/stats.safetensors"], "metrics/allocate/ranks.json",
      "allocate"),
     ("evaluate", ["data/prepared", "data/model"], "data/compressed", "compress"),
 ])

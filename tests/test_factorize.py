@@ -92,12 +92,14 @@ def test_tfwsvd_converges_to_same_value_from_different_inits():
 
 
 def test_every_registered_factorisation_is_tested_here():
-    """svd / fwsvd / tfwsvd here; whiten / kfac (two-sided statistics) in tests/test_twosided.py."""
+    """svd / fwsvd / tfwsvd here; whiten / kfac / kfac_gw (two-sided statistics) in tests/test_twosided.py;
+    kfac_seq (sequential) in tests/test_sequential.py."""
     from fisvd.methods import FACTORISATIONS
-    assert FACTORISATIONS.names() == ("svd", "fwsvd", "tfwsvd", "whiten", "kfac")
-    assert FACTORISATIONS.with_params() == ("tfwsvd", "whiten", "kfac")
+    assert FACTORISATIONS.names() == ("svd", "fwsvd", "tfwsvd", "whiten", "kfac", "kfac_gw", "kfac_seq")
+    assert FACTORISATIONS.with_params() == ("tfwsvd", "whiten", "kfac", "kfac_gw", "kfac_seq")
     assert [FACTORISATIONS[m].needs for m in FACTORISATIONS.names()] == [
-        (), ("fisher",), ("fisher",), ("cov_x",), ("cov_x", "cov_g")]
+        (), ("fisher",), ("fisher",), ("cov_x",), ("cov_x", "cov_g"), ("cov_xg", "cov_gn"), ("cov_x", "cov_g")]
+    assert [m for m in FACTORISATIONS.names() if FACTORISATIONS[m].sequential] == ["kfac_seq"]
     with pytest.raises(ValueError, match="needs a Fisher"):
         factorize("fwsvd", rand(4, 4), None, 1)
     with pytest.raises(ValueError, match="needs a Fisher"):
@@ -172,11 +174,16 @@ def test_decompose_truncated_equals_the_closed_forms_at_every_rank_and_gives_the
     m, n = shape
     W = torch.randn(m, n, dtype=torch.float64)
     X, G = torch.randn(50, n, dtype=torch.float64), torch.randn(60, m, dtype=torch.float64)
-    stats = {"fisher": torch.rand(m, n, dtype=torch.float64), "cov_x": X.T @ X, "cov_g": G.T @ G}
-    opts = {"svd": None, "fwsvd": None, "whiten": WhitenParams(0.01), "kfac": KfacParams(0.01, 0.05)}
+    X2, G2 = torch.randn(40, n, dtype=torch.float64), torch.randn(70, m, dtype=torch.float64)
+    stats = {"fisher": torch.rand(m, n, dtype=torch.float64), "cov_x": X.T @ X, "cov_g": G.T @ G,
+             "cov_xg": X2.T @ X2, "cov_gn": G2.T @ G2}
+    opts = {"svd": None, "fwsvd": None, "whiten": WhitenParams(0.01), "kfac": KfacParams(0.01, 0.05),
+            "kfac_gw": KfacParams(0.01, 0.05)}
     closed = {"svd": lambda r: svd(W, r), "fwsvd": lambda r: fwsvd(W, stats["fisher"], r),
               "whiten": lambda r: whiten(W, stats["cov_x"], r, alpha_x=0.01),
-              "kfac": lambda r: kfac(W, stats["cov_x"], stats["cov_g"], r, alpha_x=0.01, alpha_g=0.05)}
+              "kfac": lambda r: kfac(W, stats["cov_x"], stats["cov_g"], r, alpha_x=0.01, alpha_g=0.05),
+              # kfac's closed form on the gradient-weighted pair
+              "kfac_gw": lambda r: kfac(W, stats["cov_xg"], stats["cov_gn"], r, alpha_x=0.01, alpha_g=0.05)}
     assert set(SLICEABLE) == set(opts)
     for method in SLICEABLE:
         A, B, s2 = decompose(method, W, stats, opts[method])
