@@ -28,14 +28,13 @@ comments kept); then `python -m fisvd.grid && python -m fisvd.docs` regenerate t
 """
 import argparse
 import json
-import random
 import re
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from fisvd.data import TASKS, load_local, resolve_glue_dir, subset, tokenize
+from fisvd.data import TASKS, hold_out, load_local, resolve_glue_dir, subset, tokenize
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
 from fisvd.params import load_params
 from fisvd.train import epoch_scores, make_trainer
@@ -52,9 +51,7 @@ MAX_LENGTH = 128
 
 def holdout_split(rows: list, share: float = 0.1, minimum: int = 200, seed: int = 0) -> tuple[list, list]:
     """(fit rows, held-out rows): a seeded random `share` (≥ `minimum`) of `rows` held out."""
-    n = max(minimum, round(share * len(rows)))
-    held = set(random.Random(seed).sample(range(len(rows)), n))
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    return hold_out(rows, max(minimum, round(share * len(rows))), seed)
 
 
 def with_run_epochs(df: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from fisvd.balance import balance
-from fisvd.data import TASKS, batches, collate, load_local, resolve_glue_dir, subset, tokenize
+from fisvd.data import TASKS, batches, collate, hold_out, load_local, resolve_glue_dir, subset, tokenize
 from fisvd.evaluate import score_dev
 from fisvd.factorize import Factors
 from fisvd.lowrank import apply_lowrank
@@ -40,13 +40,6 @@ CSV, MD = OUT / "recover_select.csv", OUT / "recover_select.md"
 CANDIDATES = [(0.0, 1.0, None), (0.5, 2.0, None), (1.0, 2.0, None), (0.0, 1.0, 0.0), (0.5, 2.0, 0.0),
               (0.5, 1.0, None), (1.0, 4.0, None), (1.0, 2.0, 0.0)]
 CPU = torch.device("cpu")
-
-
-def holdout_split(rows, share=0.1, minimum=200, seed=0):
-    import random
-    n = max(minimum, round(share * len(rows)))
-    held = set(random.Random(seed).sample(range(len(rows)), n))
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 def dense_model(task, params, fit, held, tok, path, work: Path):
@@ -84,7 +77,8 @@ def main():
     params = load_params("params.yaml")
     task, L = a.task, params.finetune.max_length
     rows, _ = load_local(task, resolve_glue_dir("."))
-    fit, held = holdout_split(subset(rows["train"], params.grid.max_train_samples.get(task), 0))
+    train = subset(rows["train"], params.grid.max_train_samples.get(task), 0)
+    fit, held = hold_out(train, max(200, round(0.1 * len(train))), 0)     # finetune_select's split
     path = resolve_model(params.model.name)
     tok = load_tokenizer(path)
     work = Path(f"/tmp/fisvd-recover-select/{task}")
