@@ -36,18 +36,21 @@ run: setup
 # pipelines, run them task by task (each cell cached: an interrupted run resumes, an extended grid
 # runs only the new cells), then the report. GRID_COMMIT=1 commits each finished run folder (its
 # dvc.lock, params, metrics) and the report as they land, for long runs in the background.
+# GRID=grid-<name> runs the grid `grids.<name>` instead (report in metrics/report-<name>).
 GRID_COMMIT ?=
+GRID ?= grid
+GRID_SUFFIX = $(patsubst grid%,%,$(GRID))
 grid: setup
 	$(PY) -m fisvd.grid
 	for d in $$($(PY) -c "import fisvd.grid as g, fisvd.params as p; \
-	    q = p.load_params('params.yaml').grid; print(' '.join(g.run_dir(t, s) for t in q.tasks for s in q.seeds))"); do \
+	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for t in q.tasks for s in q.seeds))"); do \
 	  dvc repro $$d/dvc.yaml || exit 1; \
 	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
 	done
-	dvc repro grid/dvc.yaml
-	$(PY) benchmarks/grid_cost.py
-	if [ -n "$(GRID_COMMIT)" ]; then git add metrics/report benchmarks/results/grid_cost.md grid/dvc.lock && \
-	  git commit -qm "grid: report" -- metrics/report benchmarks/results/grid_cost.md grid/dvc.lock || true; fi
+	dvc repro $(GRID)/dvc.yaml
+	$(PY) benchmarks/grid_cost.py --grid $(GRID)
+	if [ -n "$(GRID_COMMIT)" ]; then git add metrics/report$(GRID_SUFFIX) benchmarks/results/grid_cost$(GRID_SUFFIX).md $(GRID)/dvc.lock && \
+	  git commit -qm "grid: report" -- metrics/report$(GRID_SUFFIX) benchmarks/results/grid_cost$(GRID_SUFFIX).md $(GRID)/dvc.lock || true; fi
 
 test: setup
 	$(PY) -m pytest -q --durations=8 tests

@@ -3,16 +3,18 @@
 (metrics/fisher/runtime.json), cells per factorisation (metrics/runtime/cells-<f>.json: stage total,
 cells computed vs memoised; a stage re-run that took its cells from the memo counts them at the
 seconds they cost when computed, i.e. max(stage wall time, sum of per-cell seconds)), recovery (metrics/runtime/recover-*.json). Missing files (stages not
-run yet) are listed, not guessed. Writes benchmarks/results/grid_cost.md.
+run yet) are listed, not guessed. Writes benchmarks/results/grid_cost.md (a grid of `grids`:
+grid_cost-<name>.md).
 
-    python benchmarks/grid_cost.py
+    python benchmarks/grid_cost.py [--grid grid-<name>]
 """
+import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from fisvd.grid import cells, recover_cells, recover_name, run_dir
+from fisvd.grid import GRID, cells, recover_cells, recover_name, run_dir
 from fisvd.params import load_params
 from fisvd.results import recorded
 
@@ -21,12 +23,12 @@ def read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def main():
-    p = load_params("params.yaml")
+def main(grid: str):
+    p = load_params(f"{grid}/params.yaml")
     rows, missing = [], []
     for t in p.grid.tasks:
         for s in p.grid.seeds:
-            d = Path(run_dir(t, s))
+            d = Path(run_dir(t, s, grid))
             ft, fi = read(d / "metrics/finetune/runtime.json"), read(d / "metrics/fisher/runtime.json")
             rows.append({"task": t, "seed": s, "stage": "finetune", "seconds": ft and ft.get("train_runtime")})
             rows.append({"task": t, "seed": s, "stage": "fisher+stats", "seconds": fi and sum(fi.values())})
@@ -54,5 +56,8 @@ def main():
 
 
 if __name__ == "__main__":
-    with recorded("benchmarks/results/grid_cost.md"):
-        main()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", default=GRID, help="the grid's folder (default: grid)")
+    a = ap.parse_args()
+    with recorded(f"benchmarks/results/grid_cost{a.grid[len(GRID):]}.md"):
+        main(a.grid)

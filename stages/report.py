@@ -1,9 +1,9 @@
-"""report (grid): every expected grid result (fisvd.grid enumerates them from params.yaml; nothing is
-globbed) → metrics/report/ (git-tracked): results.csv (one tidy row per cell and per task's dense
+"""report (grid): every expected grid result (fisvd.grid enumerates them from the grid folder's
+params.yaml; nothing is globbed) → metrics/report/ (git-tracked; a grid of `grids`: metrics/report-<name>/): results.csv (one tidy row per cell and per task's dense
 model), tables.md (overview and per-budget tables, before and after recovery; † collapsed, ‡ beats
 every other row of its column beyond resampling noise), summary.json (DVC metrics: best method per
 budget, its average and margin kept, the FWSVD baselines), pareto.json (DVC plot) and
-png/pareto_<task>.png. The contents: fisvd.tables. Runs in grid/ (`dvc repro grid/dvc.yaml`).
+png/pareto_<task>.png. The contents: fisvd.tables. Runs in the grid folder (`dvc repro grid/dvc.yaml`).
 
 While a grid is still running: `cd grid && PYTHONPATH=.. python -m stages.report --partial` writes the same files
 from the results present so far to metrics/report-partial/ (outside DVC; tables.md opens with the
@@ -14,19 +14,18 @@ import logging
 from pathlib import Path
 
 from fisvd.cli import run_stage
-from fisvd.grid import cell_result, cells, recover_cells, recover_result, run_dir
+from fisvd.grid import cell_result, cells, recover_cells, recover_result, report_dir, run_dir
 from fisvd.io import write_json
 from fisvd.tables import markdown, pareto, rows_from_results, summarise
 
 KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
-OUT, PARTIAL_OUT = "metrics/report", "metrics/report-partial"     # relative to the project root (..)
+PARTIAL = "-partial"        # report_dir(grid) + this: the --partial report's folder
 log = logging.getLogger("fisvd")
 
 
 def arguments(parser):
-    parser.set_defaults(params="../params.yaml")
     parser.add_argument("--partial", action="store_true",
-                        help=f"report the results present so far (to {PARTIAL_OUT}, outside DVC)")
+                        help=f"report the results present so far (to {report_dir()}{PARTIAL}, outside DVC)")
 
 
 def main(params, args):
@@ -44,7 +43,7 @@ def main(params, args):
             by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
         for c in recover_cells(params, task=task):       # fine-tune seeds × recovery seeds, averaged
             by_rec.setdefault((c.allocation, c.label, c.budget), {})[(c.cell.seed, c.seed)] = recover_result(c)
-        if not (recs := read({s: f"{run_dir(task, s)}/results/dense.json" for s in g.seeds})):
+        if not (recs := read({s: f"{run_dir(task, s, g.folder)}/results/dense.json" for s in g.seeds})):
             counts[1] += sum(map(len, [*by_cell.values(), *by_rec.values()]))
             continue
         dense[task] = recs
@@ -53,12 +52,12 @@ def main(params, args):
     if not dense:
         raise SystemExit("report --partial: no task has its dense result yet")
     df, boots = rows_from_results(dense, cells_, recovered, params.recover.epochs, params.model.name)
-    name = PARTIAL_OUT if args.partial else OUT
+    name = report_dir(g.folder) + (PARTIAL if args.partial else "")
     out = Path("..") / name
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
     (out / "tables.md").write_text(markdown(df, boots, params.model.name, g.tasks, g.budgets, name,
-                                            partial=tuple(counts) if args.partial else None))
+                                            partial=tuple(counts) if args.partial else None, grid=g.folder))
     write_json(out / "summary.json", summarise(df, list(dense)))
     write_json(out / "pareto.json", pareto(df, out))
     log.info("report: %d rows over %d tasks", len(df), len(dense))

@@ -3,6 +3,7 @@ pipeline end to end in a temp git+DVC repo (tiny model, tiny MRPC), asserting vi
 which stages ran when nothing changed, when a budget is added, and when a method is added."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,9 +87,64 @@ def test_task_params_apply_the_task_settings_and_nothing_else():
     assert (out["finetune"]["learning_rate"], out["finetune"]["batch_size"]) == (2e-5, 32)
     assert out["allocate"]["fi_retention"]["calibrate"] is True
     assert out["grid"]["tasks"] == ["rte"] and out["grid"]["seeds"] == [7]
+    assert out["grids"] == {}                                # a run folder is one grid's, never its variants'
     same = {k for k in raw if out[k] == raw[k]}
-    assert same == set(raw) - {"data", "finetune", "allocate", "grid"}
+    assert same == set(raw) - {"data", "finetune", "allocate", "grid", "grids"}
     parse_params(out)
+
+
+def test_a_grid_variant_is_the_root_with_its_overrides_merged_in():
+    from fisvd.errors import ParamError
+    from fisvd.params import grid_variant
+    raw = tiny_grid(tasks=["mrpc", "rte"], budgets=[50, 20], allocations=["max_fi", "random"],
+                    factorisations=["fwsvd", "tfwsvd"], limit={"tfwsvd": {"budgets": [50]}})
+    raw["grids"] = {"big": {"model": {"name": "./models/big"},
+                            "grid": {"tasks": ["rte"], "budgets": [48], "limit": {"random": {"tasks": ["rte"]}},
+                                     "finetune": {"rte": {"learning_rate": 2e-5, "epochs": 3, "batch_size": 32}}}}}
+    merged, p = grid_variant(raw, "big")
+    assert p.grid.folder == "grid-big" and merged["grids"] == {} and p.model.name == "./models/big"
+    assert p.grid.tasks == ["rte"] and p.grid.budgets == [48]                       # lists replace
+    assert set(p.grid.limit) == {"tfwsvd", "random"} and p.grid.limit["tfwsvd"].budgets == [50]  # mappings merge
+    assert p.grid.finetune["rte"].batch_size == 32 and p.grid.finetune["mrpc"] == parse_params(raw).grid.finetune["mrpc"]
+    assert {k: merged[k] for k in merged if k not in ("model", "grid", "grids")} == \
+        {k: raw[k] for k in raw if k not in ("model", "grid", "grids")}          # the rest is the root's
+    assert raw["grid"]["budgets"] == [50, 20] and raw["grid"]["folder"] == "grid"  # the root is untouched
+    for over, key in (({"grid": {"budgets": [150]}}, r"^grids\.big → grid\.budgets\[0\]"),
+                      ({"grid": {"folder": "grid-x"}}, r"^grids\.big\.grid\.folder: set by fisvd\.grid"),
+                      ({"grids": {}}, r"^grids\.big\.grids: unknown section"),
+                      ({"modle": {}}, r"^grids\.big\.modle: unknown section"),
+                      ({}, r"^grids\.big: expected a mapping")):
+        bad = json.loads(json.dumps(raw))
+        bad["grids"]["big"] = over
+        with pytest.raises(ParamError, match=key):
+            parse_params(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["grids"]["Big One"] = bad["grids"].pop("big")
+    with pytest.raises(ParamError, match=r"^grids\.Big One: name"):
+        parse_params(bad)
+
+
+def test_a_grid_variant_gets_its_own_folders_report_and_model_path():
+    raw = tiny_grid(tasks=["mrpc"], seeds=[42], budgets=[50], allocations=["max_fi"], factorisations=["kfac"], limit={})
+    raw["recover"]["cells"] = []
+    raw["grids"] = {"big": {"model": {"name": "./models/big"}, "grid": {"budgets": [48, 20]}}}
+    files = G.files(parse_params(raw), raw)
+    assert {f for f in files if f.startswith("grid-big/")} == {
+        "grid-big/params.yaml", "grid-big/dvc.yaml", "grid-big/.gitignore",
+        "grid-big/mrpc/s42/params.yaml", "grid-big/mrpc/s42/dvc.yaml"}
+    run = yaml.safe_load(files["grid-big/mrpc/s42/params.yaml"])
+    assert run["model"]["name"] == "../../../models/big" and run["grid"]["budgets"] == [48, 20]
+    assert yaml.safe_load(files["grid/mrpc/s42/params.yaml"])["model"]["name"] == raw["model"]["name"]
+    whole = yaml.safe_load(files["grid-big/params.yaml"])
+    assert whole["grid"]["folder"] == "grid-big" and whole["grids"] == {}
+    report = yaml.safe_load(files["grid-big/dvc.yaml"])["stages"]["report"]
+    assert report["params"] == ["grid", "recover.epochs", "recover.cells", "model.name"]   # grid-big/params.yaml
+    assert [d for d in report["deps"] if d.endswith(".json")] == [
+        "mrpc/s42/results/dense.json", "mrpc/s42/results/kfac/max_fi-p48.json", "mrpc/s42/results/kfac/max_fi-p20.json"]
+    assert [next(iter(o)) for o in report["outs"]] == [
+        "../metrics/report-big/results.csv", "../metrics/report-big/tables.md", "../metrics/report-big/png"]
+    main = yaml.safe_load(files["grid/dvc.yaml"])["stages"]["report"]
+    assert next(iter(main["outs"][0])) == "../metrics/report/results.csv"
 
 
 def test_generated_grid_files_are_current():
@@ -196,6 +252,7 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
                        factorisations=["fwsvd", "kfac"], limit={}, max_train_samples={},
                        finetune={"mrpc": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 8}})
     raw["recover"].update(epochs=1, cells=[{"allocation": "max_fi", "factorisation": "kfac", "budgets": [20]}])
+    raw["grids"] = {}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     glue = write_mrpc(tmp_path / "glue", n_train=32, n_dev=16)
     for k, v in {"GLUE_DIR": str(glue), "DVC_SITE_CACHE_DIR": str(tmp_path / "site"), "DVC_NO_ANALYTICS": "1",
@@ -286,3 +343,16 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     head = (repo / "metrics/report-partial/tables.md").read_text()
     assert "19 of 40 result files present; tasks not started: rte" in head      # 2 tasks x (dense + 18 + 1)
     assert (repo / "metrics/report/results.csv").read_bytes() == full          # the DVC report untouched
+
+    # a second grid (grids.<name>): its own run folders and report, a local model named from the project root
+    shutil.copytree(tiny_model_dir, repo / "models/tiny")
+    raw["grids"] = {"wide": {"model": {"name": "./models/tiny"}, "recover": {"cells": []},
+                             "grid": {"tasks": ["mrpc"], "budgets": [40], "allocations": ["max_fi"],
+                                      "factorisations": ["kfac"]}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    generate()
+    assert reproduce(repo, "grid-wide/dvc.yaml") == ["cells-kfac", "dense", "finetune", "fisher", "prepare", "report"]
+    wide = pd.read_csv(repo / "metrics/report-wide/results.csv")
+    assert len(wide) == 2 and set(wide.model) == {"./models/tiny"} and set(wide.budget) == {1.0, 0.4}
+    assert "Produced by `dvc repro grid-wide/dvc.yaml`" in (repo / "metrics/report-wide/tables.md").read_text()
+    assert (repo / "grid-wide/mrpc/s42/data/model").is_dir() and (repo / "metrics/report/results.csv").read_bytes() == full

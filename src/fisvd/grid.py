@@ -31,7 +31,7 @@ import yaml
 
 from . import paths
 from .deps import ROOT, code_deps
-from .params import Params, parse_params, registries
+from .params import Params, grid_variant, parse_params, registries
 
 GRID = "grid"
 BASE_STAGES = ("prepare", "finetune", "fisher")   # reused from dvc.yaml, run inside each task folder
@@ -45,14 +45,20 @@ class Cell:
     factorisation: str
     allocation: str
     budget: int                  # kept percent
+    grid: str = GRID             # the grid's folder (grid.folder)
 
     @property
     def folder(self) -> str:
-        return run_dir(self.task, self.seed)
+        return run_dir(self.task, self.seed, self.grid)
 
 
-def run_dir(task: str, seed: int) -> str:
-    return f"{GRID}/{task}/s{seed}"
+def run_dir(task: str, seed: int, grid: str = GRID) -> str:
+    return f"{grid}/{task}/s{seed}"
+
+
+def report_dir(grid: str = GRID) -> str:
+    """The report's folder (relative to the project root): metrics/report, metrics/report-<name>."""
+    return "metrics/report" + grid[len(GRID):]
 
 
 def allowed(p: Params, task: str, fact: str, alloc: str, budget: int, seed: int | None = None) -> bool:
@@ -72,7 +78,7 @@ def allowed(p: Params, task: str, fact: str, alloc: str, budget: int, seed: int 
 def cells(p: Params, task: str | None = None, seed: int | None = None, factorisation: str | None = None) -> list[Cell]:
     """Every grid cell (optionally of one task / seed / factorisation), in grid order."""
     g = p.grid
-    return [Cell(t, s, f, a, b) for t in g.tasks for s in g.seeds for f in g.factorisations
+    return [Cell(t, s, f, a, b, g.folder) for t in g.tasks for s in g.seeds for f in g.factorisations
             for a in g.allocations for b in g.budgets
             if (task in (None, t)) and (seed in (None, s)) and (factorisation in (None, f))
             and allowed(p, t, f, a, b, s)]
@@ -111,7 +117,7 @@ def recover_cells(p: Params, task: str | None = None, seed: int | None = None) -
         for t in p.grid.tasks:
             for s in p.grid.seeds:
                 for b in rc.budgets:
-                    c = Cell(t, s, rc.factorisation, rc.allocation, b)
+                    c = Cell(t, s, rc.factorisation, rc.allocation, b, p.grid.folder)
                     for rs in rc.seeds or [s]:
                         r = Recovery(c, bool(rc.teacher), rs)
                         if c in grid and r not in out:
@@ -139,10 +145,13 @@ def task_params(raw: dict, p: Params, task: str, seed: int) -> dict:
     ft = p.grid.finetune[task]
     out["finetune"].update(learning_rate=ft.learning_rate, epochs=ft.epochs, batch_size=ft.batch_size, seed=seed)
     out["allocate"]["fi_retention"]["calibrate"] = True
+    up = "/".join([".."] * len(Path(run_dir(task, seed, p.grid.folder)).parts))
     if p.allocate.speed_table:      # paths in a run folder's params are relative to that folder
-        up = "/".join([".."] * len(Path(run_dir(task, seed)).parts))
         out["allocate"]["speed_table"] = f"{up}/{p.allocate.speed_table}"
+    if p.model.name.startswith(("./", "../")):      # a local model folder named relative to the project root
+        out["model"]["name"] = f"{up}/{p.model.name.removeprefix('./')}"
     out["grid"]["tasks"], out["grid"]["seeds"] = [task], [seed]
+    out["grids"] = {}
     return out
 
 
@@ -164,7 +173,7 @@ def _method_keys(p: Params, section: str, names) -> list[str]:
 
 def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dict:
     """dvc.yaml of one run folder (paths relative to it)."""
-    folder = run_dir(task, seed)
+    folder = run_dir(task, seed, p.grid.folder)
     up = "/".join([".."] * len(Path(folder).parts))
     root = yaml.safe_load((root_dir / "dvc.yaml").read_text())
     stages = {}
@@ -206,37 +215,46 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
 
 
 def report_pipeline(p: Params) -> dict:
-    """grid/dvc.yaml: the report over every expected result."""
-    up = ".."
+    """<grid folder>/dvc.yaml: the report over every expected result, reading the folder's params.yaml."""
+    up, skip, rep = "..", len(p.grid.folder) + 1, f"../{report_dir(p.grid.folder)}"
     results = []
     for t in p.grid.tasks:
         for s in p.grid.seeds:
-            folder = run_dir(t, s)[len(GRID) + 1:]
+            folder = run_dir(t, s, p.grid.folder)[skip:]
             results.append(f"{folder}/results/dense.json")
             results += [cell_result(c, folder) for c in cells(p, t, s)]
-            results += [recover_result(c)[len(GRID) + 1:] for c in recover_cells(p, t, s)]
+            results += [recover_result(c)[skip:] for c in recover_cells(p, t, s)]
     st = _stage("stages/report.py", up, data_deps=results,
-                params=[{"../params.yaml": ["grid", "recover.epochs", "recover.cells", "model.name"]}],
-                outs=[{"../metrics/report/results.csv": {"cache": False}},
-                      {"../metrics/report/tables.md": {"cache": False}},
-                      {"../metrics/report/png": {"cache": False}}],
-                metrics=[{"../metrics/report/summary.json": {"cache": False}}],
-                plots=[{"../metrics/report/pareto.json": {"cache": False, "template": "pareto",
-                                                          "x": "kept_params", "y": "score"}}])
+                params=["grid", "recover.epochs", "recover.cells", "model.name"],
+                outs=[{f"{rep}/results.csv": {"cache": False}},
+                      {f"{rep}/tables.md": {"cache": False}},
+                      {f"{rep}/png": {"cache": False}}],
+                metrics=[{f"{rep}/summary.json": {"cache": False}}],
+                plots=[{f"{rep}/pareto.json": {"cache": False, "template": "pareto",
+                                               "x": "kept_params", "y": "score"}}])
     return {"stages": {"report": st}}
 
 
+def grids(p: Params, raw: dict) -> list[tuple[dict, Params]]:
+    """(raw, parsed) params of every grid: `grid` itself (without `grids`), then each of `grids`."""
+    main = {**raw, "grids": {}}
+    return [(main, parse_params(main))] + [grid_variant(raw, name) for name in p.grids]
+
+
 def files(p: Params, raw: dict, root_dir: Path = ROOT) -> dict[str, str]:
-    """Every generated file: path (relative to the project root) → text."""
+    """Every generated file of every grid: path (relative to the project root) → text."""
     dump = lambda d: HEADER + yaml.safe_dump(d, sort_keys=False, width=120)  # noqa: E731
     out = {}
-    for t in p.grid.tasks:
-        for s in p.grid.seeds:
-            folder = run_dir(t, s)
-            out[f"{folder}/params.yaml"] = dump(task_params(raw, p, t, s))
-            out[f"{folder}/dvc.yaml"] = dump(task_pipeline(p, t, s, root_dir))
-    out[f"{GRID}/dvc.yaml"] = dump(report_pipeline(p))
-    out[f"{GRID}/.gitignore"] = "# per-cell memo of the cells stages (local speed-up; DVC caches the results)\n.cellcache/\n"
+    for graw, gp in grids(p, raw):
+        for t in gp.grid.tasks:
+            for s in gp.grid.seeds:
+                folder = run_dir(t, s, gp.grid.folder)
+                out[f"{folder}/params.yaml"] = dump(task_params(graw, gp, t, s))
+                out[f"{folder}/dvc.yaml"] = dump(task_pipeline(gp, t, s, root_dir))
+        out[f"{gp.grid.folder}/params.yaml"] = dump(graw)
+        out[f"{gp.grid.folder}/dvc.yaml"] = dump(report_pipeline(gp))
+        out[f"{gp.grid.folder}/.gitignore"] = ("# per-cell memo of the cells stages (local speed-up; DVC caches the "
+                                                "results)\n.cellcache/\n")
     return out
 
 
@@ -258,12 +276,13 @@ def main(argv=None) -> int:
         if not a.check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    n = len(cells(p))
     if a.check and stale:
         print("not current (run `python -m fisvd.grid`): " + ", ".join(stale), file=sys.stderr)
         return 1
-    print(f"{n} cells, {len(recover_cells(p))} recovered; {'checked' if a.check else 'wrote'} "
-          f"{len(generated)} files{'' if a.check else f' ({len(stale)} changed)'}")
+    sizes = "; ".join(f"{gp.grid.folder}: {len(cells(gp))} cells, {len(recover_cells(gp))} recovered"
+                      for _, gp in grids(p, raw))
+    print(f"{sizes}; {'checked' if a.check else 'wrote'} {len(generated)} files"
+          f"{'' if a.check else f' ({len(stale)} changed)'}")
     return 0
 
 

@@ -15,6 +15,7 @@ Run `python -m fisvd.params [params.yaml]` to validate a file by hand.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import sys
@@ -44,6 +45,7 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".parquet": "parquet", ".pq": "parquet"}
 PROBLEMS = ("classification", "regression")
+GRID_FOLDER = r"grid(-[a-z0-9][a-z0-9_]*)?"     # grid.folder: grid, or grid-<name> for grids.<name>
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class Limit:
 
 @dataclass(frozen=True)
 class GridParams:
+    folder: str                  # where its run folders (<folder>/<task>/s<seed>) and report stage go
     tasks: list[str]
     seeds: list[int]
     budgets: list[int]
@@ -254,6 +257,8 @@ class GridParams:
 
     def validate(self, key: str) -> None:
         reg = registries()
+        if not re.fullmatch(GRID_FOLDER, self.folder):
+            raise ParamError(f"{key}.folder: {self.folder!r}; `grid` or `grid-<name>` (lower case, digits, _)")
         _names(f"{key}.tasks", self.tasks, sorted(set(self.tasks)))   # known names: Params.validate
         _names(f"{key}.allocations", self.allocations, reg["allocate"].names())
         _names(f"{key}.factorisations", self.factorisations, reg["compress"].names())
@@ -325,6 +330,7 @@ class Params:
     evaluate: EvaluateParams
     grid: GridParams
     recover: RecoverParams
+    grids: dict[str, Any]   # further grids: name → overrides of these sections (grid_variant)
 
     def validate(self, key: str) -> None:
         """Task names across sections: the grid's are GLUE or `data.custom` tasks."""
@@ -371,6 +377,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise ParamError(f"{key}: {value!r} has the wrong type; expected a list")
         return [_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value)]
+    if tp is Any:                   # kept as written (grids.<name>: validated as a whole, grid_variant)
+        return value
     if origin is dict:
         if not isinstance(value, dict):
             raise ParamError(f"{key}: {value!r} has the wrong type; expected a mapping")
@@ -445,10 +453,44 @@ def _options(entry, raw: Any, key: str):
 
 
 def parse_params(raw: Any) -> Params:
-    """Build and validate `Params` from an already-parsed YAML mapping."""
+    """Build and validate `Params` from an already-parsed YAML mapping, each of its `grids` too."""
     if raw is None:
         raw = {}
-    return build(Params, raw, "")
+    p = build(Params, raw, "")
+    for name in p.grids:
+        grid_variant(raw, name)
+    return p
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """`over` on top of `base`: mappings merge key by key (recursively), anything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return copy.deepcopy(over)
+
+
+def grid_variant(raw: dict, name: str) -> tuple[dict, Params]:
+    """A further grid `grids.<name>`: the root params with its overrides merged in (mappings key by
+    key, lists and values replaced), `grid.folder` = grid-<name> and no `grids` of its own.
+    Returns (raw, parsed); any error names the key under grids.<name>."""
+    key = f"grids.{name}"
+    if not re.fullmatch(GRID_FOLDER, f"grid-{name}"):
+        raise ParamError(f"{key}: name {name!r}; lower case letters, digits and _")
+    over = raw["grids"][name]
+    if not isinstance(over, dict) or not over:
+        raise ParamError(f"{key}: expected a mapping of the sections it overrides, got {over!r}")
+    for section, value in over.items():
+        if section not in [f.name for f in dataclasses.fields(Params)] or section == "grids":
+            raise ParamError(f"{key}.{section}: unknown section; a grid overrides "
+                             + ", ".join(f.name for f in dataclasses.fields(Params) if f.name != "grids"))
+        if section == "grid" and isinstance(value, dict) and "folder" in value:
+            raise ParamError(f"{key}.grid.folder: set by fisvd.grid (grid-{name}); leave it out")
+    merged = _merge({k: v for k, v in raw.items() if k != "grids"}, over)
+    merged["grid"]["folder"], merged["grids"] = f"grid-{name}", {}
+    try:
+        return merged, build(Params, merged, "")
+    except ParamError as exc:
+        raise ParamError(f"{key} → {exc}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

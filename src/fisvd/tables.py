@@ -195,16 +195,17 @@ def summarise(df: pd.DataFrame, tasks: list[str]) -> dict:
 
 
 def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budgets: list[int], out: str,
-             partial: tuple[int, int] | None = None) -> str:
+             partial: tuple[int, int] | None = None, grid: str = "grid") -> str:
     """tables.md. `tasks`, `budgets`: the grid's (tasks without results are left out); `out`: the
-    output folder as named in the text; `partial`: (result files read, expected) of a partial report."""
+    output folder as named in the text; `partial`: (result files read, expected) of a partial report;
+    `grid`: the grid's folder."""
     present = [t for t in tasks if t in set(df.task)]
     missing = [t for t in tasks if t not in present]
     md = ["# Grid results" + (" (PARTIAL)" if partial else ""), ""]
     if partial:
         md += [f"**Partial report**: {partial[0]} of {partial[1]} result files present"
                + (f"; tasks not started: {', '.join(missing)}" if missing else "")
-               + ". Produced by `cd grid && PYTHONPATH=.. python -m stages.report --partial`; averages only "
+               + f". Produced by `cd {grid} && PYTHONPATH=.. python -m stages.report --partial`; averages only "
                "over methods present on every task listed.", ""]
     md += [
           f"Model {model}; tasks {', '.join(present)}; dev scores ×100 ± half the 95 % bootstrap "
@@ -213,7 +214,7 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
           "~ margin kept whose denominator is noise (the constant average lies inside the dense average's "
           "interval); ‡ beats every other compressed row of its column beyond resampling noise (paired "
           "bootstrap). "
-          + ("" if partial else "Produced by `dvc repro grid/dvc.yaml` ")
+          + ("" if partial else f"Produced by `dvc repro {grid}/dvc.yaml` ")
           + f"({out}/results.csv holds every number).", "",
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
                                              for r in df[df.allocation == "dense"].itertuples()), ""]
