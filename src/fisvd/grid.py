@@ -8,7 +8,10 @@
   factorisation f (every allocation × budget cell of f in one process: one model load, one SVD per
   matrix, truncated per budget; a per-cell memo under `.cellcache/` keeps finished cells across
   interrupted or extended runs) and one `recover-<f>-<a>-p<b>` stage per recovered cell;
-- `grid/dvc.yaml`: the `report` stage reading every expected result (enumerated here, never globbed).
+- `grid/dvc.yaml`: the `report` stage reading every expected result (enumerated here, never globbed),
+  with `grid/params.yaml` (the root params) that it reads;
+- the same for every further grid `grids.<name>` (params.yaml with its overrides merged in,
+  `fisvd.params.grid_variant`) under `grid-<name>/`, its report in `metrics/report-<name>/`.
 One pipeline file per task keeps dvc.lock small (../shared/docs/dvc-grid.md). `--check` exits 1 when
 a written file is not current (the tests run it).
 
