@@ -33,9 +33,10 @@ run: setup
 	dvc repro
 
 # The comparison grid (params.yaml `grid`, `recover`; docs/grid.md): regenerate the per-task
-# pipelines, run them task by task (each cell cached: an interrupted run resumes, an extended grid
-# runs only the new cells), then the report. GRID_COMMIT=1 commits each finished run folder (its
-# dvc.lock, params, metrics) and the report as they land, for long runs in the background.
+# pipelines, run them folder by folder, every task's first seed before any second seed (each cell
+# cached: an interrupted run resumes, an extended grid runs only the new cells), then the report.
+# GRID_COMMIT=1 commits each finished run folder (its dvc.lock, params, metrics) and the report as
+# they land, for long runs in the background.
 # GRID=grid-<name> runs the grid `grids.<name>` instead (report in metrics/report-<name>).
 GRID_COMMIT ?=
 GRID ?= grid
@@ -43,7 +44,7 @@ GRID_SUFFIX = $(patsubst grid%,%,$(GRID))
 grid: setup
 	$(PY) -m fisvd.grid
 	for d in $$($(PY) -c "import fisvd.grid as g, fisvd.params as p; \
-	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for t in q.tasks for s in q.seeds))"); do \
+	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for s in q.seeds for t in q.tasks))"); do \
 	  dvc repro $$d/dvc.yaml || exit 1; \
 	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
 	done
