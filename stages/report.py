@@ -16,9 +16,9 @@ from pathlib import Path
 from fisvd.cli import run_stage
 from fisvd.grid import cell_result, cells, recover_cells, recover_result, report_dir, run_dir
 from fisvd.io import write_json
-from fisvd.tables import markdown, pareto, rows_from_results, summarise
+from fisvd.tables import against, markdown, pareto, rows_from_results, summarise
 
-KEYS = ["grid", "recover.epochs", "recover.cells", "model.name"]
+KEYS = ["grid", "recover.epochs", "recover.cells", "model.name", "allocate.method", "compress.method"]
 PARTIAL = "-partial"        # report_dir(grid) + this: the --partial report's folder
 log = logging.getLogger("fisvd")
 
@@ -51,14 +51,18 @@ def main(params, args):
         recovered[task] = {k: read(paths) for k, paths in by_rec.items()}
     if not dense:
         raise SystemExit("report --partial: no task has its dense result yet")
-    df, boots = rows_from_results(dense, cells_, recovered, params.recover.epochs, params.model.name)
+    per_seed, default = {}, (params.allocate.method, params.compress.method)
+    df, boots = rows_from_results(dense, cells_, recovered, params.recover.epochs, params.model.name, per_seed)
+    vs = against(df, boots, per_seed, [t for t in g.tasks if t in dense], default)
     name = report_dir(g.folder) + (PARTIAL if args.partial else "")
     out = Path("..") / name
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
+    vs.to_csv(out / "vs_default.csv", index=False)
     (out / "tables.md").write_text(markdown(df, boots, params.model.name, g.tasks, g.budgets, name,
-                                            partial=tuple(counts) if args.partial else None, grid=g.folder))
-    write_json(out / "summary.json", summarise(df, list(dense)))
+                                            partial=tuple(counts) if args.partial else None, grid=g.folder,
+                                            vs=vs, default=default))
+    write_json(out / "summary.json", summarise(df, list(dense), vs))
     write_json(out / "pareto.json", pareto(df, out))
     log.info("report: %d rows over %d tasks", len(df), len(dense))
 

@@ -211,3 +211,61 @@ def test_no_better_than_constant_and_noisy_margin_marks():
     o = cells_of(overview(df, boots, 30, 0, TASKS))
     assert all(c["margin kept"].endswith(" ~") for c in o.values()), o
     assert "° no better than constant" in markdown(df, boots, "m", TASKS, [50], "metrics/report")
+
+
+def test_against_the_default_pairs_on_common_seeds_and_matches_a_written_out_loop():
+    from fisvd.report import resample_indices, seed_draws
+    from fisvd.tables import against, against_md
+    rng = np.random.default_rng(3)
+    ACC = ["rte", "sst2"]                   # accuracy tasks: the loop below scores accuracy
+    y = {t: np.array([1, 0] * 15) for t in ACC}
+
+    def noisy(t, errors):                   # predictions with `errors` wrong answers at random places
+        p = y[t].copy()
+        p[rng.choice(len(p), errors, replace=False)] ^= 1
+        return p
+
+    def rec(t, pred, seed, **extra):
+        return record(100 * float(np.mean(pred == y[t])), {"dev": pred}, seed=seed, **extra)
+
+    preds = {(m, t, s): noisy(t, e) for m, e in (("dense", 2), ("default", 6), ("energy", 9)) for t in ACC
+             for s in (42, 43)}
+    preds.update({("perfect", t, s): y[t].copy() for t in ACC for s in (42, 43)})
+    dense = {t: [rec(t, preds[("dense", t, s)], s, labels={"dev": list(y[t])}, constant_score=50.0)
+                 for s in (42, 43)] for t in ACC}
+    cells = {t: {("max_fi", "kfac", 50): [rec(t, preds[("default", t, s)], s) for s in (42, 43)],
+                 ("uniform_rank", "kfac", 50): [rec(t, preds[("perfect", t, s)], s) for s in (42, 43)],
+                 ("energy", "fwsvd", 50): [rec(t, preds[("energy", t, 42)], 42)]} for t in ACC}   # seed 42 only
+    per_seed = {}
+    df, boots = rows_from_results(dense, cells, {}, 1, "m", per_seed)
+    vs = against(df, boots, per_seed, ACC, ("max_fi", "kfac")).set_index(["allocation", "factorisation"])
+
+    idx = resample_indices({"dev": 30})["dev"]                       # [n, 30], the report's resamples
+    acc = lambda m, t, s: 100 * (preds[(m, t, s)][idx] == y[t][idx]).mean(axis=1)  # noqa: E731  [n] per replicate
+    n = len(idx)
+    # energy (seed 42) vs the default on seed 42 alone: a plain paired bootstrap over dev examples
+    diff = np.mean([acc("energy", t, 42) - acc("default", t, 42) for t in ACC], axis=0)
+    point = np.mean([100 * np.mean(preds[("energy", t, 42)] == y[t]) - 100 * np.mean(preds[("default", t, 42)] == y[t])
+                     for t in ACC])
+    e = vs.loc[("energy", "fwsvd")]
+    assert e.seeds_compared == 1 and e["diff"] == pytest.approx(point, abs=1e-4)
+    assert (e.diff_low, e.diff_high) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])), abs=1e-4)
+    # both seeds: each replicate draws two seeds with replacement, the same draw for both methods
+    draws = np.array([42, 43])[seed_draws(n, 2)]                      # [n, 2]
+    per = lambda m, t: np.mean([np.where(draws[:, j] == 42, acc(m, t, 42), acc(m, t, 43)) for j in range(2)], axis=0)  # noqa: E731
+    diff2 = np.mean([per("perfect", t) - per("default", t) for t in ACC], axis=0)
+    u = vs.loc[("uniform_rank", "kfac")]
+    assert u.seeds_compared == 2 and (u.diff_low, u.diff_high) == pytest.approx(tuple(np.quantile(diff2, [0.025, 0.975])), abs=1e-4)
+    assert u.verdict == "better" and u.diff_low > 0 and e.verdict in ("", "worse")
+    d = vs.loc[("max_fi", "kfac")]
+    assert bool(d.default) and d["diff"] == 0 and d.verdict == ""
+    # pooled margin kept: (avg - constant avg) / (dense avg - constant avg), its interval from the same replicates
+    dense_avg = np.mean([np.mean([r["score"] for r in dense[t]]) for t in ACC])
+    avg = np.mean([np.mean([r["score"] for r in cells[t][("max_fi", "kfac", 50)]]) for t in ACC])
+    assert d.margin_kept == pytest.approx((avg - 50) / (dense_avg - 50), abs=1e-4)
+    ratio = (np.mean([per("default", t) for t in ACC], axis=0) - 50) / (np.mean([per("dense", t) for t in ACC], axis=0) - 50)
+    assert (d.margin_low, d.margin_high) == pytest.approx(tuple(np.quantile(ratio, [0.025, 0.975])), abs=1e-4)
+    md = "\n".join(against_md(vs.reset_index(), ("max_fi", "kfac")))
+    assert "| uniform_rank + kfac | +" in md and " ‡" in md and "| max_fi + kfac (default) |" in md
+    s = summarise(df, ACC, vs.reset_index())["p50"]
+    assert s["default"] == "max_fi+kfac" and s["default_margin_kept"] == round(d.margin_kept, 3)

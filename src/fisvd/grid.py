@@ -228,8 +228,9 @@ def report_pipeline(p: Params) -> dict:
             results += [cell_result(c, folder) for c in cells(p, t, s)]
             results += [recover_result(c)[skip:] for c in recover_cells(p, t, s)]
     st = _stage("stages/report.py", up, data_deps=results,
-                params=["grid", "recover.epochs", "recover.cells", "model.name"],
+                params=["grid", "recover.epochs", "recover.cells", "model.name", "allocate.method", "compress.method"],
                 outs=[{f"{rep}/results.csv": {"cache": False}},
+                      {f"{rep}/vs_default.csv": {"cache": False}},
                       {f"{rep}/tables.md": {"cache": False}},
                       {f"{rep}/png": {"cache": False}}],
                 metrics=[{f"{rep}/summary.json": {"cache": False}}],

@@ -102,20 +102,31 @@ def seed_draws(n: int, k: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng([seed, n, k]).integers(0, k, (n, k))
 
 
-def boot_scores(task: str, preds: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
-                idx: dict[str, np.ndarray], resample_seeds: bool = True) -> np.ndarray:
-    """[n] resampled task scores of a cell (`preds`: one {split: predictions} per seed): per replicate,
-    the task score (MNLI: mean over its splits) on the resampled examples, averaged over k seeds drawn
-    with replacement (`seed_draws`; `resample_seeds=False`: over every seed once)."""
+def seed_boots(task: str, preds: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
+               idx: dict[str, np.ndarray]) -> np.ndarray:
+    """[k, n]: per seed (`preds`: one {split: predictions} per seed), the task score (MNLI: mean over
+    its splits) on each replicate's resampled examples."""
     per_seed = []
     for pr in preds:
         parts = [split_scores(task, np.asarray(pr[s])[idx[s]], np.asarray(labels[s])[idx[s]]) for s in idx]
         per_seed.append(np.mean(parts, axis=0))
-    per_seed = np.asarray(per_seed)                     # [k, n]
+    return np.asarray(per_seed)
+
+
+def over_seeds(per_seed: np.ndarray, resample_seeds: bool = True) -> np.ndarray:
+    """[n] from [k, n]: per replicate the mean over k seeds drawn with replacement (`seed_draws`, the
+    same draws for every cell with k seeds: paired comparisons stay paired); `resample_seeds=False`:
+    over every seed once."""
     k, n = per_seed.shape
     if k == 1 or not resample_seeds:
         return per_seed.mean(axis=0)
     return per_seed[seed_draws(n, k), np.arange(n)[:, None]].mean(axis=1)
+
+
+def boot_scores(task: str, preds: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
+                idx: dict[str, np.ndarray], resample_seeds: bool = True) -> np.ndarray:
+    """[n] resampled task scores of a cell: two-level bootstrap, dev examples (`idx`) and seeds."""
+    return over_seeds(seed_boots(task, preds, labels, idx), resample_seeds)
 
 
 def bootstrap_ci(task: "str | Scoring", per_split: dict[str, tuple[np.ndarray, np.ndarray]], n: int = N_BOOT,

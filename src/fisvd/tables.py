@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import Scoring, margin_kept
-from .report import GROUPS, boot_scores, fmt, interval, paired_win, resample_indices
+from .report import GROUPS, fmt, interval, over_seeds, paired_win, resample_indices, seed_boots
 
 HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
 KD = "+kd"               # a recovery with the dense model as teacher (fisvd.paths.KD): `kfac+kd`
@@ -32,11 +32,12 @@ TOP = 3                  # the overview's best methods by average, besides the b
 
 def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple, list[dict]]],
                       recovered: dict[str, dict[tuple, list[dict]]], epochs: int,
-                      model: str) -> tuple[pd.DataFrame, dict]:
+                      model: str, per_seed: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """(tidy DataFrame, {(task, allocation, factorisation, budget, recovery_epochs): bootstrap samples}).
     `dense`: {task: [dense.json record per seed]} (tasks in report order; labels and the constant
     score from the first); `cells` / `recovered`: {task: {(allocation, factorisation, budget): [record
-    per seed]}} (empty lists skipped); `epochs`: the recovered cells' recovery epochs."""
+    per seed]}} (empty lists skipped); `epochs`: the recovered cells' recovery epochs. `per_seed`, when
+    given, is filled with {same key: {seed: (score, bootstrap samples of that seed alone)}} (`against`)."""
     rows, boots = [], {}
     for task, d_recs in dense.items():
         first = d_recs[0]
@@ -53,7 +54,11 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
         for (alloc, fact, budget), ep, recs in groups:
             if not recs:
                 continue
-            b = boot_scores(sc, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
+            sb = seed_boots(sc, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
+            b = over_seeds(sb)
+            if per_seed is not None:
+                keys = [(r.get("seed"), sum(q.get("seed") == r.get("seed") for q in recs[:i])) for i, r in enumerate(recs)]
+                per_seed[(task, alloc, fact, budget, ep)] = {k: (r["score"], sb[i]) for i, (k, r) in enumerate(zip(keys, recs))}
             score = float(np.mean([r["score"] for r in recs]))
             seeds = {r.get("seed") for r in recs}
             ref = float(np.mean([d_of[s] for s in seeds])) if seeds <= set(d_of) and None not in seeds else d_score
@@ -169,9 +174,93 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
     return lines
 
 
-def summarise(df: pd.DataFrame, tasks: list[str]) -> dict:
+def against(df: pd.DataFrame, boots: dict, per_seed: dict, tasks: list[str], default: tuple[str, str]) -> pd.DataFrame:
+    """vs_default.csv: per budget and recovery, every method run on every task against `default`
+    (allocation, factorisation) at the same budget and recovery: the difference of the task averages on
+    the seeds both ran (per task), with its paired 95 % interval (the same resampled dev examples and
+    seed draws for both; verdict `better` / `worse` when the interval excludes 0), and each method's
+    pooled margin kept (avg − constant avg) / (dense avg − constant avg) on all its seeds, as the
+    overview computes it, with a 95 % interval from the same replicates (dense resampled alike)."""
+    dense = df[df.allocation == "dense"].set_index("task")
+    d_avg, c_avg = float(dense.loc[tasks].score.mean()), float(dense.loc[tasks].constant_score.mean())
+    d_rep = np.mean([boots[(t, "dense", "dense", 100, 0)] for t in tasks], axis=0)
+    rows = []
+    comp = df[df.allocation != "dense"]
+    for (b, ep), sel in comp.groupby(["budget", "recovery_epochs"], sort=False):
+        pct = int(round(b * 100))
+        full = sorted(m for m, g in sel.groupby(["allocation", "factorisation"]) if set(g.task) >= set(tasks))
+        if tuple(default) not in full:
+            continue
+        for m in full:
+            key = lambda t, m=m: (t, m[0], m[1], pct, ep)  # noqa: E731
+            d_key = lambda t: (t, default[0], default[1], pct, ep)  # noqa: E731
+            a_pt, a_rep, z_pt, z_rep, ks = [], [], [], [], []
+            for t in tasks:
+                common = sorted(set(per_seed[key(t)]) & set(per_seed[d_key(t)]), key=str)
+                ks.append(len(common))
+                for keyf, pts, reps in ((key, a_pt, a_rep), (d_key, z_pt, z_rep)):
+                    recs = per_seed[keyf(t)]
+                    pts.append(np.mean([recs[s][0] for s in common]) if common else np.nan)
+                    reps.append(over_seeds(np.stack([recs[s][1] for s in common])) if common else np.full(len(d_rep), np.nan))
+            avg = float(sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score.mean())
+            m_rep = np.mean([boots[key(t)] for t in tasks], axis=0)
+            diff = float(np.mean(a_pt) - np.mean(z_pt))
+            lo, hi = interval(np.mean(a_rep, axis=0) - np.mean(z_rep, axis=0)) if min(ks) else (np.nan, np.nan)
+            mk = margin_kept(avg, d_avg, c_avg)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mk_lo, mk_hi = interval((m_rep - c_avg) / (d_rep - c_avg)) if mk is not None else (np.nan, np.nan)
+            rows.append({"budget": b, "recovery_epochs": int(ep), "allocation": m[0], "factorisation": m[1],
+                         "default": m == tuple(default), "seeds_compared": int(min(ks)), "avg": round(avg, 4),
+                         "diff": round(diff, 4), "diff_low": round(lo, 4), "diff_high": round(hi, 4),
+                         "verdict": "" if m == tuple(default) or np.isnan(lo)
+                         else "better" if lo > 0 else "worse" if hi < 0 else "",
+                         "margin_kept": None if mk is None else round(mk, 4),
+                         "margin_low": round(mk_lo, 4), "margin_high": round(mk_hi, 4)})
+    cols = ["budget", "recovery_epochs", "allocation", "factorisation", "default", "seeds_compared", "avg", "diff",
+            "diff_low", "diff_high", "verdict", "margin_kept", "margin_low", "margin_high"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["recovery_epochs", "budget", "allocation", "factorisation"],
+                           ascending=[True, False, True, True], ignore_index=True)
+
+
+def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
+    """Markdown of `against`: per recovery, a table of methods × budgets, each cell the difference to the
+    default [paired 95 % interval] (‡ better, ⁻ worse beyond it) and, below, the pooled margin kept."""
+    name = f"{default[0]} + {default[1]}"
+    md = [f"## Against the default ({name})", "",
+          f"Each cell: the method's task average minus {name}'s at that budget and recovery, on the fine-tune "
+          "seeds both ran, [paired 95 % interval: the same resampled dev examples and seed draws]; ‡ better, "
+          "⁻ worse beyond the interval; then the pooled margin kept [95 % interval] (vs_default.csv).", ""]
+    for ep, e in vs.groupby("recovery_epochs"):
+        budgets = sorted(e.budget.unique(), reverse=True)
+        head = ["method", *(f"p = {b:g}" for b in budgets)]
+        title = f"after {ep} epoch(s) of recovery fine-tuning" if ep else "no recovery"
+        for what in ("difference", "margin kept"):
+            md += [f"### {what.capitalize()}, {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for (a, f), g in e.groupby(["allocation", "factorisation"]):
+                g = g.set_index("budget")
+                cells_ = []
+                for b in budgets:
+                    if b not in g.index:
+                        cells_.append("–")
+                        continue
+                    r = g.loc[b]
+                    if what == "margin kept":
+                        cells_.append("–" if pd.isna(r.margin_kept) else f"{r.margin_kept:.3f} [{r.margin_low:.2f}, {r.margin_high:.2f}]")
+                    elif r.default:
+                        cells_.append(f"{r.avg:.2f}")
+                    else:
+                        mark = {"better": " ‡", "worse": " ⁻"}.get(r.verdict, "")
+                        cells_.append(f"{r['diff']:+.2f} [{r.diff_low:+.2f}, {r.diff_high:+.2f}]{mark}")
+                md.append("| " + " | ".join([f"{a} + {f}" + (" (default)" if (a, f) == tuple(default) else ""), *cells_]) + " |")
+            md.append("")
+    return md
+
+
+def summarise(df: pd.DataFrame, tasks: list[str], vs: pd.DataFrame | None = None) -> dict:
     """summary.json: per budget (and recovery) the best method on every task by average, its average
-    and pooled margin kept, and the FWSVD baselines' averages."""
+    and pooled margin kept, the FWSVD baselines' averages and (`vs`: `against`'s frame) the default's
+    average and pooled margin kept with its interval."""
     comp = df[df.allocation != "dense"]
     dense = df[df.allocation == "dense"].set_index("task")
     d_avg, c_avg = float(dense.score.mean()), float(dense.constant_score.mean())
@@ -190,15 +279,22 @@ def summarise(df: pd.DataFrame, tasks: list[str]) -> dict:
             for ref in (("uniform_rank", "fwsvd"), ("max_fi", "fwsvd"), ("fi_retention", "fwsvd")):
                 if ref in avg.index:
                     entry[f"{ref[0]}+{ref[1]}_avg"] = round(float(avg.loc[ref].score), 2)
+            d = vs[(vs.budget == b) & (vs.recovery_epochs == epochs) & vs.default] if vs is not None else []
+            if len(d):
+                r = d.iloc[0]
+                entry.update({"default": f"{r.allocation}+{r.factorisation}", "default_avg": round(float(r.avg), 2),
+                              "default_margin_kept": None if pd.isna(r.margin_kept) else round(float(r.margin_kept), 3),
+                              "default_margin_ci": [round(float(r.margin_low), 3), round(float(r.margin_high), 3)]})
             out[tag] = entry
     return out
 
 
 def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budgets: list[int], out: str,
-             partial: tuple[int, int] | None = None, grid: str = "grid") -> str:
+             partial: tuple[int, int] | None = None, grid: str = "grid", vs: pd.DataFrame | None = None,
+             default: tuple[str, str] | None = None) -> str:
     """tables.md. `tasks`, `budgets`: the grid's (tasks without results are left out); `out`: the
     output folder as named in the text; `partial`: (result files read, expected) of a partial report;
-    `grid`: the grid's folder."""
+    `grid`: the grid's folder; `vs`, `default`: `against`'s frame and the default method (a section)."""
     present = [t for t in tasks if t in set(df.task)]
     missing = [t for t in tasks if t not in present]
     md = ["# Grid results" + (" (PARTIAL)" if partial else ""), ""]
@@ -233,6 +329,8 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
             continue
         md += [f"### p = {b / 100:g}" + (f", after {e} epoch(s) of recovery fine-tuning" if e else ", no recovery"), ""]
         md += overview(df, boots, b, e, present) + [""]
+    if vs is not None and len(vs):
+        md += against_md(vs, default)
     for epochs in sorted(df.recovery_epochs.unique()):
         for b in sorted(budgets, reverse=True):
             if df[(df.budget == b / 100) & (df.recovery_epochs == epochs)].empty:
