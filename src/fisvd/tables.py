@@ -284,7 +284,8 @@ def summarise(df: pd.DataFrame, tasks: list[str], vs: pd.DataFrame | None = None
                 r = d.iloc[0]
                 entry.update({"default": f"{r.allocation}+{r.factorisation}", "default_avg": round(float(r.avg), 2),
                               "default_margin_kept": None if pd.isna(r.margin_kept) else round(float(r.margin_kept), 3),
-                              "default_margin_ci": [round(float(r.margin_low), 3), round(float(r.margin_high), 3)]})
+                              "default_margin_low": round(float(r.margin_low), 3),
+                              "default_margin_high": round(float(r.margin_high), 3)})
             out[tag] = entry
     return out
 
