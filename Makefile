@@ -43,8 +43,10 @@ GRID ?= grid
 GRID_SUFFIX = $(patsubst grid%,%,$(GRID))
 grid: setup
 	$(PY) -m fisvd.grid
-	for d in $$($(PY) -c "import fisvd.grid as g, fisvd.params as p; \
-	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for s in q.seeds for t in q.tasks))"); do \
+	case "$(GRID)" in grid|grid-*[!/]) test -f $(GRID)/params.yaml;; *) false;; esac || { echo "GRID=$(GRID): no such grid (grid, or grid-<name> for grids.<name>)"; exit 2; }
+	dirs=$$($(PY) -c "import fisvd.grid as g, fisvd.params as p; \
+	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for s in q.seeds for t in q.tasks))") || exit 1; \
+	for d in $$dirs; do \
 	  dvc repro $$d/dvc.yaml || exit 1; \
 	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
 	done

@@ -76,7 +76,7 @@ def main(old_rev: str):
         for r in g.itertuples():
             print(f"| {r.task}{' *' if r.task in changed else ''} | {fmt(r.old, r.old_collapsed)} | "
                   f"{fmt(r.new_s42, r.new_s42_collapsed)} | {fmt(r.new_mean)}"
-                  f"{f' ({r.new_seeds} seeds)' if r.new_seeds else ''} |")
+                  f"{f' ({int(r.new_seeds)} seeds)' if pd.notna(r.new_seeds) else ''} |")
         if g.old.notna().all() and g.new_s42.notna().all():
             od = old[(old.allocation == "dense") & old.task.isin(tasks)]
             d_old, c_old = od.score.mean(), od.constant_score.mean()

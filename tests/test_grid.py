@@ -118,6 +118,19 @@ def test_a_grid_variant_is_the_root_with_its_overrides_merged_in():
         bad["grids"]["big"] = over
         with pytest.raises(ParamError, match=key):
             parse_params(bad)
+    only_model = json.loads(json.dumps(raw))             # a variant leaving `grid` alone: the root's stays the root's
+    only_model["grids"] = {"small": {"model": {"name": "./models/small"}}}
+    parse_params(only_model)
+    assert only_model["grid"]["folder"] == "grid" and [gp.grid.folder for _, gp in G.grids(parse_params(only_model), only_model)] == ["grid", "grid-small"]
+    for bad_grid, key in ((None, r"^grids\.big\.grid: expected a mapping"), ):
+        bad = json.loads(json.dumps(raw))
+        bad["grids"]["big"] = {"grid": bad_grid}
+        with pytest.raises(ParamError, match=key):
+            parse_params(bad)
+    bad = json.loads(json.dumps(raw))
+    bad["grid"]["folder"] = "grid-big"                  # the main grid in a variant's folder
+    with pytest.raises(ParamError, match=r"^grids\.big: its folder grid-big is grid\.folder"):
+        parse_params(bad)
     bad = json.loads(json.dumps(raw))
     bad["grids"]["Big One"] = bad["grids"].pop("big")
     with pytest.raises(ParamError, match=r"^grids\.Big One: name"):
@@ -138,11 +151,13 @@ def test_a_grid_variant_gets_its_own_folders_report_and_model_path():
     whole = yaml.safe_load(files["grid-big/params.yaml"])
     assert whole["grid"]["folder"] == "grid-big" and whole["grids"] == {}
     report = yaml.safe_load(files["grid-big/dvc.yaml"])["stages"]["report"]
-    assert report["params"] == ["grid", "recover.epochs", "recover.cells", "model.name"]   # grid-big/params.yaml
+    assert report["params"] == ["grid", "recover.epochs", "recover.cells", "model.name",   # grid-big/params.yaml
+                                "allocate.method", "compress.method"]
     assert [d for d in report["deps"] if d.endswith(".json")] == [
         "mrpc/s42/results/dense.json", "mrpc/s42/results/kfac/max_fi-p48.json", "mrpc/s42/results/kfac/max_fi-p20.json"]
     assert [next(iter(o)) for o in report["outs"]] == [
-        "../metrics/report-big/results.csv", "../metrics/report-big/tables.md", "../metrics/report-big/png"]
+        "../metrics/report-big/results.csv", "../metrics/report-big/vs_default.csv", "../metrics/report-big/tables.md",
+        "../metrics/report-big/png"]
     main = yaml.safe_load(files["grid/dvc.yaml"])["stages"]["report"]
     assert next(iter(main["outs"][0])) == "../metrics/report/results.csv"
 

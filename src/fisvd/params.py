@@ -463,9 +463,10 @@ def parse_params(raw: Any) -> Params:
 
 
 def _merge(base: Any, over: Any) -> Any:
-    """`over` on top of `base`: mappings merge key by key (recursively), anything else replaces."""
+    """A new `over` on top of `base` (neither changed): mappings merge key by key (recursively),
+    anything else replaces."""
     if isinstance(base, dict) and isinstance(over, dict):
-        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+        return {**copy.deepcopy(base), **{k: _merge(base.get(k), v) for k, v in over.items()}}
     return copy.deepcopy(over)
 
 
@@ -483,8 +484,12 @@ def grid_variant(raw: dict, name: str) -> tuple[dict, Params]:
         if section not in [f.name for f in dataclasses.fields(Params)] or section == "grids":
             raise ParamError(f"{key}.{section}: unknown section; a grid overrides "
                              + ", ".join(f.name for f in dataclasses.fields(Params) if f.name != "grids"))
-        if section == "grid" and isinstance(value, dict) and "folder" in value:
+        if section == "grid" and not isinstance(value, dict):
+            raise ParamError(f"{key}.grid: expected a mapping of the grid keys it overrides, got {value!r}")
+        if section == "grid" and "folder" in value:
             raise ParamError(f"{key}.grid.folder: set by fisvd.grid (grid-{name}); leave it out")
+    if isinstance(raw.get("grid"), dict) and raw["grid"].get("folder") == f"grid-{name}":
+        raise ParamError(f"{key}: its folder grid-{name} is grid.folder, the main grid's; rename one")
     merged = _merge({k: v for k, v in raw.items() if k != "grids"}, over)
     merged["grid"]["folder"], merged["grids"] = f"grid-{name}", {}
     try:

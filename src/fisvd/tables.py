@@ -57,8 +57,8 @@ def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple,
             sb = seed_boots(sc, [{s: np.asarray(v) for s, v in r["predictions"].items()} for r in recs], labels, idx)
             b = over_seeds(sb)
             if per_seed is not None:
-                keys = [(r.get("seed"), sum(q.get("seed") == r.get("seed") for q in recs[:i])) for i, r in enumerate(recs)]
-                per_seed[(task, alloc, fact, budget, ep)] = {k: (r["score"], sb[i]) for i, (k, r) in enumerate(zip(keys, recs))}
+                per_seed[(task, alloc, fact, budget, ep)] = {(r.get("seed"), r.get("recovery_seed")): (r["score"], sb[i])
+                                                             for i, r in enumerate(recs)}
             score = float(np.mean([r["score"] for r in recs]))
             seeds = {r.get("seed") for r in recs}
             ref = float(np.mean([d_of[s] for s in seeds])) if seeds <= set(d_of) and None not in seeds else d_score
@@ -177,7 +177,7 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
 def against(df: pd.DataFrame, boots: dict, per_seed: dict, tasks: list[str], default: tuple[str, str]) -> pd.DataFrame:
     """vs_default.csv: per budget and recovery, every method run on every task against `default`
     (allocation, factorisation) at the same budget and recovery: the difference of the task averages on
-    the seeds both ran (per task), with its paired 95 % interval (the same resampled dev examples and
+    the seeds both ran (per task; a record's seed is its (fine-tune seed, recovery seed)), with its paired 95 % interval (the same resampled dev examples and
     seed draws for both; verdict `better` / `worse` when the interval excludes 0), and each method's
     pooled margin kept (avg − constant avg) / (dense avg − constant avg) on all its seeds, as the
     overview computes it, with a 95 % interval from the same replicates (dense resampled alike)."""
@@ -228,8 +228,8 @@ def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
     default [paired 95 % interval] (‡ better, ⁻ worse beyond it) and, below, the pooled margin kept."""
     name = f"{default[0]} + {default[1]}"
     md = [f"## Against the default ({name})", "",
-          f"Each cell: the method's task average minus {name}'s at that budget and recovery, on the fine-tune "
-          "seeds both ran, [paired 95 % interval: the same resampled dev examples and seed draws]; ‡ better, "
+          f"Each cell: the method's task average minus {name}'s at that budget and recovery, on the seeds both "
+          "ran (fine-tune seed; recovered: and recovery seed), [paired 95 % interval: the same resampled dev examples and seed draws]; ‡ better, "
           "⁻ worse beyond the interval; then the pooled margin kept [95 % interval] (vs_default.csv).", ""]
     for ep, e in vs.groupby("recovery_epochs"):
         budgets = sorted(e.budget.unique(), reverse=True)
@@ -249,6 +249,8 @@ def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
                         cells_.append("–" if pd.isna(r.margin_kept) else f"{r.margin_kept:.3f} [{r.margin_low:.2f}, {r.margin_high:.2f}]")
                     elif r.default:
                         cells_.append(f"{r.avg:.2f}")
+                    elif pd.isna(r.diff_low):                  # no seed in common
+                        cells_.append("–")
                     else:
                         mark = {"better": " ‡", "worse": " ⁻"}.get(r.verdict, "")
                         cells_.append(f"{r['diff']:+.2f} [{r.diff_low:+.2f}, {r.diff_high:+.2f}]{mark}")
@@ -284,8 +286,8 @@ def summarise(df: pd.DataFrame, tasks: list[str], vs: pd.DataFrame | None = None
                 r = d.iloc[0]
                 entry.update({"default": f"{r.allocation}+{r.factorisation}", "default_avg": round(float(r.avg), 2),
                               "default_margin_kept": None if pd.isna(r.margin_kept) else round(float(r.margin_kept), 3),
-                              "default_margin_low": round(float(r.margin_low), 3),
-                              "default_margin_high": round(float(r.margin_high), 3)})
+                              **{f"default_margin_{k}": None if pd.isna(r[f"margin_{k}"]) else round(float(r[f"margin_{k}"]), 3)
+                                 for k in ("low", "high")}})
             out[tag] = entry
     return out
 
