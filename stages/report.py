@@ -7,7 +7,8 @@ png/pareto_<task>.png. The contents: fisvd.tables. Runs in the grid folder (`dvc
 
 While a grid is still running: `cd grid && PYTHONPATH=.. python -m stages.report --partial` writes the same files
 from the results present so far to metrics/report-partial/ (outside DVC; tables.md opens with the
-count of cells present and the tasks missing).
+count of cells present and the tasks missing); for a grid of `grids`, `cd grid-<name>` writes
+metrics/report-<name>-partial/.
 """
 import json
 import logging
