@@ -15,11 +15,10 @@ import logging
 from pathlib import Path
 
 from fisvd.cli import run_stage
-from fisvd.grid import cell_result, cells, recover_cells, recover_result, report_dir, run_dir
+from fisvd.grid import REPORT_KEYS, cell_result, cells, recover_cells, recover_result, report_dir, run_dir
 from fisvd.io import write_json
 from fisvd.tables import against, markdown, pareto, rows_from_results, summarise
 
-KEYS = ["grid", "recover.epochs", "recover.cells", "model.name", "allocate.method", "compress.method"]
 PARTIAL = "-partial"        # report_dir(grid) + this: the --partial report's folder
 log = logging.getLogger("fisvd")
 
@@ -69,4 +68,4 @@ def main(params, args):
 
 
 if __name__ == "__main__":
-    run_stage("report", __doc__, KEYS, main, arguments=arguments)
+    run_stage("report", __doc__, REPORT_KEYS, main, arguments=arguments)
