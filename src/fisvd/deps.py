@@ -19,6 +19,7 @@ may stop the finetune stage before training, never changes an output).
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,14 @@ INTERFACE = ("cli", "deps", "errors", "grid", "params", "paths", "preflight", "v
 
 def imports(path: Path, lazy: bool = False) -> set[str]:
     """fisvd modules `path` imports at module level (lazy=True: only those imported inside functions)."""
-    tree = ast.parse(Path(path).read_text())
+    return set(_imports(Path(path).read_text(), lazy))
+
+
+@lru_cache(maxsize=None)
+def _imports(source: str, lazy: bool) -> frozenset[str]:
+    """imports() of a file's text, memoised on the text: generating the grid asks for each module once
+    per stage (~500 stages), and an edited file is a new key, never a stale answer."""
+    tree = ast.parse(source)
     top = set(map(id, tree.body))
     mods = set()
     for node in ast.walk(tree):
@@ -39,7 +47,7 @@ def imports(path: Path, lazy: bool = False) -> set[str]:
             mods |= {a.name for a in node.names}
         elif node.module and node.module.startswith("fisvd."):
             mods.add(node.module.split(".", 1)[1])
-    return mods
+    return frozenset(mods)
 
 
 def code_deps(script: str, root: Path = ROOT) -> list[str]:
