@@ -8,14 +8,17 @@ png/pareto_<task>.png. The contents: fisvd.tables. Runs in the grid folder (`dvc
 While a grid is still running: `cd grid && PYTHONPATH=.. python -m stages.report --partial` writes the same files
 from the results present so far to metrics/report-partial/ (outside DVC; tables.md opens with the
 count of cells present and the tasks missing); for a grid of `grids`, `cd grid-<name>` writes
-metrics/report-<name>-partial/.
+metrics/report-<name>-partial/. A result whose stage `dvc status` finds out of date (an older
+configuration's, or upstream of it) or that a running `dvc repro` holds is left out and counted
+(fisvd.grid.out_of_date).
 """
 import json
 import logging
 from pathlib import Path
 
 from fisvd.cli import run_stage
-from fisvd.grid import REPORT_KEYS, cell_result, cells, recover_cells, recover_result, report_dir, run_dir
+from fisvd.grid import (REPORT_KEYS, cell_result, cells, out_of_date, recover_cells, recover_result, report_dir,
+                        run_dir)
 from fisvd.io import write_json
 from fisvd.tables import against, markdown, pareto, rows_from_results, summarise
 
@@ -29,12 +32,15 @@ def arguments(parser):
 
 
 def main(params, args):
-    g, counts, dense, cells_, recovered = params.grid, [0, 0], {}, {}, {}
+    g, counts, dense, cells_, recovered = params.grid, [0, 0, 0, 0], {}, {}, {}
+    stale, busy = out_of_date([run_dir(t, s, g.folder) for t in g.tasks for s in g.seeds], Path("..").resolve()) \
+        if args.partial else (set(), set())
 
-    def read(paths: dict) -> list[dict]:     # {seed: path} → records (--partial: those present)
-        recs = [json.loads((Path("..") / p).read_text()) for p in paths.values()
-                if not args.partial or (Path("..") / p).exists()]
+    def read(paths: dict) -> list[dict]:     # {seed: path} → records (--partial: those present and current)
+        on_disk = [p for p in paths.values() if not args.partial or (Path("..") / p).exists()]
+        recs = [json.loads((Path("..") / p).read_text()) for p in on_disk if p not in stale and p not in busy]
         counts[0], counts[1] = counts[0] + len(recs), counts[1] + len(paths)
+        counts[2], counts[3] = counts[2] + sum(p in stale for p in on_disk), counts[3] + sum(p in busy for p in on_disk)
         return recs
 
     for task in g.tasks:

@@ -359,6 +359,32 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     assert "19 of 40 result files present; tasks not started: rte" in head      # 2 tasks x (dense + 18 + 1)
     assert (repo / "metrics/report/results.csv").read_bytes() == full          # the DVC report untouched
 
+    # an older configuration's results left out and counted (their stage is out of date, and downstream),
+    # and those of a stage a running `dvc repro` holds: kfac's alpha_g changes cells-kfac and its recovery
+    raw["compress"]["kfac"]["alpha_g"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    generate()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    busy = repo / "grid/mrpc/s42/results/fwsvd/max_fi-p50.json"
+    (repo / ".dvc/tmp/rwlock").write_text(json.dumps(
+        {"read": {}, "write": {str(busy.resolve()): {"pid": holder.pid, "cmd": "dvc repro (test)"}}}))
+    try:
+        stale, held = G.out_of_date(["grid/mrpc/s42", "grid/rte/s42"], repo)
+        subprocess.run([sys.executable, "-m", "stages.report", "--partial"], cwd=repo / "grid", env=env, check=True)
+    finally:
+        holder.kill()
+    kfac = {f"grid/mrpc/s42/results/kfac/{a}-p{b}.json" for a in ("uniform_rank", "max_fi", "energy") for b in (50, 30, 20)}
+    assert {p for p in stale if p.startswith("grid/mrpc/")} == kfac | {
+        "grid/mrpc/s42/results/recover-kfac-max_fi-p20.json", "grid/mrpc/s42/metrics/recover/recover-kfac-max_fi-p20/plots/metrics"}
+    assert "grid/rte/s42/results/dense.json" in stale                      # never ran: no lock entry
+    assert held == {f"grid/mrpc/s42/results/fwsvd/{a}-p{b}.json" for a in ("uniform_rank", "max_fi", "energy")
+                    for b in (50, 30, 20)}                                     # the whole held stage
+    part = pd.read_csv(repo / "metrics/report-partial/results.csv")
+    assert set(part.factorisation) == {"dense"} and len(part) == 1
+    assert "1 of 40 result files present; tasks not started: rte; left out: 10 of an older configuration " \
+           "(their stage is out of date: `dvc status`); 8 being computed" in \
+           (repo / "metrics/report-partial/tables.md").read_text()            # fwsvd: 9 - energy-p30 deleted
+
     # a second grid (grids.<name>): its own run folders and report, a local model named from the project root
     shutil.copytree(tiny_model_dir, repo / "models/tiny")
     raw["grids"] = {"wide": {"model": {"name": "./models/tiny"}, "recover": {"cells": []},

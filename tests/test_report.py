@@ -288,3 +288,25 @@ def test_against_the_default_pairs_on_common_seeds_and_matches_a_written_out_loo
     assert lone.seeds_compared == 0 and np.isnan(lone.diff_low) and lone.verdict == ""
     md = "\n".join(against_md(vs, ("max_fi", "kfac")))
     assert "| uniform_rank + kfac | –" in md.split("after 1 epoch(s)")[1]
+
+
+def test_pareto_draws_every_factorisation_each_with_its_own_line_style(tmp_path):
+    """The grid has six factorisations (svd … kfac_seq) and more may join: every one gets a line in its
+    own style (a fixed list of five once dropped the sixth and crashed the report)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fisvd.tables import pareto
+    facts = ["svd", "fwsvd", "tfwsvd", "whiten", "kfac", "kfac_seq", "f7", "f8", "f9"]
+    rows = [row("mrpc", "dense", "dense", 100, 0, 90.0)]
+    rows += [row("mrpc", "max_fi", f, b, 0, 80.0 + i) for i, f in enumerate(facts) for b in (50, 20)]
+    drawn = []
+    real = plt.Axes.plot
+    plt.Axes.plot = lambda ax, *a, **k: drawn.append((k["label"], str(k["ls"]))) or real(ax, *a, **k)
+    try:
+        recs = pareto(pd.DataFrame(rows), tmp_path)
+    finally:
+        plt.Axes.plot = real
+    assert [label for label, _ in drawn] == sorted(f"max_fi + {f}" for f in facts)
+    assert len({ls for _, ls in drawn}) == 8                       # 8 styles, then they repeat
+    assert len(recs) == 1 + 2 * len(facts) and (tmp_path / "png/pareto_mrpc.png").stat().st_size > 0

@@ -219,6 +219,45 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
     return {**top, "stages": stages}
 
 
+def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
+    """(stale, busy) output paths of the run folders, relative to root_dir, for a --partial report.
+
+    stale: outputs of a stage that `dvc status` finds changed in its deps, params or command (an older
+    configuration's result still on disk), and of every stage downstream of one; busy: outputs of a
+    stage another DVC process holds (running now: its lock not written yet), and downstream. A stage
+    whose only change is a missing or edited output stays in: its other results are current."""
+    from dvc.lock import LockError
+    from dvc.repo import Repo
+    pipes = {f: yaml.safe_load((root_dir / f / "dvc.yaml").read_text())["stages"]
+             for f in folders if (root_dir / f / "dvc.yaml").exists()}
+    flagged = {f: ({}, {}) for f in pipes}                    # folder -> (stale stages, busy stages)
+    with Repo(str(root_dir), _wait_for_lock=True) as repo:    # the repo lock per stage, briefly: a running
+        for stage in repo.index.stages:                       # `dvc repro` re-takes it between its stages
+            folder = Path(stage.path).resolve().parent.relative_to(root_dir.resolve()).as_posix()
+            if folder not in pipes or stage.name not in pipes[folder]:
+                continue
+            try:
+                with repo.lock:
+                    changes = stage.status().get(stage.addressing, [])
+            except LockError:                                 # its outputs are being written by that repro
+                flagged[folder][1][stage.name] = True
+                continue
+            if any(not (isinstance(c, dict) and set(c) == {"changed outs"}) for c in changes):
+                flagged[folder][0][stage.name] = True
+    stale, busy = set(), set()
+    for folder, pipe in pipes.items():
+        outs = {n: [next(iter(o)) if isinstance(o, dict) else o for o in [*st.get("outs", []), *st.get("plots", [])]]
+                for n, st in pipe.items()}
+        for names, into in zip(flagged[folder], (stale, busy)):
+            down = set(names)
+            while more := {n for n, st in pipe.items() if n not in down and any(   # and everything downstream
+                    d == o or d.startswith(o.rstrip("/") + "/") for d in st.get("deps", []) for m in down
+                    for o in outs[m])}:
+                down |= more
+            into |= {f"{folder}/{o}" for n in down for o in outs[n]}
+    return stale - busy, busy
+
+
 def report_pipeline(p: Params) -> dict:
     """<grid folder>/dvc.yaml: the report over every expected result, reading the folder's params.yaml."""
     up, skip, rep = "..", len(p.grid.folder) + 1, f"../{report_dir(p.grid.folder)}"

@@ -293,17 +293,21 @@ def summarise(df: pd.DataFrame, tasks: list[str], vs: pd.DataFrame | None = None
 
 
 def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budgets: list[int], out: str,
-             partial: tuple[int, int] | None = None, grid: str = "grid", vs: pd.DataFrame | None = None,
+             partial: tuple[int, ...] | None = None, grid: str = "grid", vs: pd.DataFrame | None = None,
              default: tuple[str, str] | None = None) -> str:
     """tables.md. `tasks`, `budgets`: the grid's (tasks without results are left out); `out`: the
-    output folder as named in the text; `partial`: (result files read, expected) of a partial report;
+    output folder as named in the text; `partial`: (result files read, expected[, left out as out
+    of date, left out as being computed]) of a partial report;
     `grid`: the grid's folder; `vs`, `default`: `against`'s frame and the default method (a section)."""
     present = [t for t in tasks if t in set(df.task)]
     missing = [t for t in tasks if t not in present]
     md = ["# Grid results" + (" (PARTIAL)" if partial else ""), ""]
     if partial:
+        stale, busy = (*partial[2:], 0, 0)[:2]
         md += [f"**Partial report**: {partial[0]} of {partial[1]} result files present"
                + (f"; tasks not started: {', '.join(missing)}" if missing else "")
+               + (f"; left out: {stale} of an older configuration (their stage is out of date: `dvc status`)"
+                  if stale else "") + (f"; {'left out: ' if not stale else ''}{busy} being computed" if busy else "")
                + f". Produced by `cd {grid} && PYTHONPATH=.. python -m stages.report --partial`; averages only "
                "over methods present on every task listed.", ""]
     md += [
@@ -358,7 +362,8 @@ def pareto(df: pd.DataFrame, out: Path) -> list[dict]:
     allocs = sorted(set(pts.allocation) - {"dense"})
     facts = sorted(set(pts.factorisation) - {"dense"})
     colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(allocs)}
-    dashes = {f: d for f, d in zip(facts, ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))])}
+    styles = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)), (0, (3, 1, 1, 1))]
+    dashes = {f: styles[i % len(styles)] for i, f in enumerate(facts)}     # any number of factorisations
     for task, t in pts.groupby("task"):
         fig, ax = plt.subplots(figsize=(8, 5.5))
         d = t[t.allocation == "dense"].iloc[0]
