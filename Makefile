@@ -47,10 +47,10 @@ grid: setup
 	dirs=$$($(PY) -c "import fisvd.grid as g, fisvd.params as p; \
 	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for s in q.seeds for t in q.tasks))") || exit 1; \
 	for d in $$dirs; do \
-	  dvc repro $$d/dvc.yaml || exit 1; \
+	  dvc --wait-for-lock repro $$d/dvc.yaml || exit 1; \
 	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
 	done
-	dvc repro $(GRID)/dvc.yaml
+	dvc --wait-for-lock repro $(GRID)/dvc.yaml
 	$(PY) benchmarks/grid_cost.py --grid $(GRID)
 	if [ -n "$(GRID_COMMIT)" ]; then git add metrics/report$(GRID_SUFFIX) benchmarks/results/grid_cost$(GRID_SUFFIX).md $(GRID)/dvc.lock && \
 	  git commit -qm "grid: report" -- metrics/report$(GRID_SUFFIX) benchmarks/results/grid_cost$(GRID_SUFFIX).md $(GRID)/dvc.lock || true; fi
