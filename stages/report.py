@@ -17,10 +17,9 @@ import logging
 from pathlib import Path
 
 from fisvd.cli import run_stage
-from fisvd.grid import (REPORT_KEYS, cell_result, cells, out_of_date, recover_cells, recover_result, report_dir,
-                        run_dir)
+from fisvd.grid import REPORT_KEYS, out_of_date, report_dir, run_dir
 from fisvd.io import write_json
-from fisvd.tables import against, markdown, pareto, rows_from_results, summarise
+from fisvd.tables import against, collect, markdown, pareto, rows_from_results, summarise
 
 PARTIAL = "-partial"        # report_dir(grid) + this: the --partial report's folder
 log = logging.getLogger("fisvd")
@@ -32,29 +31,12 @@ def arguments(parser):
 
 
 def main(params, args):
-    g, counts, dense, cells_, recovered = params.grid, [0, 0, 0, 0], {}, {}, {}
+    g = params.grid
     stale, busy = out_of_date([run_dir(t, s, g.folder) for t in g.tasks for s in g.seeds], Path("..").resolve()) \
         if args.partial else (set(), set())
-
-    def read(paths: dict) -> list[dict]:     # {seed: path} → records (--partial: those present and current)
-        on_disk = [p for p in paths.values() if not args.partial or (Path("..") / p).exists()]
-        recs = [json.loads((Path("..") / p).read_text()) for p in on_disk if p not in stale and p not in busy]
-        counts[0], counts[1] = counts[0] + len(recs), counts[1] + len(paths)
-        counts[2], counts[3] = counts[2] + sum(p in stale for p in on_disk), counts[3] + sum(p in busy for p in on_disk)
-        return recs
-
-    for task in g.tasks:
-        by_cell, by_rec = {}, {}
-        for c in cells(params, task=task):
-            by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
-        for c in recover_cells(params, task=task):       # fine-tune seeds × recovery seeds, averaged
-            by_rec.setdefault((c.allocation, c.label, c.budget), {})[(c.cell.seed, c.seed)] = recover_result(c)
-        if not (recs := read({s: f"{run_dir(task, s, g.folder)}/results/dense.json" for s in g.seeds})):
-            counts[1] += sum(map(len, [*by_cell.values(), *by_rec.values()]))
-            continue
-        dense[task] = recs
-        cells_[task] = {k: read(paths) for k, paths in by_cell.items()}
-        recovered[task] = {k: read(paths) for k, paths in by_rec.items()}
+    dense, cells_, recovered, counts = collect(params, Path(".."), args.partial, frozenset(stale | busy))
+    skipped = set(counts.pop())   # --partial: [read, expected, of an older configuration, being computed]
+    counts += [len(skipped & stale), len(skipped & busy)]
     if not dense:
         raise SystemExit("report --partial: no task has its dense result yet")
     per_seed, default = {}, (params.allocate.method, params.compress.method)

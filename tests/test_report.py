@@ -256,6 +256,18 @@ def test_against_the_default_pairs_on_common_seeds_and_matches_a_written_out_loo
     diff2 = np.mean([per("perfect", t) - per("default", t) for t in ACC], axis=0)
     u = vs.loc[("uniform_rank", "kfac")]
     assert u.seeds_compared == 2 and (u.diff_low, u.diff_high) == pytest.approx(tuple(np.quantile(diff2, [0.025, 0.975])), abs=1e-4)
+    from fisvd.tables import paired                                   # the same pairing, per task too
+    per_t, pooled = paired(per_seed, ACC, ("energy", "fwsvd", 50, 0), ("max_fi", "kfac", 50, 0))
+    for t in ACC:
+        dt = acc("energy", t, 42) - acc("default", t, 42)
+        assert per_t[t]["seeds"] == 1 and (per_t[t]["low"], per_t[t]["high"]) == pytest.approx(
+            tuple(np.quantile(dt, [0.025, 0.975])), abs=1e-4)
+        assert per_t[t]["diff"] == pytest.approx(100 * np.mean(preds[("energy", t, 42)] == y[t])
+                                                 - 100 * np.mean(preds[("default", t, 42)] == y[t]), abs=1e-4)
+    assert pooled["diff"] == pytest.approx(point, abs=1e-4) and pooled["seeds"] == 1
+    assert (pooled["low"], pooled["high"]) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])), abs=1e-4)
+    none, nothing = paired(per_seed, ACC, ("energy", "fwsvd", 50, 0), ("energy", "fwsvd", 30, 0))   # no such cell
+    assert all(v["seeds"] == 0 and np.isnan(v["diff"]) for v in none.values()) and np.isnan(nothing["low"])
     lo, hi = np.quantile(diff, [0.025, 0.975])
     assert u.verdict == "better" and u.diff_low > 0 and e.verdict == ("worse" if hi < 0 else "")
     d = vs.loc[("max_fi", "kfac")]

@@ -11,7 +11,10 @@
 - `summarise`: summary.json: best method per budget, its average and margin kept
   (avg − constant avg) / (dense avg − constant avg) (fisvd.metrics.margin_kept), the FWSVD baselines;
 - `pareto`: pareto.json records and png/pareto_<task>.png (matplotlib): score vs total params, a
-  line per allocation, dashes per factorisation.
+  line per allocation, dashes per factorisation;
+- `collect`: the grid's result records from disk (every expected file; --partial: those present);
+  `paired`: one method against another per task and pooled, on the seeds both ran (`against` and
+  benchmarks/extreme_budgets.py).
 A method's average columns appear only where all of the report's tasks have it.
 """
 from __future__ import annotations
@@ -174,6 +177,62 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
     return lines
 
 
+def collect(params, root: Path, partial: bool = False, skip: frozenset = frozenset()) -> tuple[dict, dict, dict, list]:
+    """(dense, cells, recovered, counts) for rows_from_results from the grid results under `root`
+    (fisvd.grid enumerates the expected files from `params`; nothing is globbed). partial: only the
+    files present, less those in `skip` (paths relative to root). counts: [records read, files
+    expected, [the files present but skipped]]. A task without a dense result is left out."""
+    import json
+    from .grid import cell_result, cells, recover_cells, recover_result, run_dir
+    g, counts, dense, cells_, recovered = params.grid, [0, 0, []], {}, {}, {}
+
+    def read(paths: dict) -> list[dict]:
+        there = [p for p in paths.values() if not partial or (root / p).exists()]
+        recs = [json.loads((root / p).read_text()) for p in there if p not in skip]
+        counts[0], counts[1] = counts[0] + len(recs), counts[1] + len(paths)
+        counts[2] += [p for p in there if p in skip]
+        return recs
+
+    for task in g.tasks:
+        by_cell, by_rec = {}, {}
+        for c in cells(params, task=task):
+            by_cell.setdefault((c.allocation, c.factorisation, c.budget), {})[c.seed] = cell_result(c)
+        for c in recover_cells(params, task=task):       # fine-tune seeds × recovery seeds, averaged
+            by_rec.setdefault((c.allocation, c.label, c.budget), {})[(c.cell.seed, c.seed)] = recover_result(c)
+        if not (recs := read({s: f"{run_dir(task, s, g.folder)}/results/dense.json" for s in g.seeds})):
+            counts[1] += sum(map(len, [*by_cell.values(), *by_rec.values()]))
+            continue
+        dense[task] = recs
+        cells_[task] = {k: read(paths) for k, paths in by_cell.items()}
+        recovered[task] = {k: read(paths) for k, paths in by_rec.items()}
+    return dense, cells_, recovered, counts
+
+
+def paired(per_seed: dict, tasks: list[str], a: tuple, b: tuple) -> tuple[dict, dict]:
+    """Method a against method b, each a (allocation, factorisation, budget %, recovery epochs) key of
+    `per_seed` (rows_from_results), on the seeds both ran per task: ({task: {a, b, diff, low, high,
+    seeds}}, the same for the task average); [low, high]: the paired 95 % interval (the same resampled
+    dev examples and seed draws for both). A task where they share no seed gets NaNs."""
+    per, a_pt, b_pt, a_rep, b_rep = {}, [], [], [], []
+    for t in tasks:
+        ra, rb = per_seed.get((t, *a), {}), per_seed.get((t, *b), {})
+        common = sorted(set(ra) & set(rb), key=str)
+        if not common:
+            per[t] = {"a": np.nan, "b": np.nan, "diff": np.nan, "low": np.nan, "high": np.nan, "seeds": 0}
+            a_pt.append(np.nan), b_pt.append(np.nan)
+            continue
+        pa, pb = (float(np.mean([r[s][0] for s in common])) for r in (ra, rb))
+        xa, xb = (over_seeds(np.stack([r[s][1] for s in common])) for r in (ra, rb))
+        lo, hi = interval(xa - xb)
+        per[t] = {"a": pa, "b": pb, "diff": pa - pb, "low": lo, "high": hi, "seeds": len(common)}
+        a_pt.append(pa), b_pt.append(pb), a_rep.append(xa), b_rep.append(xb)
+    ok = len(a_rep) == len(tasks)
+    lo, hi = interval(np.mean(a_rep, axis=0) - np.mean(b_rep, axis=0)) if ok else (np.nan, np.nan)
+    pooled = {"a": float(np.mean(a_pt)), "b": float(np.mean(b_pt)), "diff": float(np.mean(a_pt) - np.mean(b_pt)),
+              "low": lo, "high": hi, "seeds": min(v["seeds"] for v in per.values())}
+    return per, pooled
+
+
 def against(df: pd.DataFrame, boots: dict, per_seed: dict, tasks: list[str], default: tuple[str, str]) -> pd.DataFrame:
     """vs_default.csv: per budget and recovery, every method run on every task against `default`
     (allocation, factorisation) at the same budget and recovery: the difference of the task averages on
@@ -192,20 +251,10 @@ def against(df: pd.DataFrame, boots: dict, per_seed: dict, tasks: list[str], def
         if tuple(default) not in full:
             continue
         for m in full:
-            key = lambda t, m=m: (t, m[0], m[1], pct, ep)  # noqa: E731
-            d_key = lambda t: (t, default[0], default[1], pct, ep)  # noqa: E731
-            a_pt, a_rep, z_pt, z_rep, ks = [], [], [], [], []
-            for t in tasks:
-                common = sorted(set(per_seed[key(t)]) & set(per_seed[d_key(t)]), key=str)
-                ks.append(len(common))
-                for keyf, pts, reps in ((key, a_pt, a_rep), (d_key, z_pt, z_rep)):
-                    recs = per_seed[keyf(t)]
-                    pts.append(np.mean([recs[s][0] for s in common]) if common else np.nan)
-                    reps.append(over_seeds(np.stack([recs[s][1] for s in common])) if common else np.full(len(d_rep), np.nan))
+            _, pair = paired(per_seed, tasks, (*m, pct, ep), (*default, pct, ep))
             avg = float(sel[(sel.allocation == m[0]) & (sel.factorisation == m[1])].score.mean())
-            m_rep = np.mean([boots[key(t)] for t in tasks], axis=0)
-            diff = float(np.mean(a_pt) - np.mean(z_pt))
-            lo, hi = interval(np.mean(a_rep, axis=0) - np.mean(z_rep, axis=0)) if min(ks) else (np.nan, np.nan)
+            m_rep = np.mean([boots[(t, m[0], m[1], pct, ep)] for t in tasks], axis=0)
+            diff, lo, hi, ks = pair["diff"], pair["low"], pair["high"], [pair["seeds"]]
             mk = margin_kept(avg, d_avg, c_avg)
             with np.errstate(divide="ignore", invalid="ignore"):
                 mk_lo, mk_hi = interval((m_rep - c_avg) / (d_rep - c_avg)) if mk is not None else (np.nan, np.nan)
