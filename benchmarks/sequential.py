@@ -12,10 +12,15 @@
    params.yaml examples): score ×100 with a 95 % bootstrap interval over dev examples, margin kept
    over the constant predictor, and the paired bootstrap interval of each variant − kfac (the same
    resamples for all).
+1b. (`--select-block`) block output matching (`compress.kfac_seq.block_steps`, `block_lr`), chosen on
+   the same held-out TRAINING rows and rule as 1 (KL geo-mean over p = 0.3, 0.2, 0.1; the fewest passes
+   within 2 % of the lowest), each candidate on top of the params.yaml examples and weighting, 0 passes
+   (the closed form alone) included. Written to benchmarks/results/sequential_block_select_<task>.md.
 3. Cost: each variant's extra pass against the Fisher + statistics pass (fisvd.stats.collect_stats with
    the Fisher over the whole training split), timed in this run.
 
     python benchmarks/sequential.py [--select --examples 128,512,1024]
+    python benchmarks/sequential.py --select-block [--block-steps 1,2 --block-lrs 3e-5,1e-4]
 """
 import argparse
 import random
@@ -60,6 +65,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", default="128,512,1024")
     ap.add_argument("--select", action="store_true", help="section 1 only")
+    ap.add_argument("--select-block", action="store_true", help="section 1b only")
+    ap.add_argument("--block-steps", default="1,2", help="1b: Adam passes per block to try (0 always runs)")
+    ap.add_argument("--block-lrs", default="3e-5,1e-4", help="1b: Adam learning rates to try")
     a = ap.parse_args()
     params = load_params("params.yaml")
     meta, splits = load_prepared(PREPARED)
@@ -81,17 +89,43 @@ def main():
     print(f"{meta['task']}, {len(splits['train'])} training rows; ranks: max_fi on kfac's spectrum "
           f"(alpha_x {kopts.alpha_x:g}, alpha_g {kopts.alpha_g:g}), the same for kfac and kfac_seq\n")
 
-    def seq(p, examples, timing=None, weighting=sopts.weighting):
-        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, weighting, sopts.block_steps, sopts.block_lr)
+    def seq(p, examples, timing=None, weighting=sopts.weighting, steps=sopts.block_steps, lr=sopts.block_lr):
+        opts = KfacSeqParams(sopts.alpha_x, sopts.alpha_g, examples, weighting, steps, lr)
         return build_factors("kfac_seq", model, stats, ranks[p], opts,
                              lambda: training_slice(splits["train"], examples, tok, L), CPU, timing=timing)
 
-    if a.select:
-        cands = [int(x) for x in a.examples.split(",")]
+    def held_batches(cands):
         held = held_out_rows(splits["train"], cands)
         feats = tokenize(tok, held, L)
-        hb = list(batches_of([feats[i] for i in np.argsort([len(f["input_ids"]) for f in feats], kind="stable")],
-                             32, collate(tok)))
+        return held, list(batches_of([feats[i] for i in np.argsort([len(f["input_ids"]) for f in feats], kind="stable")],
+                                     32, collate(tok)))
+
+    if a.select_block:
+        held, hb = held_batches([sopts.examples])
+        print(f"## 1b. block output matching, chosen on {len(held)} held-out TRAINING rows (KL of logits vs dense); "
+              f"kfac_seq with {sopts.examples} rows, {sopts.weighting} weighting\n")
+        print("| block passes | Adam lr | " + " | ".join(f"p = {p}" for p in SELECT_BUDGETS)
+              + " | geo-mean | pass s (p = 0.2) | block s (p = 0.2) |")
+        print("|---|---|" + "---|" * (len(SELECT_BUDGETS) + 3))
+        geo = {}
+        cands = [(0, sopts.block_lr)] + [(int(k), float(lr)) for k in a.block_steps.split(",") if int(k) > 0
+                                         for lr in a.block_lrs.split(",")]
+        for k, lr in cands:
+            t = {}
+            kl = joint_deltas(model, [seq(p, sopts.examples, t if p == 0.2 else None, steps=k, lr=lr)
+                                      for p in SELECT_BUDGETS], hb, CPU, metric="kl")
+            geo[(k, lr)] = float(np.exp(np.mean(np.log(kl))))
+            print(f"| {k} | {lr:g} | " + " | ".join(f"{v:.4g}" for v in kl)
+                  + f" | {geo[(k, lr)]:.4g} | {t['total_s']} | {t['block_s']} |", flush=True)
+        best = min(geo, key=geo.get)
+        chosen = min((c for c in geo if geo[c] <= 1.02 * geo[best]), key=lambda c: (c[0], c[1]))
+        print(f"\nchosen: {chosen[0]} passes, lr {chosen[1]:g} (lowest geo-mean {best}: {geo[best]:.4g}; the fewest "
+              "passes within 2 %)")
+        return
+
+    if a.select:
+        cands = [int(x) for x in a.examples.split(",")]
+        held, hb = held_batches(cands)
         print(f"## 1. calibration rows, chosen on {len(held)} held-out TRAINING rows (KL of logits vs dense)\n")
         print("| factors | " + " | ".join(f"p = {p}" for p in SELECT_BUDGETS) + " | geo-mean | pass s (p = 0.2) |")
         print("|---|" + "---|" * (len(SELECT_BUDGETS) + 2))
@@ -172,6 +206,7 @@ def main():
 
 if __name__ == "__main__":
     task = load_params("params.yaml").data.task
-    name = "sequential_select" if "--select" in sys.argv else "sequential"
+    name = ("sequential_block_select" if "--select-block" in sys.argv else
+            "sequential_select" if "--select" in sys.argv else "sequential")
     with recorded(f"benchmarks/results/{name}_{task}.md"):
         main()

@@ -154,3 +154,23 @@ def test_missing_input_exits_2_before_touching_outputs_or_the_hub(tmp_path, stag
                     f"run `dvc repro {producer}` first")
     assert "Traceback" not in res.stderr and "huggingface" not in res.stderr.lower()
     assert all(p.read_text() == text for p, text in outs.items())
+
+
+def test_recorded_writes_a_run_even_one_cut_short_but_not_a_help_or_argument_exit(tmp_path):
+    """benchmarks/*.py run inside fisvd.results.recorded: `--help` once overwrote a committed result."""
+    import argparse
+    from fisvd.results import recorded
+    out = tmp_path / "r.md"
+    out.write_text("committed")
+    for argv in (["--help"], ["--no-such-flag"]):
+        with pytest.raises(SystemExit), recorded(str(out)):
+            argparse.ArgumentParser().parse_args(argv)
+        assert out.read_text() == "committed"
+    with pytest.raises(ValueError), recorded(str(out)):
+        print("half a table")
+        raise ValueError("boom")
+    text = out.read_text()
+    assert "half a table" in text and "STOPPED by ValueError: boom" in text
+    with recorded(str(out)):
+        print("a whole table")
+    assert "a whole table" in out.read_text() and "STOPPED" not in out.read_text()

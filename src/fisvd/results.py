@@ -43,26 +43,32 @@ class _Tee(io.TextIOBase):
 
 @contextlib.contextmanager
 def recorded(path: str):
-    """Copy everything printed inside the block to `path` (Markdown: command, machine, output)."""
+    """Copy everything printed inside the block to `path` (Markdown: command, machine, output). A run
+    cut short by an error still leaves what it printed, marked as such; a SystemExit (`--help`, an
+    argument error, a script's own refusal) is no run and leaves `path` as it was."""
     buf = io.StringIO()
     old = sys.stdout
     sys.stdout = _Tee(old, buf)
     t0 = time.time()
-    stopped = ""
+    stopped, write = "", True
     try:
         yield
-    except BaseException as exc:        # a run cut short still leaves what it printed, marked as such
+    except SystemExit:
+        write = False
+        raise
+    except BaseException as exc:
         stopped = f"; STOPPED by {type(exc).__name__}: {exc}"
         raise
     finally:
         sys.stdout = old
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        cmd = " ".join(["python", *sys.argv])
-        with open(path, "w") as f:
-            f.write(f"# {os.path.basename(path)}\n\nCommand: `{cmd}`  \nMachine: {machine()}  \n"
-                    f"Run: {time.strftime('%Y-%m-%d', time.gmtime(t0))}, {time.time() - t0:.0f} s{stopped}\n\n"
-                    f"```text\n{buf.getvalue().rstrip()}\n```\n")
-        print(f"wrote {path}")
+        if write:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            cmd = " ".join(["python", *sys.argv])
+            with open(path, "w") as f:
+                f.write(f"# {os.path.basename(path)}\n\nCommand: `{cmd}`  \nMachine: {machine()}  \n"
+                        f"Run: {time.strftime('%Y-%m-%d', time.gmtime(t0))}, {time.time() - t0:.0f} s{stopped}\n\n"
+                        f"```text\n{buf.getvalue().rstrip()}\n```\n")
+            print(f"wrote {path}")
 
 
 def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()) -> tuple[Path, dict]:
