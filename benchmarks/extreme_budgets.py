@@ -8,7 +8,12 @@ interval against the issue's targets (fisvd.tables.against, as vs_default.csv); 
 of each pass (the run folders' metrics/runtime and metrics/fisher/runtime.json). Reads the grid's
 result files (3 min for the full grid on 2 cores); writes benchmarks/results/extreme_budgets.md.
 
-    python benchmarks/extreme_budgets.py [--grid grid] [--partial]
+`--with grid-<name>` adds a further grid's `kfac_seq` cells (a variant: `grids.<name>` overriding
+`compress.kfac_seq`, say block output matching or gradient weighting) as `kfac_seq@<name>`, compared
+with the default and with plain `kfac_seq` on the same fine-tuned models and dev examples (its dense
+results must equal this grid's: the same fine-tune, restored from DVC's run cache).
+
+    python benchmarks/extreme_budgets.py [--grid grid] [--partial] [--with grid-seqblock ...]
 """
 import argparse
 import json
@@ -61,7 +66,7 @@ def costs(p, tasks):
     return {k: (float(np.mean(v)), len(v)) for k, v in acc.items() if v}
 
 
-def main(grid: str, partial: bool):
+def load(grid: str, partial: bool):
     p = load_params(f"{grid}/params.yaml")
     skip = set()
     if partial:
@@ -69,15 +74,36 @@ def main(grid: str, partial: bool):
                                   Path(".").resolve())
         skip = stale | busy
     dense, cells, recovered, counts = collect(p, Path("."), partial, frozenset(skip))
+    print(f"{grid}: {counts[0]} of {counts[1]} result files read; tasks {', '.join(dense)}"
+          + ("" if list(dense) == p.grid.tasks else
+             f" (not started: {', '.join(t for t in p.grid.tasks if t not in dense)})"))
+    return p, dense, cells, recovered
+
+
+def main(grid: str, partial: bool, variants: list[str]):
+    p, dense, cells, recovered = load(grid, partial)
     tasks = list(dense)
-    print(f"{grid}: {counts[0]} of {counts[1]} result files read; tasks {', '.join(tasks)}"
-          + ("" if tasks == p.grid.tasks else f" (not started: {', '.join(t for t in p.grid.tasks if t not in dense)})"))
+    pairs, candidates = list(PAIRS), list(CANDIDATES)
+    for v in variants:                      # a further grid's kfac_seq cells, relabelled kfac_seq@<name>
+        _, v_dense, v_cells, v_rec = load(v, partial)
+        label = f"kfac_seq@{v.removeprefix('grid-')}"
+        for t in tasks:
+            mine = {r["seed"]: r["score"] for r in dense[t]}
+            if any(mine.get(r["seed"]) != r["score"] for r in v_dense.get(t, [])):
+                raise SystemExit(f"{v}/{t}: its dense model differs from {grid}'s (another fine-tune): not paired")
+            for src, dst in ((v_cells, cells), (v_rec, recovered)):
+                for (a, f, b), recs in src.get(t, {}).items():
+                    if f.startswith("kfac_seq") and recs:
+                        dst[t][(a, f.replace("kfac_seq", label, 1), b)] = recs
+        m = ("max_fi", label)
+        pairs += [(m, DEFAULT, (30, 20, 10), 0), (m, SEQ, (30, 20, 10), 0)]
+        candidates.append(m)
     per_seed = {}
     df, boots = rows_from_results(dense, cells, recovered, p.recover.epochs, p.model.name, per_seed)
     ep_rec = p.recover.epochs
     print(f"\nscore differences a − b per task and of the task average, on the seeds both ran (n: seeds compared, "
           f"the fewest over tasks); [paired 95 % interval over dev examples and seed draws]; ‡ / ⁻ beyond it\n")
-    for a, b, budgets, ep in PAIRS:
+    for a, b, budgets, ep in pairs:
         ep = ep_rec if ep is None else ep
         when = f"after {ep} recovery epoch(s)" if ep else "no recovery"
         print(f"### {a[0]} + {a[1]} − {b[0]} + {b[1]}, {when}\n")
@@ -94,7 +120,7 @@ def main(grid: str, partial: bool):
     print("| method | " + " | ".join(f"p = {b / 100:g}" + (f" + {ep_rec} ep." if ep is None else "") + f" (≥ {t:.2f})"
                                     for b, ep, t in TARGETS) + " |")
     print("|---|" + "---|" * len(TARGETS))
-    for m in CANDIDATES:
+    for m in candidates:
         cells_ = []
         for b, ep, target in TARGETS:
             r = vs[(vs.allocation == m[0]) & (vs.factorisation == m[1]) & (vs.budget == b / 100)
@@ -115,7 +141,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", default="grid", help="grid folder (grid, or grid-<name>)")
     ap.add_argument("--partial", action="store_true", help="the results present and current so far (a running grid)")
+    ap.add_argument("--with", dest="variants", action="append", default=[], metavar="GRID",
+                    help="a further grid (grid-<name>) whose kfac_seq cells join as kfac_seq@<name>")
     a = ap.parse_args()
     out = "benchmarks/results/extreme_budgets" + ("-partial" if a.partial else "") + ".md"
     with recorded(out):
-        main(a.grid, a.partial)
+        main(a.grid, a.partial, a.variants)

@@ -37,6 +37,7 @@ def row(task, alloc, fact, budget, epochs, score, collapsed=False):
     return {"task": task, "model": "m", "allocation": alloc, "factorisation": fact, "budget": budget / 100,
             "kept_ratio": budget / 100, "total_params": int(22e6 * budget / 100), "recovery_epochs": epochs,
             "score": score, "ci_low": score - 2, "ci_high": score + 2, "pct_of_dense": 100 * score / DENSE[task],
+            "dense_score": DENSE[task],
             "collapsed": collapsed, "constant_score": CONST[task], "seeds": 1}
 
 
@@ -193,6 +194,19 @@ def test_a_cell_on_fewer_seeds_is_measured_against_dense_on_the_same_seeds():
     one, both = df.iloc[1], df.iloc[2]
     assert one.pct_of_dense == round(100 * 75 / 80, 2) and one.margin_kept == 0.75      # vs seed 42's dense
     assert both.pct_of_dense == round(100 * 80 / 85, 2) and both.margin_kept == 0.8     # vs the mean of both
+    assert (one.dense_score, both.dense_score) == (80, 85)
+    # the pooled margins too: the overview's, vs_default.csv's (against) and summary.json's best method
+    per_seed = {}
+    df, boots = rows_from_results(dense, cells, {}, 1, "m", per_seed)
+    from fisvd.tables import against
+    vs = against(df, boots, per_seed, ["mrpc"], ("max_fi", "kfac")).set_index("allocation")
+    assert vs.margin_kept["energy"] == 0.75 and vs.margin_kept["max_fi"] == 0.8
+    rows = cells_of(overview(df, boots, 50, 0, ["mrpc"])[0:])
+    assert rows["energy + fwsvd"]["margin kept"] == "0.75" and rows["max_fi + kfac"]["margin kept"] == "0.80"
+    cells["mrpc"][("energy", "fwsvd", 50)] = [record(79, lab, seed=42)]   # 1 below its dense; max_fi: 5 below
+    df, _ = rows_from_results(dense, cells, {}, 1, "m")
+    s = summarise(df, ["mrpc"])["p50"]
+    assert s["best"] == "energy+fwsvd" and s["best_avg"] == 79 and s["best_margin_kept"] == 0.95  # (79-60)/(80-60)
 
 
 def test_no_better_than_constant_and_noisy_margin_marks():
