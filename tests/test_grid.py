@@ -397,3 +397,21 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     assert len(wide) == 2 and set(wide.model) == {"./models/tiny"} and set(wide.budget) == {1.0, 0.4}
     assert "Produced by `dvc repro grid-wide/dvc.yaml`" in (repo / "metrics/report-wide/tables.md").read_text()
     assert (repo / "grid-wide/mrpc/s42/data/model").is_dir() and (repo / "metrics/report/results.csv").read_bytes() == full
+
+    # a variant grid on the main grid's model (another factorisation option) takes the main grid's
+    # prepare → finetune → fisher → dense (same definitions and param values): only its cells run
+    raw["grids"]["alt"] = {"compress": {"kfac": {"alpha_g": 0.3}}, "recover": {"cells": []},
+                           "grid": {"tasks": ["mrpc"], "budgets": [40], "allocations": ["max_fi"], "factorisations": ["kfac"]}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    generate()
+    (repo / "grid-wide/mrpc/s42/dvc.lock").unlink()     # as if not run: its prepared data is the main grid's,
+    assert G.share_upstream("grid-wide/mrpc/s42", "grid/mrpc/s42", repo) == ["prepare"]   # its model is not
+    assert G.main(["--root", str(repo), "--share", "grid-alt/mrpc/s42"]) == 0
+    assert G.share_upstream("grid-alt/mrpc/s42", "grid/mrpc/s42", repo) == []       # already there
+    assert reproduce(repo, "grid-alt/dvc.yaml") == ["cells-kfac", "report"]
+    for f in ("metrics/finetune/metrics.json", "results/dense.json", "data/fisher.safetensors"):
+        assert (repo / "grid-alt/mrpc/s42" / f).read_bytes() == (repo / "grid/mrpc/s42" / f).read_bytes(), f
+    untracked = subprocess.run(["git", "status", "--porcelain", "-uall", "grid-alt"], cwd=repo, capture_output=True,
+                               text=True).stdout
+    assert "data/model" not in untracked and "grid-alt/mrpc/s42/dvc.lock" in untracked   # cached outputs ignored
+    assert len(pd.read_csv(repo / "metrics/report-alt/results.csv")) == 2

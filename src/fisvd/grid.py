@@ -13,13 +13,14 @@
 - the same for every further grid `grids.<name>` (params.yaml with its overrides merged in,
   `fisvd.params.grid_variant`) under `grid-<name>/`, its report in `metrics/report-<name>/`.
 One pipeline file per task keeps dvc.lock small (../shared/docs/dvc-grid.md). `--check` exits 1 when
-a written file is not current (the tests run it).
+a written file is not current (the tests run it). `--share <run folder>`: a further grid's run folder
+takes the main grid's finished upstream stages that are the same there (`share_upstream`).
 
 Which cells exist: every allocation × factorisation × budget of the grid, except where
 `grid.limit.<method>` restricts a method (allocation or factorisation) to some tasks,
 factorisations or budgets.
 
-    python -m fisvd.grid [--check]
+    python -m fisvd.grid [--check] [--share grid-<name>/<task>/s<seed>]
     dvc repro grid/dvc.yaml          # or: make grid (runs task by task, committing as they land)
 """
 from __future__ import annotations
@@ -258,6 +259,65 @@ def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
     return stale - busy, busy
 
 
+SHARED_STAGES = (*BASE_STAGES, "dense")   # upstream of every cell: a further grid may take them from the main one
+
+
+def _param(raw: dict, key: str):
+    node = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return KeyError
+        node = node[part]
+    return node
+
+
+def share_upstream(folder: str, main: str, root_dir: Path = ROOT) -> list[str]:
+    """Gives run folder `folder` (a further grid's) the main grid's run folder `main`'s finished
+    SHARED_STAGES that are the same stage there: an identical dvc.yaml definition, and `folder`'s
+    params.yaml holding the values `main`'s dvc.lock recorded. Their outputs are copied and their
+    lock entries written into `folder`'s dvc.lock (with the .gitignore lines of the cached outputs),
+    so `dvc repro` finds them up to date and runs only what differs, e.g. a variant's cells on the
+    main grid's fine-tuned models. DVC's run cache cannot do this here: prepare, finetune and fisher
+    declare git-tracked `cache: false` outputs, which turn it off for them. DVC still checks every
+    dependency's hash, so a copy that does not fit re-runs. Returns the stages shared; stops at the
+    first one that is not shareable (its downstream depends on it)."""
+    import shutil
+    v_dir, m_dir = root_dir / folder, root_dir / main
+    if not (m_dir / "dvc.lock").is_file():
+        return []
+    v_pipe = yaml.safe_load((v_dir / "dvc.yaml").read_text())["stages"]
+    m_pipe = yaml.safe_load((m_dir / "dvc.yaml").read_text())["stages"]
+    m_lock = yaml.safe_load((m_dir / "dvc.lock").read_text())["stages"]
+    v_lock = yaml.safe_load((v_dir / "dvc.lock").read_text()) if (v_dir / "dvc.lock").is_file() else None
+    v_lock = v_lock or {"schema": "2.0", "stages": {}}
+    v_params = yaml.safe_load((v_dir / "params.yaml").read_text())
+    shared = []
+    for name in SHARED_STAGES:
+        entry = m_lock.get(name)
+        if name in v_lock["stages"]:
+            continue                                  # ran (or shared) there already
+        if (name not in v_pipe or v_pipe[name] != m_pipe.get(name) or entry is None
+                or any(_param(v_params, k) != v for k, v in entry.get("params", {}).get("params.yaml", {}).items())
+                or not all((m_dir / o["path"]).exists() for o in entry.get("outs", []))):
+            break
+        for o in entry.get("outs", []):
+            src, dst = m_dir / o["path"], v_dir / o["path"]
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+            ignore = src.parent / ".gitignore"
+            if ignore.is_file():                      # DVC's lines for the cached outputs beside it
+                have = (dst.parent / ".gitignore").read_text().splitlines() if (dst.parent / ".gitignore").is_file() else []
+                add = [line for line in ignore.read_text().splitlines() if line not in have]
+                (dst.parent / ".gitignore").write_text("\n".join(have + add) + "\n")
+        v_lock["stages"][name] = entry
+        shared.append(name)
+    if shared:
+        (v_dir / "dvc.lock").write_text(yaml.safe_dump(v_lock, sort_keys=False))
+    return shared
+
+
 def report_pipeline(p: Params) -> dict:
     """<grid folder>/dvc.yaml: the report over every expected result, reading the folder's params.yaml."""
     up, skip, rep = "..", len(p.grid.folder) + 1, f"../{report_dir(p.grid.folder)}"
@@ -307,8 +367,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fisvd.grid", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a generated file is not current")
     ap.add_argument("--root", default=str(ROOT), help="project root (default: this checkout)")
+    ap.add_argument("--share", metavar="RUN_FOLDER", help="a further grid's run folder (grid-<name>/<task>/s<seed>): "
+                    "take the main grid's finished upstream stages that are the same there (share_upstream), then exit")
     a = ap.parse_args(argv)
     root = Path(a.root)
+    if a.share:
+        parts = Path(a.share).parts
+        if len(parts) != 3 or not parts[0].startswith(f"{GRID}-"):
+            ap.error(f"--share {a.share}: expected {GRID}-<name>/<task>/s<seed>")
+        main_grid = parse_params(yaml.safe_load((root / "params.yaml").read_text())).grid.folder
+        done = share_upstream(a.share, str(Path(main_grid, *parts[1:])), root)
+        print(f"{a.share}: {', '.join(done) or 'nothing'} shared from {Path(main_grid, *parts[1:])}")
+        return 0
     raw = yaml.safe_load((root / "params.yaml").read_text())
     p = parse_params(raw)
     stale = []
