@@ -19,11 +19,13 @@ A method's average columns appear only where all of the report's tasks have it.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .grid import cell_result, cells, recover_cells, recover_result, run_dir
 from .metrics import Scoring, margin_kept
 from .report import GROUPS, fmt, interval, over_seeds, paired_win, resample_indices, seed_boots
 
@@ -183,8 +185,6 @@ def collect(params, root: Path, partial: bool = False, skip: frozenset = frozens
     (fisvd.grid enumerates the expected files from `params`; nothing is globbed). partial: only the
     files present, less those in `skip` (paths relative to root). counts: [records read, files
     expected, [the files present but skipped]]. A task without a dense result is left out."""
-    import json
-    from .grid import cell_result, cells, recover_cells, recover_result, run_dir
     g, counts, dense, cells_, recovered = params.grid, [0, 0, []], {}, {}, {}
 
     def read(paths: dict) -> list[dict]:
