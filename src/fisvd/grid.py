@@ -313,6 +313,10 @@ def share_upstream(folder: str, main: str, root_dir: Path = ROOT) -> list[str]:
                 (dst.parent / ".gitignore").write_text("\n".join(have + add) + "\n")
         v_lock["stages"][name] = entry
         shared.append(name)
+    copies = [o["path"] for n in shared for o in m_lock[n].get("outs", []) if not o["path"].startswith("data/")]
+    if copies:                                        # git-tracked in the main grid already: not twice
+        have = (v_dir / ".gitignore").read_text().splitlines() if (v_dir / ".gitignore").is_file() else []
+        (v_dir / ".gitignore").write_text("\n".join(have + [f"/{c}" for c in copies if f"/{c}" not in have]) + "\n")
     if shared:
         (v_dir / "dvc.lock").write_text(yaml.safe_dump(v_lock, sort_keys=False))
     return shared
