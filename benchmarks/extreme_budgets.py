@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fisvd.grid import out_of_date, run_dir
+from fisvd.grid import run_dir
 from fisvd.params import load_params
 from fisvd.results import recorded
 from fisvd.tables import against, collect, paired, rows_from_results
@@ -68,12 +68,7 @@ def costs(p, tasks):
 
 def load(grid: str, partial: bool):
     p = load_params(f"{grid}/params.yaml")
-    skip = set()
-    if partial:
-        stale, busy = out_of_date([run_dir(t, s, p.grid.folder) for t in p.grid.tasks for s in p.grid.seeds],
-                                  Path(".").resolve())
-        skip = stale | busy
-    dense, cells, recovered, counts = collect(p, Path("."), partial, frozenset(skip))
+    dense, cells, recovered, counts = collect(p, Path("."), partial)
     print(f"{grid}: {counts[0]} of {counts[1]} result files read; tasks {', '.join(dense)}"
           + ("" if list(dense) == p.grid.tasks else
              f" (not started: {', '.join(t for t in p.grid.tasks if t not in dense)})"))

@@ -1,7 +1,9 @@
 """report (grid): every expected grid result (fisvd.grid enumerates them from the grid folder's
 params.yaml; nothing is globbed) → metrics/report/ (git-tracked; a grid of `grids`: metrics/report-<name>/): results.csv (one tidy row per cell and per task's dense
 model), tables.md (overview and per-budget tables, before and after recovery; † collapsed, ‡ beats
-every other row of its column beyond resampling noise), summary.json (DVC metrics: best method per
+every other row of its column beyond resampling noise), vs_default.csv (every method against the
+default, paired), headline.md (the README's table: the recovered methods' margin kept with seed and
+dev intervals; `python -m fisvd.docs` copies it there), summary.json (DVC metrics: best method per
 budget, its average and margin kept, the FWSVD baselines), pareto.json (DVC plot) and
 png/pareto_<task>.png. The contents: fisvd.tables. Runs in the grid folder (`dvc repro grid/dvc.yaml`).
 
@@ -12,14 +14,13 @@ metrics/report-<name>-partial/. A result whose stage `dvc status` finds out of d
 configuration's, or upstream of it) or that a running `dvc repro` holds is left out and counted
 (fisvd.grid.out_of_date).
 """
-import json
 import logging
 from pathlib import Path
 
 from fisvd.cli import run_stage
-from fisvd.grid import REPORT_KEYS, out_of_date, report_dir, run_dir
+from fisvd.grid import REPORT_KEYS, report_dir
 from fisvd.io import write_json
-from fisvd.tables import against, collect, markdown, pareto, rows_from_results, summarise
+from fisvd.tables import KD, against, collect, headline, markdown, pareto, rows_from_results, summarise
 
 PARTIAL = "-partial"        # report_dir(grid) + this: the --partial report's folder
 log = logging.getLogger("fisvd")
@@ -32,11 +33,8 @@ def arguments(parser):
 
 def main(params, args):
     g = params.grid
-    stale, busy = out_of_date([run_dir(t, s, g.folder) for t in g.tasks for s in g.seeds], Path("..").resolve()) \
-        if args.partial else (set(), set())
-    dense, cells_, recovered, counts = collect(params, Path(".."), args.partial, frozenset(stale | busy))
-    skipped = set(counts.pop())   # --partial: [read, expected, of an older configuration, being computed]
-    counts += [len(skipped & stale), len(skipped & busy)]
+    dense, cells_, recovered, counts = collect(params, Path(".."), args.partial)   # counts: [read, expected,
+                                                                                   # out of date, being computed]
     if not dense:
         raise SystemExit("report --partial: no task has its dense result yet")
     per_seed, default = {}, (params.allocate.method, params.compress.method)
@@ -50,6 +48,9 @@ def main(params, args):
     (out / "tables.md").write_text(markdown(df, boots, params.model.name, g.tasks, g.budgets, name,
                                             partial=tuple(counts) if args.partial else None, grid=g.folder,
                                             vs=vs, default=default))
+    methods = [(c.allocation, c.factorisation + (KD if c.teacher else "")) for c in params.recover.cells] \
+        or sorted(set(zip(vs.allocation, vs.factorisation)))  # a grid without recovery: every method
+    (out / "headline.md").write_text(headline(df, boots, vs, [t for t in g.tasks if t in dense], methods, default))
     write_json(out / "summary.json", summarise(df, list(dense), vs))
     write_json(out / "pareto.json", pareto(df, out))
     log.info("report: %d rows over %d tasks", len(df), len(dense))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from fisvd.docs import TABLES, main, methods_table, params_rows, params_table, render, rendered
+from fisvd.docs import REPORT, TABLES, main, methods_table, params_rows, params_table, render, rendered, report_section
 from fisvd.params import flat_keys, registries
 
 DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,10 +30,17 @@ def test_each_table_lives_in_its_file_only():
 
 def test_check_fails_on_a_stale_table_and_the_rewrite_fixes_it(tmp_path, capsys):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "docs").mkdir()
-    for rel, _, _ in TABLES.values():
+    for rel in [*(rel for rel, _, _ in TABLES.values()), REPORT]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
     assert main(["--check"], root=tmp_path) == 0
+    report = tmp_path / REPORT                     # a re-run grid report: docs/results.md follows it
+    committed = report.read_text()
+    report.write_text(committed.replace("| dense |", "| dense (re-run) |"))
+    assert main(["--check"], root=tmp_path) == 1 and "docs/results.md" in capsys.readouterr().err
+    assert main([], root=tmp_path) == 0 and "| dense (re-run) |" in (tmp_path / "docs/results.md").read_text()
+    report.write_text(committed)
+    assert main([], root=tmp_path) == 0
     doc = tmp_path / TABLES["params"][0]
     good = doc.read_text()
     doc.write_text(good.replace("| `data.task` |", "| `data.task_stale` |", 1))
@@ -51,6 +58,14 @@ def test_render_needs_the_markers_exactly_once():
     with pytest.raises(ValueError, match="exactly once"):
         render(f"{start}\n{end}\n{start}\n{end}\n", "params", "| t |")
     assert render(f"a\n{start}\nold\n{end}\nb\n", "params", "| t |") == f"a\n{start}\n| t |\n{end}\nb\n"
+
+
+def test_report_section_is_the_tables_of_one_section_only():
+    text = "# Grid\n\n## Overview\n\nintro words\n\n### p = 0.5\n\n| a |\n|---|\n\n### p = 0.3\n\n| b |\n\n## Against\n\n| c |\n"
+    assert report_section(text) == "### p = 0.5\n\n| a |\n|---|\n\n### p = 0.3\n\n| b |"
+    assert report_section(text, "## Against") == "| c |"
+    with pytest.raises(ValueError, match="no section"):
+        report_section(text, "## Missing")
 
 
 def test_params_table_has_every_key_with_its_default_and_a_comment():

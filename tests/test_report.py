@@ -336,3 +336,40 @@ def test_pareto_draws_every_factorisation_each_with_its_own_line_style(tmp_path)
     assert [label for label, _ in drawn] == sorted(f"max_fi + {f}" for f in facts)
     assert len({ls for _, ls in drawn}) == 8                       # 8 styles, then they repeat
     assert len(recs) == 1 + 2 * len(facts) and (tmp_path / "png/pareto_mrpc.png").stat().st_size > 0
+
+
+def test_headline_rows_cells_and_marks():
+    """headline.md: the recovered methods before and after recovery at the recovered budgets; % of dense
+    from the task rows, the margin and its interval and verdict from `against`'s frame, †n / °n counted
+    per task, a teacher row only after recovery, a method with no result in it left out."""
+    from fisvd.tables import headline
+    df, boots = frame()
+    df["no_better_than_constant"] = df.ci_low <= df.constant_score     # as rows_from_results sets it
+    df.loc[(df.task == "rte") & (df.allocation == "uniform_rank") & (df.budget == 0.3) & (df.recovery_epochs == 1),
+           "collapsed"] = True
+    vs = pd.DataFrame([
+        {"budget": 0.3, "recovery_epochs": 0, "allocation": "max_fi", "factorisation": "kfac", "default": True,
+         "verdict": "", "margin_kept": 0.1333, "margin_low": 0.05, "margin_high": 0.21},
+        {"budget": 0.3, "recovery_epochs": 0, "allocation": "uniform_rank", "factorisation": "fwsvd", "default": False,
+         "verdict": "better", "margin_kept": 0.2333, "margin_low": 0.15, "margin_high": 0.31},
+        {"budget": 0.3, "recovery_epochs": 1, "allocation": "max_fi", "factorisation": "kfac", "default": True,
+         "verdict": "", "margin_kept": 0.7333, "margin_low": 0.65, "margin_high": 0.81},
+        {"budget": 0.3, "recovery_epochs": 1, "allocation": "uniform_rank", "factorisation": "fwsvd", "default": False,
+         "verdict": "worse", "margin_kept": 0.5667, "margin_low": 0.49, "margin_high": 0.64},
+        {"budget": 0.5, "recovery_epochs": 0, "allocation": "max_fi", "factorisation": "kfac", "default": True,
+         "verdict": "", "margin_kept": 0.8333, "margin_low": 0.75, "margin_high": 0.91}])   # not recovered at 0.5
+    md = headline(df, boots, vs, TASKS, [("uniform_rank", "fwsvd"), ("max_fi", "kfac"), ("max_fi", "kfac+kd")],
+                  ("max_fi", "kfac"))
+    lines = md.splitlines()
+    assert lines[0].startswith("Dense average 75.0 over mrpc, rte (1 fine-tune seeds), the constant predictor's 60.0")
+    table = lines[lines.index("") + 1:]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
+    assert rows[0] == ["method", "recovery", "runs per task", "p = 0.3"]
+    body = {(r[0], r[1]): r[2:] for r in rows[2:]}
+    # mrpc 72 - 2 reaches its constant 70 (°); % of dense: mean of 72/90 and 55/60
+    assert body[("uniform_rank + fwsvd", "none")] == ["1", "86 % · 0.23 [0.15, 0.31] ‡ °1"]
+    assert body[("max_fi + kfac (default)", "none")] == ["1", f"{(70 / 90 + 54 / 60) * 50:.0f} % · 0.13 [0.05, 0.21] °1"]
+    assert body[("uniform_rank + fwsvd", "1 epoch")] == ["1", f"{(80 / 90 + 57 / 60) * 50:.0f} % · 0.57 [0.49, 0.64] ⁻ †1"]
+    assert body[("max_fi + kfac (default)", "1 epoch")] == ["1", f"{(84 / 90 + 58 / 60) * 50:.0f} % · 0.73 [0.65, 0.81]"]
+    assert len(body) == 4                   # no teacher row: it has no result (and never one without recovery)
+    assert [k[1] for k in body] == ["none", "none", "1 epoch", "1 epoch"]

@@ -1,7 +1,9 @@
-"""The parameter and method tables of docs/params.md and docs/methods.md, generated from params.yaml
-(keys, defaults and their `# why` comments) and the method registries (`fisvd.params.registries()`),
-so the docs cannot fall out of step with the code. Each table sits between its HTML comment markers
-in its one file; everything outside the markers is hand-written and left alone.
+"""The generated tables of the docs, so they cannot fall out of step with the code or the results:
+docs/params.md and docs/methods.md from params.yaml (keys, defaults and their `# why` comments) and
+the method registries (`fisvd.params.registries()`); docs/results.md's grid overview copied from the
+committed grid report (`metrics/report/tables.md`, written by `dvc repro grid/dvc.yaml`), so every
+number there is the report's. Each table sits between its HTML comment markers in its one file;
+everything outside the markers is hand-written and left alone.
 
     python -m fisvd.docs          # rewrite the tables between the markers
     python -m fisvd.docs --check  # exit 1, naming the stale files, if a table is stale (tests/test_docs.py)
@@ -18,7 +20,9 @@ from .params import flat_keys, registries
 
 # table -> (the file that holds it, relative to the repo root; start marker; end marker)
 TABLES = {"params": ("docs/params.md", "<!-- params-table -->", "<!-- /params-table -->"),
-          "methods": ("docs/methods.md", "<!-- methods-table -->", "<!-- /methods-table -->")}
+          "methods": ("docs/methods.md", "<!-- methods-table -->", "<!-- /methods-table -->"),
+          "grid-overview": ("docs/results.md", "<!-- grid-overview -->", "<!-- /grid-overview -->")}
+REPORT = "metrics/report/tables.md"     # the grid report the results tables are copied from
 
 
 def _flow(value) -> str:
@@ -73,9 +77,22 @@ def methods_table() -> str:
     return "\n".join(lines)
 
 
-def tables(params_text: str) -> dict[str, str]:
-    """{table name: its Markdown} for every entry of TABLES."""
-    return {"params": params_table(params_text), "methods": methods_table()}
+def report_section(text: str, heading: str = "## Overview") -> str:
+    """The body of a grid report's `heading` section from its first sub-heading (the tables, without
+    the section's own introduction) up to the next section, stripped."""
+    lines = text.splitlines()
+    if heading not in lines:
+        raise ValueError(f"the grid report has no section {heading!r}")
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    first = next((i for i in range(start, end) if lines[i].startswith("### ")), start)
+    return "\n".join(lines[first:end]).strip()
+
+
+def tables(root: Path) -> dict[str, str]:
+    """{table name: its Markdown} for every entry of TABLES, from the files under `root`."""
+    return {"params": params_table((root / "params.yaml").read_text()), "methods": methods_table(),
+            "grid-overview": report_section((root / REPORT).read_text())}
 
 
 def render(text: str, name: str, table: str) -> str:
@@ -92,7 +109,7 @@ def render(text: str, name: str, table: str) -> str:
 
 def rendered(root: Path) -> dict[Path, tuple[str, str]]:
     """{file: (its text now, its text with every table it holds regenerated)} under `root`."""
-    new_tables = tables((root / "params.yaml").read_text())
+    new_tables = tables(root)
     out: dict[Path, tuple[str, str]] = {}
     for name, (rel, _, _) in TABLES.items():
         path = root / rel

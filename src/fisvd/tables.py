@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .grid import cell_result, cells, recover_cells, recover_result, run_dir
+from .grid import cell_result, cells, out_of_date, recover_cells, recover_result, run_dir
 from .metrics import Scoring, margin_kept
 from .report import GROUPS, fmt, interval, over_seeds, paired_win, resample_indices, seed_boots
 
@@ -140,6 +140,13 @@ def table(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[s
     return lines
 
 
+def noisy_denominator(boots: dict, tasks: list[str], c_avg: float) -> bool:
+    """True when the pooled margin's denominator (dense − constant average) is noise: the constant
+    average lies inside the dense average's 95 % interval. Such margins get "~"."""
+    d_lo, _ = interval(np.mean([boots[(t, "dense", "dense", 100, 0)] for t in tasks], axis=0))
+    return bool(d_lo <= c_avg)
+
+
 def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: list[str]) -> list[str]:
     """Compact table: rows = dense, the FWSVD baselines, the TOP methods by average (no recovery) or
     every recovered method (with recovery, and its average before recovery); only methods on every task."""
@@ -159,8 +166,7 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
     d_avg, c_avg = dense.loc[tasks].score.mean(), dense.loc[tasks].constant_score.mean()
     # the pooled margin's denominator (dense − constant average) is noise when the constant average lies
     # inside the dense average's interval: such margins get "~"
-    d_lo, _ = interval(np.mean([boots[(t, "dense", "dense", 100, 0)] for t in tasks], axis=0))
-    noisy = " ~" if d_lo <= c_avg else ""
+    noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
     floor = lambda r, t: bool(r.ci_low[t] <= r.constant_score[t])  # noqa: E731
     lines.append("| " + " | ".join(["dense", *(fmt(dense.score[t], floor=floor(dense, t)) for t in tasks),
                                     fmt(d_avg), "100.0", "1.00" + noisy,
@@ -180,18 +186,23 @@ def overview(df: pd.DataFrame, boots: dict, budget: int, epochs: int, tasks: lis
     return lines
 
 
-def collect(params, root: Path, partial: bool = False, skip: frozenset = frozenset()) -> tuple[dict, dict, dict, list]:
+def collect(params, root: Path, partial: bool = False) -> tuple[dict, dict, dict, list]:
     """(dense, cells, recovered, counts) for rows_from_results from the grid results under `root`
     (fisvd.grid enumerates the expected files from `params`; nothing is globbed). partial: only the
-    files present, less those in `skip` (paths relative to root). counts: [records read, files
-    expected, [the files present but skipped]]. A task without a dense result is left out."""
-    g, counts, dense, cells_, recovered = params.grid, [0, 0, []], {}, {}, {}
+    files present and current: a result whose stage `dvc status` finds out of date (an older
+    configuration's, or downstream of one) or that a running `dvc repro` holds is left out
+    (fisvd.grid.out_of_date). counts: [records read, files expected, present but left out as out of
+    date, as being computed]. A task without a dense result is left out."""
+    g, counts, dense, cells_, recovered = params.grid, [0, 0, 0, 0], {}, {}, {}
+    stale, busy = out_of_date([run_dir(t, s, g.folder) for t in g.tasks for s in g.seeds], root.resolve()) \
+        if partial else (set(), set())
 
     def read(paths: dict) -> list[dict]:
         there = [p for p in paths.values() if not partial or (root / p).exists()]
-        recs = [json.loads((root / p).read_text()) for p in there if p not in skip]
+        recs = [json.loads((root / p).read_text()) for p in there if p not in stale | busy]
         counts[0], counts[1] = counts[0] + len(recs), counts[1] + len(paths)
-        counts[2] += [p for p in there if p in skip]
+        counts[2] += sum(p in stale for p in there)
+        counts[3] += sum(p in busy for p in there)
         return recs
 
     for task in g.tasks:
@@ -315,6 +326,54 @@ def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
                 md.append("| " + " | ".join([f"{a} + {f}" + (" (default)" if (a, f) == tuple(default) else ""), *cells_]) + " |")
             md.append("")
     return md
+
+
+def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], methods: list[tuple[str, str]],
+             default: tuple[str, str]) -> str:
+    """headline.md, the README's results table: each of `methods` (allocation, factorisation; a
+    teacher recovery's factorisation ends in KD) at every budget it was recovered at (without
+    recovery in the grid: every budget), before and after recovery. A cell: % of dense (averaged over the tasks), the pooled margin kept [95 % interval
+    over fine-tune seeds, recovery seeds and dev examples together] (`against`), ‡ / ⁻ when its task
+    average beats / trails the default's beyond the paired 95 % interval, and how many tasks it left
+    collapsed (†n) or no better than the constant predictor (°n: the interval reaches it)."""
+    rec = vs[vs.recovery_epochs > 0]                      # a grid without recovery: every budget
+    budgets = sorted((rec if len(rec) else vs).budget.unique(), reverse=True)
+    if not len(budgets):
+        return ""
+    dense = df[df.allocation == "dense"].set_index("task").loc[tasks]
+    c_avg = float(dense.constant_score.mean())
+    noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
+    head = ["method", "recovery", "runs per task", *(f"p = {b:g}" for b in budgets)]
+    md = [f"Dense average {dense.score.mean():.1f} over {', '.join(tasks)} ({int(dense.seeds.min())} fine-tune "
+          f"seeds), the constant predictor's {c_avg:.1f}. A cell: % of dense · margin kept [95 % interval over seeds "
+          f"and dev examples]; against {default[0]} + {default[1]}, the default: ‡ better, ⁻ worse beyond the paired "
+          "interval; †n: collapsed on n tasks (in any run), °n: no better than constant on n."
+          + (" ~: the dense margin itself is inside its interval (noise)." if noisy else ""), "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for epochs in sorted(vs.recovery_epochs.unique()):
+        for m in dict.fromkeys(methods):
+            if not epochs and m[1].endswith(KD):
+                continue
+            cells_, seeds = [], set()
+            for b in budgets:
+                v = vs[(vs.budget == b) & (vs.recovery_epochs == epochs) & (vs.allocation == m[0]) & (vs.factorisation == m[1])]
+                r = df[(df.budget == b) & (df.recovery_epochs == epochs) & (df.allocation == m[0]) & (df.factorisation == m[1])]
+                if not len(v) or pd.isna(v.iloc[0].margin_kept):
+                    cells_.append("–")
+                    continue
+                v = v.iloc[0]
+                seeds.add(int(r.seeds.min()))
+                mark = "" if v.default else {"better": " ‡", "worse": " ⁻"}.get(v.verdict, "")
+                down = [f"†{n}" for n in [int(r.collapsed.sum())] if n] + \
+                    [f"°{n}" for n in [int((~r.collapsed & r.no_better_than_constant).sum())] if n]
+                cells_.append(f"{r.pct_of_dense.mean():.0f} % · {v.margin_kept:.2f} [{v.margin_low:.2f}, {v.margin_high:.2f}]"
+                              f"{noisy}{mark}" + (" " + " ".join(down) if down else ""))
+            if set(cells_) == {"–"}:
+                continue
+            name = f"{m[0]} + {m[1].removesuffix(KD)}" + (" (default)" if m == tuple(default) else "")
+            how = f"{epochs} epoch" + ("s" if epochs > 1 else "") + (", teacher" if m[1].endswith(KD) else "") if epochs else "none"
+            md.append("| " + " | ".join([name, how, "/".join(map(str, sorted(seeds))), *cells_]) + " |")
+    return "\n".join(md) + "\n"
 
 
 def summarise(df: pd.DataFrame, tasks: list[str], vs: pd.DataFrame | None = None) -> dict:
