@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from fisvd.balance import balance
-from fisvd.data import TASKS, batches, collate, hold_out, load_local, resolve_glue_dir, subset, tokenize
+from fisvd.data import TASKS, batches, collate, load_local, resolve_glue_dir, subset, tokenize
 from fisvd.evaluate import score_dev
 from fisvd.factorize import Factors
 from fisvd.lowrank import apply_lowrank
@@ -32,6 +32,7 @@ from fisvd.plan import matrices, plan
 from fisvd.stats import collect_stats, load_statistics, save_stats
 from fisvd.fisher import save_fisher
 from fisvd.train import make_trainer
+from finetune_select import holdout_split   # the same held-out split (benchmarks/ is on sys.path)
 
 OUT = Path("benchmarks/results")
 CSV, MD = OUT / "recover_select.csv", OUT / "recover_select.md"
@@ -78,7 +79,7 @@ def main():
     task, L = a.task, params.finetune.max_length
     rows, _ = load_local(task, resolve_glue_dir("."))
     train = subset(rows["train"], params.grid.max_train_samples.get(task), 0)
-    fit, held = hold_out(train, max(200, round(0.1 * len(train))), 0)     # finetune_select's split
+    fit, held = holdout_split(train)
     path = resolve_model(params.model.name)
     tok = load_tokenizer(path)
     work = Path(f"/tmp/fisvd-recover-select/{task}")

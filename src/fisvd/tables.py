@@ -27,10 +27,10 @@ import pandas as pd
 
 from .grid import cell_result, cells, out_of_date, recover_cells, recover_result, run_dir
 from .metrics import Scoring, margin_kept
+from .paths import KD     # a recovery with the dense model as teacher: `kfac+kd`
 from .report import GROUPS, fmt, interval, over_seeds, paired_win, resample_indices, seed_boots
 
 HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
-KD = "+kd"               # a recovery with the dense model as teacher (fisvd.paths.KD): `kfac+kd`
 BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "fwsvd"), ("uniform_rank", "tfwsvd")]
 TOP = 3                  # the overview's best methods by average, besides the baselines
 
