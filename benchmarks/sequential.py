@@ -16,11 +16,19 @@
    the same held-out TRAINING rows and rule as 1 (KL geo-mean over p = 0.3, 0.2, 0.1; the fewest passes
    within 2 % of the lowest), each candidate on top of the params.yaml examples and weighting, 0 passes
    (the closed form alone) included. Written to benchmarks/results/sequential_block_select_<task>.md.
+1c. (`--select-spectrum`) kfac_seq's allocation: max_fi ranks on kfac's spectrum of the dense model
+   (one kfac_seq pass) against ranks recomputed sequentially (two passes: the first, at kfac's ranks,
+   records each Linear's sequential spectrum s_k(T)², T = L_gᵀ W C L⁻ᵀ of its fit on the compressed
+   prefix (fisvd.sequential), every Linear included; max_fi re-allocates the budget on those spectra;
+   the second pass fits at the new ranks). Chosen on the same held-out TRAINING rows and rule as 1
+   (KL geo-mean over p = 0.3, 0.2, 0.1; the one-pass allocation unless the two-pass one is more than 2 %
+   lower). Written to benchmarks/results/sequential_spectrum_select_<task>.md.
 3. Cost: each variant's extra pass against the Fisher + statistics pass (fisvd.stats.collect_stats with
    the Fisher over the whole training split), timed in this run.
 
     python benchmarks/sequential.py [--select --examples 128,512,1024]
     python benchmarks/sequential.py --select-block [--block-steps 1,2 --block-lrs 3e-5,1e-4]
+    python benchmarks/sequential.py --select-spectrum
 """
 import argparse
 import random
@@ -61,11 +69,78 @@ def held_out_rows(train: list[dict], candidates: list[int], n: int = 256, seed: 
     return [train[i] for i in sorted(random.Random(seed).sample(free, min(n, len(free))))]
 
 
+def select_spectrum(model, infos, W, stats, mats, ranks, seq, held, params, sopts):
+    """Section 1c (module docstring)."""
+    import fisvd.sequential as fseq
+    from fisvd.plan import make_matrix
+    from fisvd.stats import damped_cholesky
+    held_rows, hb = held
+    name_of = {W[m.name].data_ptr(): m.name for m in infos}
+    fit = fseq.seq_kfac
+
+    def recording(spectra: dict, dense: set):
+        """seq_kfac at full rank: the whole spectrum s_k = ‖L_gᵀ A_k‖ (L_gᵀ A = U S), then the rank-r
+        truncation of the same SVD (= seq_kfac at r); a Linear the allocation keeps dense stays W."""
+        def rec(Wm, cov_g, cross, cov_xt, r, alpha_x, alpha_g):
+            name = name_of[Wm.data_ptr()]
+            A, B = fit(Wm, cov_g, cross, cov_xt, min(Wm.shape), alpha_x, alpha_g)
+            Lg = damped_cholesky(cov_g.to(A.device), alpha_g).double()
+            spectra[name] = ((Lg.T @ A.double()).norm(dim=0) ** 2).cpu()
+            if name in dense:
+                return Wm.clone(), torch.eye(Wm.shape[1], dtype=Wm.dtype, device=Wm.device)
+            return A[:, :r].contiguous(), B[:r].contiguous()
+        return rec
+
+    full = {m.name: min(W[m.name].shape) for m in infos}
+    print(f"## 1c. allocation for kfac_seq, chosen on {len(held_rows)} held-out TRAINING rows (KL of logits vs "
+          f"dense); kfac_seq with {sopts.examples} rows, {sopts.weighting} weighting\n")
+    print("| p | ranks | KL | Linears whose rank moved | total rank moved | pass s |")
+    print("|---|---|---|---|---|---|")
+    kl, cost = {"one pass": [], "two passes": []}, {"one pass": 0.0, "two passes": 0.0}
+    for p in SELECT_BUDGETS:
+        t1, t2, t3 = {}, {}, {}
+        base = seq(p, sopts.examples, t1)
+        spectra = {}
+        fseq.seq_kfac = recording(spectra, {n for n in full if n not in ranks[p]})
+        try:
+            seq_ranks = ranks[p]
+            ranks[p] = {n: ranks[p].get(n, r) for n, r in full.items()}   # every Linear: its spectrum too
+            seq(p, sopts.examples, t2)
+        finally:
+            fseq.seq_kfac, ranks[p] = fit, seq_ranks
+        smats = [make_matrix(m.name, m.layer, m.type, W[m.name], stats[m.name]["fisher"], spectra[m.name]) for m in infos]
+        r2, _ = plan("max_fi", smats, budget=p, rank_multiple=params.allocate.rank_multiple,
+                     opts=params.allocate.opts("max_fi"))
+        new = {M.name: k for M, k in zip(smats, r2) if k < M.rbar}
+        ranks[p] = new
+        try:
+            second = seq(p, sopts.examples, t3)
+        finally:
+            ranks[p] = seq_ranks
+        k1, k2 = joint_deltas(model, [base, second], hb, CPU, metric="kl")
+        old_r = {M.name: seq_ranks.get(M.name, M.rbar) for M in mats}
+        new_r = {M.name: new.get(M.name, M.rbar) for M in smats}
+        moved = [n for n in old_r if old_r[n] != new_r[n]]
+        kl["one pass"].append(k1), kl["two passes"].append(k2)
+        cost["one pass"] += t1["total_s"]
+        cost["two passes"] += t2["total_s"] + t3["total_s"]
+        print(f"| {p} | kfac's spectrum (one pass) | {k1:.4g} | — | — | {t1['total_s']} |")
+        print(f"| {p} | sequential spectrum (two passes) | {k2:.4g} | {len(moved)} of {len(old_r)} | "
+              f"{sum(abs(old_r[n] - new_r[n]) for n in moved)} of {sum(old_r.values())} | {t2['total_s']} + {t3['total_s']} |",
+              flush=True)
+    geo = {k: float(np.exp(np.mean(np.log(v)))) for k, v in kl.items()}
+    chosen = "two passes" if geo["two passes"] < geo["one pass"] / 1.02 else "one pass"
+    print(f"\nKL geo-mean over p = {', '.join(map(str, SELECT_BUDGETS))}: one pass {geo['one pass']:.4g}, two passes "
+          f"{geo['two passes']:.4g}; kfac_seq seconds over the three budgets: {cost['one pass']:.1f} vs "
+          f"{cost['two passes']:.1f}.\nchosen: {chosen} (the two-pass allocation only if its KL is more than 2 % lower)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", default="128,512,1024")
     ap.add_argument("--select", action="store_true", help="section 1 only")
     ap.add_argument("--select-block", action="store_true", help="section 1b only")
+    ap.add_argument("--select-spectrum", action="store_true", help="section 1c only")
     ap.add_argument("--block-steps", default="1,2", help="1b: Adam passes per block to try (0 always runs)")
     ap.add_argument("--block-lrs", default="3e-5,1e-4", help="1b: Adam learning rates to try")
     a = ap.parse_args()
@@ -121,6 +196,10 @@ def main():
         chosen = min((c for c in geo if geo[c] <= 1.02 * geo[best]), key=lambda c: (c[0], c[1]))
         print(f"\nchosen: {chosen[0]} passes, lr {chosen[1]:g} (lowest geo-mean {best}: {geo[best]:.4g}; the fewest "
               "passes within 2 %)")
+        return
+
+    if a.select_spectrum:
+        select_spectrum(model, infos, W, stats, mats, ranks, seq, held_batches([sopts.examples]), params, sopts)
         return
 
     if a.select:
@@ -207,6 +286,7 @@ def main():
 if __name__ == "__main__":
     task = load_params("params.yaml").data.task
     name = ("sequential_block_select" if "--select-block" in sys.argv else
+            "sequential_spectrum_select" if "--select-spectrum" in sys.argv else
             "sequential_select" if "--select" in sys.argv else "sequential")
     with recorded(f"benchmarks/results/{name}_{task}.md"):
         main()

@@ -88,6 +88,23 @@ def test_full_rank_is_the_damped_least_squares_map_and_tail_is_the_truncation_co
         assert J(W, A @ B, X, Xt, Sg, delta) - full == pytest.approx(float(s2[r:].sum()), rel=1e-8)
 
 
+def test_full_rank_factors_carry_the_whole_spectrum_and_truncate_to_every_rank():
+    """What `benchmarks/sequential.py --select-spectrum` reads off a full-rank fit: ‖L_gᵀ A_k‖ = s_k(T)
+    (T written out, damping on both sides), and the first r columns / rows are the rank-r fit."""
+    W, X, Xt, Sg = problem(m=7, n=5)
+    alpha_x, alpha_g = 1e-3, 1e-2
+    C, S = covs(X, Xt)
+    I5, I7 = torch.eye(5, dtype=torch.float64), torch.eye(7, dtype=torch.float64)
+    d, dg = alpha_x * float(S.diagonal().mean()), alpha_g * float(Sg.diagonal().mean())
+    L, Lg = torch.linalg.cholesky(S + d * I5), torch.linalg.cholesky(Sg + dg * I7)
+    T = Lg.T @ W @ (C + d * I5) @ torch.linalg.inv(L).T
+    A, B = seq_kfac(W, Sg, C, S, 5, alpha_x, alpha_g)
+    assert torch.allclose((Lg.T @ A).norm(dim=0), torch.linalg.svdvals(T), rtol=1e-10)
+    for r in (1, 2, 4):
+        Ar, Br = seq_kfac(W, Sg, C, S, r, alpha_x, alpha_g)
+        assert torch.allclose(Ar, A[:, :r], atol=1e-12) and torch.allclose(Br, B[:r], atol=1e-12)
+
+
 @pytest.mark.parametrize("alpha_x,alpha_g", [(1e-3, 1e-2), (0.1, 0.0)])
 def test_same_inputs_give_kfac_exactly(alpha_x, alpha_g):
     W, X, _, Sg = problem(m=8, n=6)
