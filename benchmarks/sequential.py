@@ -74,6 +74,8 @@ def select_spectrum(model, infos, W, stats, mats, ranks, seq, held, params, sopt
     import fisvd.sequential as fseq
     from fisvd.plan import make_matrix
     from fisvd.stats import damped_cholesky
+    if sopts.block_steps:       # the first pass would train the dense Linears' (W, I) stand-ins too
+        raise SystemExit("--select-spectrum compares allocations for the closed form: set compress.kfac_seq.block_steps: 0")
     held_rows, hb = held
     name_of = {W[m.name].data_ptr(): m.name for m in infos}
     fit = fseq.seq_kfac
@@ -100,10 +102,9 @@ def select_spectrum(model, infos, W, stats, mats, ranks, seq, held, params, sopt
     for p in SELECT_BUDGETS:
         t1, t2, t3 = {}, {}, {}
         base = seq(p, sopts.examples, t1)
-        spectra = {}
+        spectra, seq_ranks = {}, ranks[p]
         fseq.seq_kfac = recording(spectra, {n for n in full if n not in ranks[p]})
         try:
-            seq_ranks = ranks[p]
             ranks[p] = {n: ranks[p].get(n, r) for n, r in full.items()}   # every Linear: its spectrum too
             seq(p, sopts.examples, t2)
         finally:

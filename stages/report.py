@@ -2,8 +2,8 @@
 params.yaml; nothing is globbed) → metrics/report/ (git-tracked; a grid of `grids`: metrics/report-<name>/): results.csv (one tidy row per cell and per task's dense
 model), tables.md (overview and per-budget tables, before and after recovery; † collapsed, ‡ beats
 every other row of its column beyond resampling noise), vs_default.csv (every method against the
-default, paired), headline.md (the README's table: the recovered methods' margin kept with seed and
-dev intervals; `python -m fisvd.docs` copies it there), summary.json (DVC metrics: best method per
+default, paired), headline.md (the headline table: the recovered methods' margin kept with seed and
+dev intervals, before and after recovery), summary.json (DVC metrics: best method per
 budget, its average and margin kept, the FWSVD baselines), pareto.json (DVC plot) and
 png/pareto_<task>.png. The contents: fisvd.tables. Runs in the grid folder (`dvc repro grid/dvc.yaml`).
 
@@ -48,8 +48,9 @@ def main(params, args):
     (out / "tables.md").write_text(markdown(df, boots, params.model.name, g.tasks, g.budgets, name,
                                             partial=tuple(counts) if args.partial else None, grid=g.folder,
                                             vs=vs, default=default))
-    methods = [(c.allocation, c.factorisation + (KD if c.teacher else "")) for c in params.recover.cells] \
-        or sorted(set(zip(vs.allocation, vs.factorisation)))  # a grid without recovery: every method
+    ran = set(zip(vs.allocation, vs.factorisation))
+    methods = [m for c in params.recover.cells if (m := (c.allocation, c.factorisation + (KD if c.teacher else ""))) in ran] \
+        or sorted(ran)                                        # a grid without recovery: every method
     (out / "headline.md").write_text(headline(df, boots, vs, [t for t in g.tasks if t in dense], methods, default))
     write_json(out / "summary.json", summarise(df, list(dense), vs))
     write_json(out / "pareto.json", pareto(df, out))

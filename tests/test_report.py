@@ -358,8 +358,11 @@ def test_headline_rows_cells_and_marks():
          "verdict": "worse", "margin_kept": 0.5667, "margin_low": 0.49, "margin_high": 0.64},
         {"budget": 0.5, "recovery_epochs": 0, "allocation": "max_fi", "factorisation": "kfac", "default": True,
          "verdict": "", "margin_kept": 0.8333, "margin_low": 0.75, "margin_high": 0.91}])   # not recovered at 0.5
-    md = headline(df, boots, vs, TASKS, [("uniform_rank", "fwsvd"), ("max_fi", "kfac"), ("max_fi", "kfac+kd")],
-                  ("max_fi", "kfac"))
+    vs = pd.concat([vs, pd.DataFrame([        # a teacher-only method: its plain cell before recovery; no margin
+        {"budget": 0.3, "recovery_epochs": 0, "allocation": "fi_retention", "factorisation": "fwsvd", "default": False,
+         "verdict": "worse", "margin_kept": np.nan, "margin_low": np.nan, "margin_high": np.nan}])], ignore_index=True)
+    md = headline(df, boots, vs, TASKS, [("uniform_rank", "fwsvd"), ("max_fi", "kfac"), ("max_fi", "kfac+kd"),
+                                         ("fi_retention", "fwsvd+kd")], ("max_fi", "kfac"))
     lines = md.splitlines()
     assert lines[0].startswith("Dense average 75.0 over mrpc, rte (1 fine-tune seeds), the constant predictor's 60.0")
     table = lines[lines.index("") + 1:]
@@ -371,5 +374,36 @@ def test_headline_rows_cells_and_marks():
     assert body[("max_fi + kfac (default)", "none")] == ["1", f"{(70 / 90 + 54 / 60) * 50:.0f} % · 0.13 [0.05, 0.21] °1"]
     assert body[("uniform_rank + fwsvd", "1 epoch")] == ["1", f"{(80 / 90 + 57 / 60) * 50:.0f} % · 0.57 [0.49, 0.64] ⁻ †1"]
     assert body[("max_fi + kfac (default)", "1 epoch")] == ["1", f"{(84 / 90 + 58 / 60) * 50:.0f} % · 0.73 [0.65, 0.81]"]
-    assert len(body) == 4                   # no teacher row: it has no result (and never one without recovery)
-    assert [k[1] for k in body] == ["none", "none", "1 epoch", "1 epoch"]
+    # fi_retention's teacher run has no result after recovery; before it, its plain cell (no margin: –)
+    assert body[("fi_retention + fwsvd", "none")] == ["1", f"{(60 / 90 + 51 / 60) * 50:.0f} % · – ⁻ °2"]   # 58 ≤ 70, 49 ≤ 50
+    assert len(body) == 5                   # no teacher row after recovery: no result in the frame
+    assert [k[1] for k in body] == ["none", "none", "none", "1 epoch", "1 epoch"]
+    assert headline(df, boots, vs.iloc[:0], TASKS, [("max_fi", "kfac")], ("max_fi", "kfac")).startswith(
+        "No headline table: the default (max_fi + kfac) did not run on every task")
+
+
+def test_collect_partial_reads_present_current_files_and_counts_the_left_out(tmp_path, monkeypatch):
+    """--partial: only the files present, less those of an out-of-date stage and those being computed
+    (fisvd.grid.out_of_date, stubbed here), each counted; without --partial every expected file is read."""
+    import json
+
+    import fisvd.tables as tables
+    from conftest import ROOT
+    from fisvd.grid import cell_result, cells, recover_cells, run_dir
+    from fisvd.params import load_params
+    p = load_params(ROOT / "grid" / "params.yaml")
+    mrpc = [c for c in cells(p, task="mrpc", seed=42) if c.factorisation == "kfac" and c.allocation == "max_fi"][:3]
+    current, stale, busy = (cell_result(c) for c in mrpc)
+    for i, path in enumerate([f"{run_dir('mrpc', 42)}/results/dense.json", current, stale, busy]):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(json.dumps({"n": i}))
+    asked = []
+    monkeypatch.setattr(tables, "out_of_date", lambda folders, root: asked.append((list(folders), root)) or ({stale}, {busy}))
+    dense, cells_, recovered, counts = tables.collect(p, tmp_path, partial=True)
+    expected = len(p.grid.tasks) * len(p.grid.seeds) + len(cells(p)) + len(recover_cells(p))
+    assert counts == [2, expected, 1, 1]
+    assert dense == {"mrpc": [{"n": 0}]} and list(cells_) == ["mrpc"] and not any(recovered["mrpc"].values())
+    assert [recs for recs in cells_["mrpc"].values() if recs] == [[{"n": 1}]]
+    assert asked == [([run_dir(t, s) for t in p.grid.tasks for s in p.grid.seeds], tmp_path.resolve())]
+    with pytest.raises(FileNotFoundError):                # a full report needs every expected file
+        tables.collect(p, tmp_path)

@@ -330,16 +330,19 @@ def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
 
 def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], methods: list[tuple[str, str]],
              default: tuple[str, str]) -> str:
-    """headline.md, the README's results table: each of `methods` (allocation, factorisation; a
+    """headline.md, the report's headline table: each of `methods` (allocation, factorisation; a
     teacher recovery's factorisation ends in KD) at every budget it was recovered at (without
-    recovery in the grid: every budget), before and after recovery. A cell: % of dense (averaged over the tasks), the pooled margin kept [95 % interval
-    over fine-tune seeds, recovery seeds and dev examples together] (`against`), ‡ / ⁻ when its task
-    average beats / trails the default's beyond the paired 95 % interval, and how many tasks it left
-    collapsed (†n) or no better than the constant predictor (°n: the interval reaches it)."""
+    recovery in the grid: every budget), before recovery (a teacher run: its plain cell's) and after.
+    A cell: % of dense (averaged over the tasks), the pooled margin kept [95 % interval over fine-tune
+    seeds, recovery seeds and dev examples together] (`against`), ‡ / ⁻ when its task average beats /
+    trails the default's beyond the paired 95 % interval, and how many tasks it left collapsed (†n) or,
+    not collapsed, no better than the constant predictor (°n: the interval reaches it). A grid
+    without the default (nothing to pair against): one line saying so."""
+    if not len(vs):
+        return (f"No headline table: the default ({default[0]} + {default[1]}) did not run on every task of this "
+                "grid, so nothing is paired against it (tables.md has every result).\n")
     rec = vs[vs.recovery_epochs > 0]                      # a grid without recovery: every budget
     budgets = sorted((rec if len(rec) else vs).budget.unique(), reverse=True)
-    if not len(budgets):
-        return ""
     dense = df[df.allocation == "dense"].set_index("task").loc[tasks]
     c_avg = float(dense.constant_score.mean())
     noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
@@ -347,18 +350,17 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
     md = [f"Dense average {dense.score.mean():.1f} over {', '.join(tasks)} ({int(dense.seeds.min())} fine-tune "
           f"seeds), the constant predictor's {c_avg:.1f}. A cell: % of dense · margin kept [95 % interval over seeds "
           f"and dev examples]; against {default[0]} + {default[1]}, the default: ‡ better, ⁻ worse beyond the paired "
-          "interval; †n: collapsed on n tasks (in any run), °n: no better than constant on n."
+          "interval; †n: collapsed on n tasks (in any run), °n: not collapsed but no better than constant on n."
           + (" ~: the dense margin itself is inside its interval (noise)." if noisy else ""), "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for epochs in sorted(vs.recovery_epochs.unique()):
-        for m in dict.fromkeys(methods):
-            if not epochs and m[1].endswith(KD):
-                continue
+        rows = methods if epochs else [(a, f.removesuffix(KD)) for a, f in methods]   # before recovery: the plain cell
+        for m in dict.fromkeys(rows):
             cells_, seeds = [], set()
             for b in budgets:
                 v = vs[(vs.budget == b) & (vs.recovery_epochs == epochs) & (vs.allocation == m[0]) & (vs.factorisation == m[1])]
                 r = df[(df.budget == b) & (df.recovery_epochs == epochs) & (df.allocation == m[0]) & (df.factorisation == m[1])]
-                if not len(v) or pd.isna(v.iloc[0].margin_kept):
+                if not len(v):
                     cells_.append("–")
                     continue
                 v = v.iloc[0]
@@ -366,8 +368,9 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
                 mark = "" if v.default else {"better": " ‡", "worse": " ⁻"}.get(v.verdict, "")
                 down = [f"†{n}" for n in [int(r.collapsed.sum())] if n] + \
                     [f"°{n}" for n in [int((~r.collapsed & r.no_better_than_constant).sum())] if n]
-                cells_.append(f"{r.pct_of_dense.mean():.0f} % · {v.margin_kept:.2f} [{v.margin_low:.2f}, {v.margin_high:.2f}]"
-                              f"{noisy}{mark}" + (" " + " ".join(down) if down else ""))
+                margin = "–" if pd.isna(v.margin_kept) else f"{v.margin_kept:.2f}" + (
+                    "" if pd.isna(v.margin_low) else f" [{v.margin_low:.2f}, {v.margin_high:.2f}]") + noisy
+                cells_.append(f"{r.pct_of_dense.mean():.0f} % · {margin}{mark}" + (" " + " ".join(down) if down else ""))
             if set(cells_) == {"–"}:
                 continue
             name = f"{m[0]} + {m[1].removesuffix(KD)}" + (" (default)" if m == tuple(default) else "")
