@@ -220,6 +220,12 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
     return {**top, "stages": stages}
 
 
+def stages_of(folder: Path, file: str = "dvc.yaml") -> dict:
+    """The `stages` mapping of a run folder's dvc.yaml (or dvc.lock); {} when the file is missing or empty."""
+    path = folder / file
+    return ((yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}).get("stages", {})
+
+
 def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
     """(stale, busy) output paths of the run folders, relative to root_dir, for a --partial report.
 
@@ -229,8 +235,7 @@ def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
     whose only change is a missing or edited output stays in: its other results are current."""
     from dvc.lock import LockError
     from dvc.repo import Repo
-    pipes = {f: yaml.safe_load((root_dir / f / "dvc.yaml").read_text())["stages"]
-             for f in folders if (root_dir / f / "dvc.yaml").exists()}
+    pipes = {f: stages_of(root_dir / f) for f in folders if (root_dir / f / "dvc.yaml").exists()}
     flagged = {f: ({}, {}) for f in pipes}                    # folder -> (stale stages, busy stages)
     with Repo(str(root_dir), _wait_for_lock=True) as repo:    # the repo lock per stage, briefly: a running
         for stage in repo.index.stages:                       # `dvc repro` re-takes it between its stages
@@ -285,11 +290,8 @@ def share_upstream(folder: str, main: str, root_dir: Path = ROOT) -> list[str]:
     v_dir, m_dir = root_dir / folder, root_dir / main
     if not (m_dir / "dvc.lock").is_file():
         return []
-    v_pipe = yaml.safe_load((v_dir / "dvc.yaml").read_text())["stages"]
-    m_pipe = yaml.safe_load((m_dir / "dvc.yaml").read_text())["stages"]
-    m_lock = yaml.safe_load((m_dir / "dvc.lock").read_text())["stages"]
-    v_lock = yaml.safe_load((v_dir / "dvc.lock").read_text()) if (v_dir / "dvc.lock").is_file() else None
-    v_lock = v_lock or {"schema": "2.0", "stages": {}}
+    v_pipe, m_pipe, m_lock = stages_of(v_dir), stages_of(m_dir), stages_of(m_dir, "dvc.lock")
+    v_lock = {"schema": "2.0", "stages": stages_of(v_dir, "dvc.lock")}
     v_params = yaml.safe_load((v_dir / "params.yaml").read_text())
     shared = []
     for name in SHARED_STAGES:
