@@ -34,7 +34,12 @@ def main(params):
     from transformers.integrations import DVCLiveCallback
 
     class DeterministicLive(DVCLiveCallback):
-        """DVCLiveCallback minus wall-clock entries, which go to runtime.json instead."""
+        """DVCLiveCallback minus wall-clock entries, which go to runtime.json instead, and minus the
+        training arguments' params.yaml (the stage's params and the pinned environment fix them; as a
+        git-tracked output it would turn DVC's run cache off for this stage)."""
+
+        def setup(self, args, state, model):
+            self._initialized = True
 
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
             self.runtime.update({k: v for k, v in (logs or {}).items() if is_runtime(k)})

@@ -76,7 +76,8 @@ def main(params):
         save(path + ".tmp")
         os.replace(path + ".tmp", path)
     fisher, _ = load_fisher(FISHER)
-    write_json(FISHER_SUMMARY, {"mode": fp.mode, "count": count, "examples": n, "matrices": summary(fisher, mats)})
+    rows = [{"name": name, **row} for name, row in summary(fisher, mats).items()]   # a list: not metric columns
+    write_json(FISHER_SUMMARY, {"mode": fp.mode, "count": count, "examples": n, "matrices": rows})
     write_json(FISHER_RUNTIME, {k: round(v, 1) for k, v in runtime.items()})  # wall clock: not a DVC output
     log.info("wrote %s (count %d) and %s", FISHER, count, STATS)
 

@@ -49,8 +49,9 @@ def test_pipeline_reruns_exactly_the_affected_stages(ran_project):
     from fisvd.fisher import load_fisher                             # summary rows looked up by name
     fisher, _ = load_fisher(repo / "data/fisher.safetensors")
     summary = json.loads((repo / "metrics/fisher/summary.json").read_text())["matrices"]
-    assert list(summary) == [row["name"] for row in ranks["matrices"]]  # model order
-    for name, row in summary.items():
+    assert [row["name"] for row in summary] == [row["name"] for row in ranks["matrices"]]  # model order
+    for row in summary:
+        name = row["name"]
         assert row["total"] == pytest.approx(float(fisher[name].double().sum()), rel=1e-9)
         assert row["type"] == {"query": "q", "key": "k", "value": "v"}.get(name.rsplit(".", 1)[-1], row["type"])
     live = json.loads((repo / "metrics/finetune/metrics.json").read_text())
@@ -126,6 +127,20 @@ def test_pipeline_reruns_exactly_the_affected_stages(ran_project):
     model = load_compressed(repo / "data/compressed")
     assert any(type(m).__name__ == "LowRankLinear" for m in model.modules())
 
+    # `dvc exp` back and forth: params run before come back from DVC's run cache, not re-trained. The
+    # run-time files are written by a stage's command only (not DVC outputs): untouched when restored
+    lock = (repo / "dvc.lock").read_text()
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["seed"]
+    set_param(repo, "finetune.seed", seed + 1)
+    assert reproduce(repo) == ["finetune", "fisher", "allocate", "compress", "evaluate"]
+    assert (repo / "dvc.lock").read_text() != lock
+    timed = {f: (repo / f).stat().st_mtime_ns for f in ("metrics/finetune/runtime.json", "metrics/fisher/runtime.json")}
+    set_param(repo, "finetune.seed", seed)
+    assert reproduce(repo)[:2] == ["finetune", "fisher"]                 # restored, not run:
+    assert {f: (repo / f).stat().st_mtime_ns for f in timed} == timed
+    assert (repo / "dvc.lock").read_text() == lock                      # every output as before
+    assert not (repo / "metrics/finetune/params.yaml").exists()          # no training-arguments dump
+
 
 def test_bad_param_fails_dvc_repro_before_any_output(project):
     set_param(project, "allocate.budget", 1.5)
@@ -168,7 +183,7 @@ def test_kill_9_midway_then_repro_completes_and_is_bit_identical(project, tiny_r
     file (dvc.lock, metrics, ranks) is byte-identical to the uninterrupted shared run in another
     folder, run-time figures aside: deterministic on CPU, so DVC skips unchanged downstream stages."""
     repo = project
-    _kill_when(repo, lambda: (repo / "metrics/finetune/params.yaml").exists())  # finetune is training
+    _kill_when(repo, _stage_running("finetune"))
     assert "finetune" not in _lock_stages(repo) and not (repo / "data/model/model.safetensors").exists()
     _kill_when(repo, _stage_running("fisher"))
     assert "finetune" in _lock_stages(repo) and "fisher" not in _lock_stages(repo)

@@ -282,8 +282,9 @@ def share_upstream(folder: str, main: str, root_dir: Path = ROOT) -> list[str]:
     params.yaml holding the values `main`'s dvc.lock recorded. Their outputs are copied and their
     lock entries written into `folder`'s dvc.lock (with the .gitignore lines of the cached outputs),
     so `dvc repro` finds them up to date and runs only what differs, e.g. a variant's cells on the
-    main grid's fine-tuned models. DVC's run cache cannot do this here: prepare, finetune and fisher
-    declare git-tracked `cache: false` outputs, which turn it off for them. DVC still checks every
+    main grid's fine-tuned models. DVC's run cache cannot do this for prepare (a git-tracked
+    `cache: false` output turns it off) nor for folders run before finetune and fisher were
+    run-cached (their git-tracked files became metrics). DVC still checks every
     dependency's hash, so a copy that does not fit re-runs. Returns the stages shared; stops at the
     first one that is not shareable (its downstream depends on it)."""
     import shutil
