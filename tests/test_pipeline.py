@@ -225,14 +225,20 @@ def test_queued_experiments_with_two_workers_equal_serial_runs(ran_project):
     for tau in taus:
         subprocess.run(dvc + ["exp", "run", "--queue", "-S", f"allocate.fi_retention.tau={tau}"], cwd=repo, check=True,
                        capture_output=True)
-    subprocess.run(dvc + ["queue", "start", "-j", "2"], cwd=repo, check=True, capture_output=True)
+    # The workers are detached but inherit this call's streams: a captured pipe would keep the call waiting
+    # for as long as any worker lives (once, an idle worker outlived both experiments by 9 minutes).
+    subprocess.run(dvc + ["queue", "start", "-j", "2"], cwd=repo, check=True, timeout=120,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
-    while True:
-        status = subprocess.run(dvc + ["queue", "status"], cwd=repo, capture_output=True, text=True).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.time() - t0 < 600, status
-        time.sleep(2)
+    try:
+        while True:
+            status = subprocess.run(dvc + ["queue", "status"], cwd=repo, capture_output=True, text=True).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.time() - t0 < 600, status
+            time.sleep(2)
+    finally:  # no worker outlives the test, idle or not
+        subprocess.run(dvc + ["queue", "stop", "--kill"], cwd=repo, timeout=120, capture_output=True)
     assert status.count("Success") == 2, status
     shown = subprocess.run(dvc + ["exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
     runs = []
