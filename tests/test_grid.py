@@ -148,6 +148,8 @@ def test_a_grid_variant_gets_its_own_folders_report_and_model_path():
     run = yaml.safe_load(files["grid-big/mrpc/s42/params.yaml"])
     assert run["model"]["name"] == "../../../models/big" and run["grid"]["budgets"] == [48, 20]
     assert yaml.safe_load(files["grid/mrpc/s42/params.yaml"])["model"]["name"] == raw["model"]["name"]
+    finetune = lambda g: yaml.safe_load(files[f"{g}/mrpc/s42/dvc.yaml"])["stages"]["finetune"]["deps"]  # noqa: E731
+    assert "../../../models/big" in finetune("grid-big") and not any("/models/" in d for d in finetune("grid"))
     whole = yaml.safe_load(files["grid-big/params.yaml"])
     assert whole["grid"]["folder"] == "grid-big" and whole["grids"] == {}
     report = yaml.safe_load(files["grid-big/dvc.yaml"])["stages"]["report"]

@@ -188,6 +188,8 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
         st["cmd"] = f"PYTHONPATH={up}:$PYTHONPATH {st['cmd']}"
         st["deps"] = [f"{up}/{d}" if d.startswith(("src/", "stages/", paths.CUSTOM_DATA)) else d for d in st["deps"]]
         stages[name] = st
+    if p.model.name.startswith(("./", "../")):   # a local model folder: new weights there re-run the fine-tune
+        stages["finetune"]["deps"].append(f"{up}/{p.model.name.removeprefix('./')}")
     stages["dense"] = _stage("stages/dense.py", up, data_deps=["data/prepared", "data/model"],
                              params=["evaluate.batch_size", "finetune.max_length"], outs=["results/dense.json"])
     for f in p.grid.factorisations:
