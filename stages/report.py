@@ -47,11 +47,12 @@ def main(params, args):
     vs.to_csv(out / "vs_default.csv", index=False)
     (out / "tables.md").write_text(markdown(df, boots, params.model.name, g.tasks, g.budgets, name,
                                             partial=tuple(counts) if args.partial else None, grid=g.folder,
-                                            vs=vs, default=default))
+                                            vs=vs, default=default, headline=tuple(g.headline)))
     ran = set(zip(vs.allocation, vs.factorisation))
     methods = [m for c in params.recover.cells if (m := (c.allocation, c.factorisation + (KD if c.teacher else ""))) in ran] \
         or sorted(ran)                                        # a grid without recovery: every method
-    (out / "headline.md").write_text(headline(df, boots, vs, [t for t in g.tasks if t in dense], methods, default))
+    (out / "headline.md").write_text(headline(df, boots, vs, [t for t in g.tasks if t in dense], methods, default,
+                                              tuple(g.headline)))
     write_json(out / "summary.json", summarise(df, list(dense), vs))
     write_json(out / "pareto.json", pareto(df, out))
     log.info("report: %d rows over %d tasks", len(df), len(dense))

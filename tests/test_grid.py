@@ -66,6 +66,7 @@ def test_recover_cells_are_listed_cells_inside_the_grid():
 def test_grid_params_errors_name_the_key():
     from fisvd.errors import ParamError
     for bad, key in ((dict(budgets=[50, 150]), "grid.budgets[1]"), (dict(tasks=["mrpc", "nope"]), "grid.tasks[1]"),
+                     (dict(headline=[50, 0]), "grid.headline[1]"), (dict(headline=[30, 30]), "grid.headline"),
                      (dict(allocations=["max_fi", "max_fi"]), "grid.allocations"),
                      (dict(limit={"bogus": {"budgets": [50]}}), "grid.limit.bogus"),
                      (dict(limit={"kfac": {"allocations": ["max_fi", "nope"]}}), "grid.limit.kfac.allocations[1]")):

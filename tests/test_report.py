@@ -135,7 +135,8 @@ def test_summary_best_method_per_budget_on_every_task():
 
 def test_markdown_headings_and_partial_header():
     df, boots = frame()
-    md = markdown(df, boots, "m", ["mrpc", "rte", "cola"], [50, 30], "metrics/report-partial", partial=(7, 9))
+    md = markdown(df, boots, "m", ["mrpc", "rte", "cola"], [50, 30], "metrics/report-partial", partial=(7, 9),
+                  headline=(50, 30, 10))    # 10: not a budget of this grid, skipped
     lines = md.splitlines()
     assert lines[0] == "# Grid results (PARTIAL)"
     assert "7 of 9 result files present; tasks not started: cola." in md
@@ -145,6 +146,7 @@ def test_markdown_headings_and_partial_header():
         "### p = 0.3, after 1 epoch(s) of recovery fine-tuning",
         "## p = 0.5, no recovery", "## p = 0.3, no recovery", "## p = 0.3, after 1 epoch(s) of recovery fine-tuning"]
     full = markdown(df, boots, "m", TASKS, [50, 30], "metrics/report")
+    assert "### p = 0.5, no recovery" not in full and "### p = 0.3, no recovery" in full  # no headline: the recovered
     assert full.startswith("# Grid results\n") and "Partial" not in full
     assert "Produced by `dvc repro grid/dvc.yaml` (metrics/report/results.csv holds every number)." in full
 
@@ -378,6 +380,14 @@ def test_headline_rows_cells_and_marks():
     assert body[("fi_retention + fwsvd", "none")] == ["1", f"{(60 / 90 + 51 / 60) * 50:.0f} % · – ⁻ °2"]   # 58 ≤ 70, 49 ≤ 50
     assert len(body) == 5                   # no teacher row after recovery: no result in the frame
     assert [k[1] for k in body] == ["none", "none", "none", "1 epoch", "1 epoch"]
+    # a percent shown without recovery (grid.headline): its column, "–" where a method has no result there
+    wide = headline(df, boots, vs, TASKS, [("uniform_rank", "fwsvd"), ("max_fi", "kfac")], ("max_fi", "kfac"), (50, 20))
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in wide.splitlines() if line.startswith("|")]
+    assert rows[0] == ["method", "recovery", "runs per task", "p = 0.5", "p = 0.3"]     # 20: not run, skipped
+    body = {(r[0], r[1]): r[2:] for r in rows[2:]}
+    assert body[("max_fi + kfac (default)", "none")][1].startswith(f"{(86 / 90 + 59 / 60) * 50:.0f} % · 0.83 [0.75, 0.91]")
+    assert body[("uniform_rank + fwsvd", "none")][1] == "–"
+    assert body[("max_fi + kfac (default)", "1 epoch")][1] == "–"       # recovered at 0.3 only
     assert headline(df, boots, vs.iloc[:0], TASKS, [("max_fi", "kfac")], ("max_fi", "kfac")).startswith(
         "No headline table: the default (max_fi + kfac) did not run on every task")
 

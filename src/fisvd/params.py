@@ -249,6 +249,7 @@ class GridParams:
     tasks: list[str]
     seeds: list[int]
     budgets: list[int]
+    headline: list[int]          # percents the report's overview and headline table show (recovered ones too)
     allocations: list[str]
     factorisations: list[str]
     limit: dict[str, Limit]
@@ -269,6 +270,12 @@ class GridParams:
         for i, b in enumerate(self.budgets):
             if not 1 <= b <= 100:
                 raise ParamError(f"{key}.budgets[{i}]: {b!r} is out of range; kept percent in [1, 100]")
+        if len(set(self.headline)) != len(self.headline):
+            raise ParamError(f"{key}.headline: {self.headline!r}; give distinct integer percents (those the grid "
+                             "does not run are skipped)")
+        for i, b in enumerate(self.headline):
+            if not 1 <= b <= 100:
+                raise ParamError(f"{key}.headline[{i}]: {b!r} is out of range; kept percent in [1, 100]")
         methods = set(reg["allocate"].names()) | set(reg["compress"].names())
         for name, lim in self.limit.items():
             choice(f"{key}.limit.{name}", name, tuple(sorted(methods)))

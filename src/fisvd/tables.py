@@ -3,7 +3,7 @@
   factorisation, budget, kept_ratio, total_params, recovery_epochs, score, 95 % bootstrap interval,
   % of dense, margin kept over the constant predictor, every task metric, collapsed, seeds; scores and
   metrics averaged over seeds) and each row's bootstrap samples (fisvd.report);
-- `markdown`: tables.md: first an overview per headline budget (p = 0.5, 0.3 and every recovered
+- `markdown`: tables.md: first an overview per headline budget (`grid.headline` and every recovered
   budget, before and after recovery: `overview`), then per budget, without and with recovery, the
   full table (`table`): rows = methods, columns = per-task score ± half interval, NLI / similarity /
   single-sentence averages, overall average, params (M); † collapsed, ‡ beats every other compressed
@@ -30,7 +30,6 @@ from .metrics import Scoring, margin_kept
 from .paths import KD     # a recovery with the dense model as teacher: `kfac+kd`
 from .report import GROUPS, fmt, interval, over_seeds, paired_win, resample_indices, seed_boots
 
-HEADLINE = (50, 30)      # overview budgets without recovery, besides every recovered budget
 BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "fwsvd"), ("uniform_rank", "tfwsvd")]
 TOP = 3                  # the overview's best methods by average, besides the baselines
 
@@ -329,10 +328,11 @@ def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
 
 
 def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], methods: list[tuple[str, str]],
-             default: tuple[str, str]) -> str:
+             default: tuple[str, str], shown: tuple[int, ...] = ()) -> str:
     """headline.md, the report's headline table: each of `methods` (allocation, factorisation; a
     teacher recovery's factorisation ends in KD) at every budget it was recovered at (without
-    recovery in the grid: every budget), before recovery (a teacher run: its plain cell's) and after.
+    recovery in the grid: every budget) and at the percents `shown` (`grid.headline`) the grid ran,
+    before recovery (a teacher run: its plain cell's) and after.
     A cell: % of dense (averaged over the tasks), the pooled margin kept [95 % interval over fine-tune
     seeds, recovery seeds and dev examples together] (`against`), ‡ / ⁻ when its task average beats /
     trails the default's beyond the paired 95 % interval, and how many tasks it left collapsed (†n) or,
@@ -342,7 +342,8 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
         return (f"No headline table: the default ({default[0]} + {default[1]}) did not run on every task of this "
                 "grid, so nothing is paired against it (tables.md has every result).\n")
     rec = vs[vs.recovery_epochs > 0]                      # a grid without recovery: every budget
-    budgets = sorted((rec if len(rec) else vs).budget.unique(), reverse=True)
+    budgets = sorted({*(rec if len(rec) else vs).budget, *(b for b in vs.budget if round(b * 100) in shown)},
+                     reverse=True)
     dense = df[df.allocation == "dense"].set_index("task").loc[tasks]
     c_avg = float(dense.constant_score.mean())
     noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
@@ -417,8 +418,9 @@ def summarise(df: pd.DataFrame, tasks: list[str], vs: pd.DataFrame | None = None
 
 def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budgets: list[int], out: str,
              partial: tuple[int, ...] | None = None, grid: str = "grid", vs: pd.DataFrame | None = None,
-             default: tuple[str, str] | None = None) -> str:
-    """tables.md. `tasks`, `budgets`: the grid's (tasks without results are left out); `out`: the
+             default: tuple[str, str] | None = None, headline: tuple[int, ...] = ()) -> str:
+    """tables.md. `tasks`, `budgets`: the grid's (tasks without results are left out); `headline`: the
+    percents the overview shows without recovery besides every recovered one (`grid.headline`); `out`: the
     output folder as named in the text; `partial`: (result files read, expected[, left out as out
     of date, left out as being computed]) of a partial report;
     `grid`: the grid's folder; `vs`, `default`: `against`'s frame and the default method (a section)."""
@@ -445,7 +447,7 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
                                              for r in df[df.allocation == "dense"].itertuples()), ""]
     recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
-    heads = [(b, 0) for b in (*HEADLINE, *recovered) if b in budgets]
+    heads = [(b, 0) for b in (*headline, *recovered) if b in budgets]
     heads += [(b, e) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
     md += ["## Overview", "",
            "Scores ×100 (collapsed †); avg ± half its 95 % bootstrap interval; % of dense: averaged over the "
