@@ -25,10 +25,16 @@
    lower). Written to benchmarks/results/sequential_spectrum_select_<task>.md.
 3. Cost: each variant's extra pass against the Fisher + statistics pass (fisvd.stats.collect_stats with
    the Fisher over the whole training split), timed in this run.
+1d. (`--replay`) the driver's block replay (each group's passes start at its block, from the block's
+   recorded inputs) against passes from the embeddings (`replay=False`, the method as first written):
+   kfac_seq at p = 0.2 with the params.yaml options, interleaved rounds, each time and the ratio of the
+   medians, and whether the two give the same factors to the byte. Written to
+   benchmarks/results/sequential_replay_<task>.md.
 
     python benchmarks/sequential.py [--select --examples 128,512,1024]
     python benchmarks/sequential.py --select-block [--block-steps 1,2 --block-lrs 3e-5,1e-4]
     python benchmarks/sequential.py --select-spectrum
+    python benchmarks/sequential.py --replay [--rounds 2]
 """
 import argparse
 import random
@@ -136,12 +142,37 @@ def select_spectrum(model, infos, W, stats, mats, ranks, seq, held, params, sopt
           f"{cost['two passes']:.1f}.\nchosen: {chosen} (the two-pass allocation only if its KL is more than 2 % lower)")
 
 
+def replay_cost(model, stats, ranks, sopts, batches, rounds):
+    """Section 1d (module docstring)."""
+    from fisvd.sequential import sequential_factors
+    cov_g = {n: stats[n]["cov_g"] for n in ranks}
+    print(f"## 1d. block replay vs passes from the embeddings: kfac_seq at p = 0.2, {len(ranks)} Linears factorised, "
+          f"{sum(len(b['input_ids']) for b in batches)} calibration rows, {sopts.weighting} weighting\n")
+    print("| round | passes | total s | of which forward passes s |\n|---|---|---|---|")
+    times, first = {True: [], False: []}, {}
+    for k in range(rounds):
+        for replay in (True, False):
+            t = {}
+            out = sequential_factors(model, ranks, cov_g, batches, sopts, CPU, timing=t, replay=replay)
+            first.setdefault(replay, out)
+            times[replay].append(t["total_s"])
+            print(f"| {k + 1} | {'block replay' if replay else 'from the embeddings'} | {t['total_s']} | "
+                  f"{t['forward_s']} |", flush=True)
+    a, b = first[True], first[False]
+    same = set(a) == set(b) and all(torch.equal(a[n][i], b[n][i]) for n in a for i in (0, 1))
+    fast, slow = float(np.median(times[True])), float(np.median(times[False]))
+    print(f"\nmedian {fast:.1f} s with block replay, {slow:.1f} s from the embeddings: {slow / fast:.2f}x faster; "
+          f"factors {'identical to the byte' if same else 'DIFFERENT'} ({len(a)} Linears, first round of each)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", default="128,512,1024")
     ap.add_argument("--select", action="store_true", help="section 1 only")
     ap.add_argument("--select-block", action="store_true", help="section 1b only")
     ap.add_argument("--select-spectrum", action="store_true", help="section 1c only")
+    ap.add_argument("--replay", action="store_true", help="section 1d only")
+    ap.add_argument("--rounds", type=int, default=2, help="1d: interleaved rounds of each mode")
     ap.add_argument("--block-steps", default="1,2", help="1b: Adam passes per block to try (0 always runs)")
     ap.add_argument("--block-lrs", default="3e-5,1e-4", help="1b: Adam learning rates to try")
     a = ap.parse_args()
@@ -197,6 +228,10 @@ def main():
         chosen = min((c for c in geo if geo[c] <= 1.02 * geo[best]), key=lambda c: (c[0], c[1]))
         print(f"\nchosen: {chosen[0]} passes, lr {chosen[1]:g} (lowest geo-mean {best}: {geo[best]:.4g}; the fewest "
               "passes within 2 %)")
+        return
+
+    if a.replay:
+        replay_cost(model, stats, ranks[0.2], sopts, training_slice(splits["train"], sopts.examples, tok, L), a.rounds)
         return
 
     if a.select_spectrum:
@@ -287,6 +322,7 @@ def main():
 if __name__ == "__main__":
     task = load_params("params.yaml").data.task
     name = ("sequential_block_select" if "--select-block" in sys.argv else
+            "sequential_replay" if "--replay" in sys.argv else
             "sequential_spectrum_select" if "--select-spectrum" in sys.argv else
             "sequential_select" if "--select" in sys.argv else "sequential")
     with recorded(f"benchmarks/results/{name}_{task}.md"):

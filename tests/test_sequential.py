@@ -3,11 +3,12 @@ its reduction to kfac, and the group-by-group driver against an explicit recompu
 import pytest
 import torch
 
-from conftest import tiny_bert
+import fisvd.sequential as seq
+from conftest import FAMILIES, tiny_bert, tiny_family
 from fisvd.factorize import factorize, kfac
 from fisvd.lowrank import LowRankLinear, set_module
 from fisvd.methods import FACTORISATIONS, KfacSeqParams
-from fisvd.models import compressible_linears
+from fisvd.models import compressible_linears, linearize
 from fisvd.sequential import build_factors, seq_kfac, sequential_factors
 
 CPU = torch.device("cpu")
@@ -194,6 +195,44 @@ def test_driver_fits_each_group_on_the_compressed_prefix():
     A0, B0 = factorize("kfac", model.get_submodule(first).weight.detach(), {"cov_x": Sx.float(),
                        "cov_g": cov_g[first]}, 3, alpha_x=0.01, alpha_g=0.01)
     assert torch.allclose(A0 @ B0, got[first][0] @ got[first][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("family, weighting, block_steps", [(f, "token", 0) for f in FAMILIES]
+                         + [("bert", "gradient", 0), ("llama", "gradient", 0), ("bert", "token", 1), ("gpt2", "token", 1)])
+def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weighting, block_steps, monkeypatch):
+    """The driver replays each block on its recorded inputs; with `replay=False`, or when a block runs
+    more than once per forward (so a replay would miss calls), it runs every pass from the embeddings
+    instead. All give the same factors to the byte, in every family (decoders: a KV cache that a
+    replay must not append to; DeBERTa: relative positions passed to each block)."""
+    model = linearize(tiny_family(family, vocab_size=100))
+    names = [m.name for m in compressible_linears(model)]
+    g = torch.Generator().manual_seed(5)
+    cov_g = {}
+    for n in names:
+        m = model.get_submodule(n).out_features
+        G = torch.randn(m, 2 * m, generator=g)
+        cov_g[n] = G @ G.T / (2 * m)
+    ranks = {n: 3 for n in names}
+    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting=weighting, block_steps=block_steps,
+                         block_lr=1e-3)
+    batches = batches_of()
+    for b in batches:                               # labels: for the gradient weights
+        b["labels"] = torch.arange(len(b["input_ids"])) % 3
+    replays = []
+    until = seq._forward_until
+    monkeypatch.setattr(seq, "_forward_until", lambda m, b, h: (replays.append(b is None), until(m, b, h))[1])
+    fast = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
+    assert sum(replays) == 2 * 2 * len(seq._groups(model, names, batches[0])[0])  # 2 models, 2 batches
+    replays.clear()
+    slow = sequential_factors(model, ranks, cov_g, batches, opts, CPU, replay=False)
+    assert not any(replays)
+    groups = seq._groups                 # blocks called twice per forward (ALBERT's shared layer): no replay
+    monkeypatch.setattr(seq, "_groups", lambda *a: (lambda out: (*out[:2], {b: 2 for b in out[2]}))(groups(*a)))
+    shared = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
+    assert not any(replays)
+    assert set(fast) == set(slow) == set(shared) == set(names)
+    for n in names:
+        assert all(torch.equal(fast[n][i], other[n][i]) for other in (slow, shared) for i in (0, 1)), n
 
 
 def test_sequential_fit_tracks_the_dense_outputs_better_than_kfac_on_its_batches():

@@ -24,9 +24,14 @@ factorise are grouped by the input tensor they read (BERT q, k, v: one group) in
 forward pass calls them; for each group, one pass over the calibration batches runs the dense
 model and the partly compressed copy up to that group's input (a forward hook stops the pass there),
 accumulates C and S over the non-padding tokens in float64, factorises every member, and swaps the
-factors into the copy. Cost: about one forward pass of the calibration batches per group, both
-models, each cut at the group (benchmarks/results/sequential.md measures it). The ranks come from
-the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
+factors into the copy. The passes start at the group's block: at each block's first group one
+forward pass per model, cut at the block, records the block's inputs (hidden states, masks, position
+embeddings; a KV cache dropped), and each group of the block then replays the block alone on them, cut
+at the group — the same tensors as a pass from the embeddings, so the same bytes. Cost per model:
+one pass cut at each block plus about two block calls per block (a block called more than once per
+forward, e.g. ALBERT's shared layer, runs the whole prefix per group instead); memory: each model's
+inputs to one block for all calibration batches (benchmarks/results/sequential.md measures it). The
+ranks come from the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
 
 Block output matching (`block_steps` > 0, `match_block`): once every group of a block is fitted,
 `block_steps` Adam passes (`block_lr`) over the calibration batches move that block's factors (all
@@ -83,11 +88,18 @@ class _Stop(Exception):
     """Raised by a forward hook once the group's inputs of a batch are captured."""
 
 
-def _groups(model: nn.Module, names: list[str], batch: dict) -> tuple[list[list[str]], dict[str, int]]:
-    """Linears of `names` grouped by the input tensors they read, groups in call order, and each
-    Linear's number of calls per forward pass (one forward of `batch`)."""
+def _groups(model: nn.Module, names: list[str], batch: dict, blocks: list[str] = ()
+            ) -> tuple[list[list[str]], dict[str, int], dict[str, int]]:
+    """Linears of `names` grouped by the input tensors they read, groups in call order, each Linear's
+    number of calls per forward pass, and each of `blocks`' (one forward of `batch`)."""
     seen: dict[str, list] = {}
     first: dict[str, int] = {}
+    block_calls = dict.fromkeys(blocks, 0)
+
+    def count(name):
+        def f(mod, inputs):
+            block_calls[name] += 1
+        return f
 
     def hook(name):
         def f(mod, inputs, out):
@@ -96,6 +108,7 @@ def _groups(model: nn.Module, names: list[str], batch: dict) -> tuple[list[list[
         return f
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    handles += [model.get_submodule(b).register_forward_pre_hook(count(b)) for b in blocks]
     try:
         with torch.no_grad():
             model(**batch)
@@ -110,7 +123,7 @@ def _groups(model: nn.Module, names: list[str], batch: dict) -> tuple[list[list[
         same = next((g for g in groups if len(seen[g[0]]) == len(seen[n])
                      and all(a is b for a, b in zip(seen[g[0]], seen[n]))), None)
         (same.append(n) if same is not None else groups.append([n]))
-    return groups, {n: len(seen[n]) for n in names}
+    return groups, {n: len(seen[n]) for n in names}, block_calls
 
 
 def _grad_norms(model: nn.Module, names: list[str], batch: dict, mask: torch.Tensor,
@@ -158,9 +171,11 @@ def _grad_norms(model: nn.Module, names: list[str], batch: dict, mask: torch.Ten
     return norms
 
 
-def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Tensor,
+            block: tuple[str, tuple[tuple, dict]] | None = None) -> torch.Tensor:
     """Rows of the inputs of Linear `name` over its `calls` calls on `batch` (token calls: the
-    non-padding rows), the forward pass cut right after the last call."""
+    non-padding rows), the forward pass cut right after the last call. `block`: (the name of the block
+    holding `name`, that block's inputs on `batch` from `_block_inputs`): replay that block alone."""
     rows = []
 
     def hook(mod, inputs, out):
@@ -169,15 +184,23 @@ def _inputs(model: nn.Module, name: str, calls: int, batch: dict, mask: torch.Te
         rows.append((x[mask] if token else x.reshape(-1, x.shape[-1])).double())
         if len(rows) == calls:
             raise _Stop
-    _forward_until(model, batch, model.get_submodule(name).register_forward_hook(hook))
+    handle = model.get_submodule(name).register_forward_hook(hook)
+    if block is None:
+        _forward_until(model, batch, handle)
+    else:
+        mod, (args, kwargs) = model.get_submodule(block[0]), block[1]
+        _forward_until(lambda: mod(*args, **kwargs), None, handle)
+    if len(rows) != calls:
+        raise RuntimeError(f"{name}: {len(rows)} of its {calls} calls seen")
     return torch.cat(rows)
 
 
-def _forward_until(model: nn.Module, batch: dict, handle) -> None:
-    """One forward pass of `batch` without gradients, cut where a hook raises _Stop; `handle` removed."""
+def _forward_until(model: nn.Module | Callable, batch: dict | None, handle) -> None:
+    """One forward pass of `batch` (None: call `model()`) without gradients, cut where a hook raises
+    _Stop; `handle` removed."""
     try:
         with torch.no_grad():
-            model(**batch)
+            model(**batch) if batch is not None else model()
     except _Stop:
         pass
     finally:
@@ -185,11 +208,14 @@ def _forward_until(model: nn.Module, batch: dict, handle) -> None:
 
 
 def _block_inputs(model: nn.Module, block: str, batch: dict) -> tuple[tuple, dict]:
-    """(args, kwargs) the block `block` is called with on `batch` (the forward cut there)."""
+    """(args, kwargs) the block `block` is called with on `batch` (the forward cut there). A KV cache
+    (transformers' `Cache`, filled as the blocks run) is dropped: a replay would append to it."""
+    from transformers.cache_utils import Cache
     got = {}
 
     def pre(mod, args, kwargs):
-        got["in"] = (args, kwargs)
+        drop = lambda v: None if isinstance(v, Cache) else v   # noqa: E731
+        got["in"] = (tuple(map(drop, args)), {k: drop(v) for k, v in kwargs.items()})
         raise _Stop
     _forward_until(model, batch, model.get_submodule(block).register_forward_pre_hook(pre, with_kwargs=True))
     return got["in"]
@@ -241,10 +267,11 @@ def match_block(dense: nn.Module, comp: nn.Module, block: str, names: list[str],
 @FACTORISATIONS.implements("kfac_seq", "model")
 def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str, torch.Tensor], batches: list[dict],
                        opts: KfacSeqParams, device: torch.device, progress: Callable = lambda it: it,
-                       timing: dict | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                       timing: dict | None = None, replay: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{name: (A, B)} for every Linear of `ranks` (rank below full), fitted group by group against the
     dense `model` (left unchanged) on `batches` (module docstring). `cov_g[name]`: its Σg (per-token
-    mean, as `fisvd.stats.load_stats`). Factors on the CPU in the weights' dtype."""
+    mean, as `fisvd.stats.load_stats`). Factors on the CPU in the weights' dtype. `replay=False`: every
+    pass from the embeddings (the same bytes, slower: the reference the replay is tested and timed against)."""
     if not batches:
         raise ValueError("kfac_seq needs at least one calibration batch")
     model = model.eval().to(device)
@@ -254,7 +281,9 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
     batches = [{k: v for k, v in b.items() if k != "labels"} for b in labelled]
     masks = [(b["attention_mask"] if "attention_mask" in b else torch.ones_like(b["input_ids"])).bool()
              for b in batches]
-    groups, calls = _groups(model, order, batches[0])
+    prefix, blocks = find_blocks(model)
+    block_names = [f"{prefix}.{k}" for k in range(len(blocks))]
+    groups, calls, block_calls = _groups(model, order, batches[0], block_names)
     norms = None
     if opts.weighting == "gradient":        # per-token weights ‖g_t‖², output side Σĝ (kfac_gw's pair)
         if any("labels" not in b for b in labelled):
@@ -266,10 +295,18 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     t0 = time.perf_counter()
     passes = matched = 0.0
-    prefix, blocks = find_blocks(model)
     block_of = {n: next(k for k in range(len(blocks)) if n.startswith(f"{prefix}.{k}.")) for n in order}
+    held, d_in, c_in = None, [], []              # the block whose inputs are held, per batch: dense, compressed
     for gi, group in enumerate(progress(groups)):
         lead = group[0]
+        block = block_names[block_of[lead]]
+        replays = replay and block_calls[block] == 1   # every call of its Linears inside one call of the block
+        if replays and block != held:
+            t1 = time.perf_counter()
+            d_in = [_block_inputs(model, block, b) for b in batches]
+            c_in = [_block_inputs(comp, block, b) for b in batches]
+            held = block
+            passes += time.perf_counter() - t1
         n = model.get_submodule(lead).in_features
         keys = group if norms is not None else [lead]     # gradient weights: each member its own C, S
         C = {k: torch.zeros(n, n, dtype=torch.float64, device=device) for k in keys}
@@ -277,8 +314,8 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
         tokens = 0
         t1 = time.perf_counter()
         for i, (b, mask) in enumerate(zip(batches, masks)):
-            X = _inputs(model, lead, calls[lead], b, mask)
-            Xt = _inputs(comp, lead, calls[lead], b, mask)
+            X = _inputs(model, lead, calls[lead], b, mask, (block, d_in[i]) if replays else None)
+            Xt = _inputs(comp, lead, calls[lead], b, mask, (block, c_in[i]) if replays else None)
             for k in keys:
                 w = norms[i][k][:, None] if norms is not None else 1.0
                 C[k].addmm_((X * w).T, Xt * w)
