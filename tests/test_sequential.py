@@ -152,10 +152,11 @@ def captured(model, name, batches):
     return torch.cat(rows)
 
 
-def tiny():
-    model = tiny_bert(vocab_size=100).eval()
+def tiny(model=None, seed=3):
+    """A model (default: a tiny BERT), its compressible Linears, a random Σg per Linear."""
+    model = tiny_bert(vocab_size=100).eval() if model is None else model
     names = [m.name for m in compressible_linears(model)]
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     cov_g = {}
     for n in names:
         m = model.get_submodule(n).out_features
@@ -204,14 +205,7 @@ def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weig
     more than once per forward (so a replay would miss calls), it runs every pass from the embeddings
     instead. All give the same factors to the byte, in every family (decoders: a KV cache that a
     replay must not append to; DeBERTa: relative positions passed to each block)."""
-    model = linearize(tiny_family(family, vocab_size=100))
-    names = [m.name for m in compressible_linears(model)]
-    g = torch.Generator().manual_seed(5)
-    cov_g = {}
-    for n in names:
-        m = model.get_submodule(n).out_features
-        G = torch.randn(m, 2 * m, generator=g)
-        cov_g[n] = G @ G.T / (2 * m)
+    model, names, cov_g = tiny(linearize(tiny_family(family, vocab_size=100)), seed=5)
     ranks = {n: 3 for n in names}
     opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting=weighting, block_steps=block_steps,
                          block_lr=1e-3)
