@@ -77,6 +77,18 @@ def test_grid_params_errors_name_the_key():
         parse_params(raw)
 
 
+def test_dvc_hashes_a_local_model_folder_without_fisvds_machine_specific_marker():
+    """The marker `fisvd.mpnet` leaves in the folder holds this machine's mtime; the grids depend on the
+    folder, so DVC must not see the marker (.dvcignore) or a re-assembly would re-run the MPNet grid."""
+    from dvc.repo import Repo
+    from fisvd.mpnet import MARKER
+    with Repo(str(ROOT)) as repo:
+        ignored = repo.dvcignore.is_ignored_file
+        assert ignored(str(ROOT / "models" / "any" / MARKER))
+        assert not ignored(str(ROOT / "models" / "any" / "model.safetensors"))
+        assert not ignored(str(ROOT / "grid" / "mrpc" / "s42" / MARKER))    # only inside models/
+
+
 def test_task_params_apply_the_task_settings_and_nothing_else():
     raw = tiny_grid()
     raw["grid"]["finetune"]["rte"] = {"learning_rate": 2e-5, "epochs": 5, "batch_size": 32}

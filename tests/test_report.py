@@ -388,6 +388,15 @@ def test_headline_rows_cells_and_marks():
     assert body[("max_fi + kfac (default)", "none")][1].startswith(f"{(86 / 90 + 59 / 60) * 50:.0f} % · 0.83 [0.75, 0.91]")
     assert body[("uniform_rank + fwsvd", "none")][1] == "–"
     assert body[("max_fi + kfac (default)", "1 epoch")][1] == "–"       # recovered at 0.3 only
+    # a grid without recovery: the `shown` percents it ran, or (none) every budget; tables.md's overview alike
+    plain = vs[vs.recovery_epochs == 0]
+    cols = lambda md: [line for line in md.splitlines() if line.startswith("| method")][0].split("|")[4:-1]  # noqa: E731
+    assert [c.strip() for c in cols(headline(df, boots, plain, TASKS, [("max_fi", "kfac")], ("max_fi", "kfac"), (30,)))] \
+        == ["p = 0.3"]
+    assert [c.strip() for c in cols(headline(df, boots, plain, TASKS, [("max_fi", "kfac")], ("max_fi", "kfac"), (10,)))] \
+        == ["p = 0.5", "p = 0.3"]
+    over = markdown(df[df.recovery_epochs == 0], boots, "m", TASKS, [50, 30], "metrics/report", headline=(10,))
+    assert [h for h in over.splitlines() if h.startswith("### ")] == ["### p = 0.5, no recovery", "### p = 0.3, no recovery"]
     assert headline(df, boots, vs.iloc[:0], TASKS, [("max_fi", "kfac")], ("max_fi", "kfac")).startswith(
         "No headline table: the default (max_fi + kfac) did not run on every task")
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import fisvd.sequential as seq
-from conftest import FAMILIES, tiny_bert, tiny_family
+from conftest import DECODERS, FAMILIES, tiny_bert, tiny_family
 from fisvd.factorize import factorize, kfac
 from fisvd.lowrank import LowRankLinear, set_module
 from fisvd.methods import FACTORISATIONS, KfacSeqParams
-from fisvd.models import compressible_linears, linearize
+from fisvd.models import compressible_linears, find_blocks, linearize
 from fisvd.sequential import build_factors, seq_kfac, sequential_factors
 
 CPU = torch.device("cpu")
@@ -227,6 +227,21 @@ def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weig
     assert set(fast) == set(slow) == set(shared) == set(names)
     for n in names:
         assert all(torch.equal(fast[n][i], other[n][i]) for other in (slow, shared) for i in (0, 1)), n
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_a_recorded_block_replays_to_the_models_own_hidden_state_every_time(family):
+    """A decoder's blocks are handed a KV cache that each call appends to: the recorded inputs drop it,
+    so the first block replayed twice on them gives the model's own next hidden state both times."""
+    model = linearize(tiny_family(family, vocab_size=100))
+    batch = batches_of()[0]
+    prefix, blocks = find_blocks(model)
+    with torch.no_grad():
+        want = model(**batch, output_hidden_states=True).hidden_states[1]
+    recorded = seq._block_inputs(model, f"{prefix}.0", batch)
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(seq._block_out(blocks[0], recorded), want)
 
 
 def test_sequential_fit_tracks_the_dense_outputs_better_than_kfac_on_its_batches():

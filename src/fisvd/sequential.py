@@ -24,14 +24,16 @@ factorise are grouped by the input tensor they read (BERT q, k, v: one group) in
 forward pass calls them; for each group, one pass over the calibration batches runs the dense
 model and the partly compressed copy up to that group's input (a forward hook stops the pass there),
 accumulates C and S over the non-padding tokens in float64, factorises every member, and swaps the
-factors into the copy. The passes start at the group's block: at each block's first group one
-forward pass per model, cut at the block, records the block's inputs (hidden states, masks, position
-embeddings; a KV cache dropped), and each group of the block then replays the block alone on them, cut
-at the group — the same tensors as a pass from the embeddings, so the same bytes. Cost per model:
-one pass cut at each block plus about two block calls per block (a block called more than once per
-forward, e.g. ALBERT's shared layer, runs the whole prefix per group instead); memory: each model's
-inputs to one block for all calibration batches (benchmarks/results/sequential.md measures it). The
-ranks come from the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
+factors into the copy. The passes start at the group's block: at each block's first group a
+forward pass of each calibration batch per model, cut at the block, records the block's inputs
+(hidden states, masks, position embeddings; a KV cache dropped), and each group of the block then
+replays the block alone on them, cut at the group — the same tensors as a pass from the embeddings,
+so the same bytes. Cost per model: a pass cut at each block (still growing with the square of the
+depth, now once per block instead of once per group) plus about two block calls per block; a block
+called more than once per forward (ALBERT's shared layer) runs the whole prefix per group instead.
+Memory: each model's inputs to one block for all calibration batches
+(benchmarks/results/sequential_replay_mrpc.md times it: 1.85× faster on MiniLM). The ranks come from
+the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
 
 Block output matching (`block_steps` > 0, `match_block`): once every group of a block is fitted,
 `block_steps` Adam passes (`block_lr`) over the calibration batches move that block's factors (all
@@ -227,17 +229,20 @@ def _block_out(block: nn.Module, inputs: tuple[tuple, dict]) -> torch.Tensor:
 
 
 def match_block(dense: nn.Module, comp: nn.Module, block: str, names: list[str], batches: list[dict],
-                masks: list[torch.Tensor], steps: int, lr: float) -> list[float]:
+                masks: list[torch.Tensor], steps: int, lr: float,
+                recorded: tuple[list, list] | None = None) -> list[float]:
     """Block output matching: `steps` Adam passes over `batches` on the factors of the LowRankLinears
     `names` inside `comp`'s block `block`, minimising the mean squared error over non-padding tokens
     between that block's output on the compressed prefix's input and the dense block's output on the
-    dense input (everything else frozen). Returns the loss of each pass (before its updates)."""
+    dense input (everything else frozen). `recorded`: the block's inputs per batch in the dense and
+    in the compressed model (`_block_inputs`), if already at hand. Returns the loss of each pass
+    (before its updates)."""
     targets, inputs = [], []
-    for b in batches:
-        d_in = _block_inputs(dense, block, b)
+    for i, b in enumerate(batches):
+        d_in = recorded[0][i] if recorded else _block_inputs(dense, block, b)
         with torch.no_grad():
             targets.append(_block_out(dense.get_submodule(block), d_in).detach())
-        inputs.append(_block_inputs(comp, block, b))
+        inputs.append(recorded[1][i] if recorded else _block_inputs(comp, block, b))
     mods = [comp.get_submodule(n) for n in names if isinstance(comp.get_submodule(n), LowRankLinear)]
     params = [p for m in mods for p in (m.first.weight, m.second.weight)]
     flags = {p: p.requires_grad for p in comp.parameters()}
@@ -303,6 +308,7 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
         replays = replay and block_calls[block] == 1   # every call of its Linears inside one call of the block
         if replays and block != held:
             t1 = time.perf_counter()
+            d_in = c_in = None                    # the previous block's inputs, freed before recording these
             d_in = [_block_inputs(model, block, b) for b in batches]
             c_in = [_block_inputs(comp, block, b) for b in batches]
             held = block
@@ -333,7 +339,8 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
         if opts.block_steps and (gi + 1 == len(groups) or block_of[groups[gi + 1][0]] != k):
             t1 = time.perf_counter()             # the block's last group: match its output to the dense block's
             names = [n for n in order if block_of[n] == k]
-            match_block(model, comp, f"{prefix}.{k}", names, batches, masks, opts.block_steps, opts.block_lr)
+            match_block(model, comp, f"{prefix}.{k}", names, batches, masks, opts.block_steps, opts.block_lr,
+                        (d_in, c_in) if replays else None)   # the block's inputs: unchanged by its own fits
             for n in names:
                 mod = comp.get_submodule(n)
                 out[n] = (mod.second.weight.detach().cpu().clone(), mod.first.weight.detach().cpu().clone())

@@ -330,9 +330,9 @@ def against_md(vs: pd.DataFrame, default: tuple[str, str]) -> list[str]:
 def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], methods: list[tuple[str, str]],
              default: tuple[str, str], shown: tuple[int, ...] = ()) -> str:
     """headline.md, the report's headline table: each of `methods` (allocation, factorisation; a
-    teacher recovery's factorisation ends in KD) at every budget it was recovered at (without
-    recovery in the grid: every budget) and at the percents `shown` (`grid.headline`) the grid ran,
-    before recovery (a teacher run: its plain cell's) and after.
+    teacher recovery's factorisation ends in KD) at every budget it was recovered at and at the
+    percents `shown` (`grid.headline`) the grid ran (none of either: every budget), before recovery (a
+    teacher run: its plain cell's) and after.
     A cell: % of dense (averaged over the tasks), the pooled margin kept [95 % interval over fine-tune
     seeds, recovery seeds and dev examples together] (`against`), ‡ / ⁻ when its task average beats /
     trails the default's beyond the paired 95 % interval, and how many tasks it left collapsed (†n) or,
@@ -341,9 +341,8 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
     if not len(vs):
         return (f"No headline table: the default ({default[0]} + {default[1]}) did not run on every task of this "
                 "grid, so nothing is paired against it (tables.md has every result).\n")
-    rec = vs[vs.recovery_epochs > 0]                      # a grid without recovery: every budget
-    budgets = sorted({*(rec if len(rec) else vs).budget, *(b for b in vs.budget if round(b * 100) in shown)},
-                     reverse=True)
+    budgets = sorted({*vs[vs.recovery_epochs > 0].budget, *(b for b in vs.budget if round(b * 100) in shown)}
+                     or set(vs.budget), reverse=True)
     dense = df[df.allocation == "dense"].set_index("task").loc[tasks]
     c_avg = float(dense.constant_score.mean())
     noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
@@ -423,7 +422,8 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
     percents the overview shows without recovery besides every recovered one (`grid.headline`); `out`: the
     output folder as named in the text; `partial`: (result files read, expected[, left out as out
     of date, left out as being computed]) of a partial report;
-    `grid`: the grid's folder; `vs`, `default`: `against`'s frame and the default method (a section)."""
+    `grid`: the grid's folder; `vs`, `default`: `against`'s frame and the default method (a section).
+    Neither a `headline` budget nor a recovered one in the grid: the overview shows every budget."""
     present = [t for t in tasks if t in set(df.task)]
     missing = [t for t in tasks if t not in present]
     md = ["# Grid results" + (" (PARTIAL)" if partial else ""), ""]
@@ -447,7 +447,7 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
                                              for r in df[df.allocation == "dense"].itertuples()), ""]
     recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
-    heads = [(b, 0) for b in (*headline, *recovered) if b in budgets]
+    heads = [(b, 0) for b in (*headline, *recovered) if b in budgets] or [(b, 0) for b in budgets]
     heads += [(b, e) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
     md += ["## Overview", "",
            "Scores ×100 (collapsed †); avg ± half its 95 % bootstrap interval; % of dense: averaged over the "
