@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from fisvd.docs import REPORT, TABLES, main, methods_table, params_rows, params_table, render, rendered, report_section
+from fisvd.docs import COPIED, REPORT, TABLES, copied, main, methods_table, params_rows, params_table, render, rendered, report_section
 from fisvd.params import flat_keys, registries
 
 DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -49,6 +49,27 @@ def test_check_fails_on_a_stale_table_and_the_rewrite_fixes_it(tmp_path, capsys)
     assert main([], root=tmp_path) == 0
     assert main(["--check"], root=tmp_path) == 0
     assert doc.read_text() == good
+
+
+def test_a_copied_report_names_its_command_until_it_exists_then_is_copied_whole(tmp_path, capsys):
+    """The README's MPNet table: metrics/report-mpnet/headline.md as it is, once the MPNet grid wrote it."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for rel in [*(rel for rel, _, _ in TABLES.values()), REPORT]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    rel, command = COPIED["mpnet-headline"]
+    (tmp_path / rel).unlink(missing_ok=True)
+    missing = copied(tmp_path, "mpnet-headline")
+    assert command in missing and rel in missing and "|" not in missing
+    assert main([], root=tmp_path) == 0 and missing in (tmp_path / "README.md").read_text()
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text("Dense average 80.0.\n\n| method | p = 0.48 |\n|---|---|\n| max_fi + kfac (default) | 99 % |\n")
+    assert main(["--check"], root=tmp_path) == 1 and "README.md" in capsys.readouterr().err
+    assert main([], root=tmp_path) == 0
+    readme = (tmp_path / "README.md").read_text()
+    start, end = TABLES["mpnet-headline"][1:]
+    assert f"{start}\nDense average 80.0.\n\n| method | p = 0.48 |" in readme and f"99 % |\n{end}" in readme
+    assert missing not in readme and main(["--check"], root=tmp_path) == 0
 
 
 def test_render_needs_the_markers_exactly_once():

@@ -1,8 +1,9 @@
 """The generated tables of the docs, so they cannot fall out of step with the code or the results:
 docs/params.md and docs/methods.md from params.yaml (keys, defaults and their `# why` comments) and
 the method registries (`fisvd.params.registries()`); docs/results.md's grid overview copied from the
-committed grid report (`metrics/report/tables.md`, written by `dvc repro grid/dvc.yaml`), so every
-number there is the report's. Each table sits between its HTML comment markers in its one file;
+committed grid report (`metrics/report/tables.md`, written by `dvc repro grid/dvc.yaml`), and the README's
+MPNet table copied whole from the MPNet grid's `metrics/report-mpnet/headline.md` (a line naming the
+command that writes it while it does not exist), so every number there is the report's. Each table sits between its HTML comment markers in its one file;
 everything outside the markers is hand-written and left alone.
 
     python -m fisvd.docs          # rewrite the tables between the markers
@@ -21,8 +22,11 @@ from .params import flat_keys, registries
 # table -> (the file that holds it, relative to the repo root; start marker; end marker)
 TABLES = {"params": ("docs/params.md", "<!-- params-table -->", "<!-- /params-table -->"),
           "methods": ("docs/methods.md", "<!-- methods-table -->", "<!-- /methods-table -->"),
-          "grid-overview": ("docs/results.md", "<!-- grid-overview -->", "<!-- /grid-overview -->")}
+          "grid-overview": ("docs/results.md", "<!-- grid-overview -->", "<!-- /grid-overview -->"),
+          "mpnet-headline": ("README.md", "<!-- mpnet-headline -->", "<!-- /mpnet-headline -->")}
 REPORT = "metrics/report/tables.md"     # the grid report the results tables are copied from
+# table -> (a report file copied whole, the command that writes it)
+COPIED = {"mpnet-headline": ("metrics/report-mpnet/headline.md", "make grid GRID=grid-mpnet")}
 
 
 def _flow(value) -> str:
@@ -89,10 +93,21 @@ def report_section(text: str, heading: str = "## Overview") -> str:
     return "\n".join(lines[first:end]).strip()
 
 
+def copied(root: Path, name: str) -> str:
+    """COPIED table `name`: its report file under `root` as it is, or, while that file does not exist
+    (the grid has not run), one line naming the command that writes it."""
+    rel, command = COPIED[name]
+    path = root / rel
+    if not path.exists():
+        return f"Not run yet: `{command}` writes `{rel}`, which `python -m fisvd.docs` copies here."
+    return path.read_text().strip()
+
+
 def tables(root: Path) -> dict[str, str]:
     """{table name: its Markdown} for every entry of TABLES, from the files under `root`."""
     return {"params": params_table((root / "params.yaml").read_text()), "methods": methods_table(),
-            "grid-overview": report_section((root / REPORT).read_text())}
+            "grid-overview": report_section((root / REPORT).read_text()),
+            **{name: copied(root, name) for name in COPIED}}
 
 
 def render(text: str, name: str, table: str) -> str:
