@@ -229,6 +229,40 @@ def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weig
         assert all(torch.equal(fast[n][i], other[n][i]) for other in (slow, shared) for i in (0, 1)), n
 
 
+def tiny_albert():
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+    torch.manual_seed(0)
+    return AlbertForSequenceClassification(AlbertConfig(
+        vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
+
+
+def test_a_block_shared_across_depth_is_never_replayed_and_a_replay_would_miss_its_calls(monkeypatch):
+    """ALBERT runs one shared block at every depth: its Linears are called 3 times per forward, all but
+    one outside any single call of the block. The driver detects it and runs every pass from the
+    embeddings (the same bytes as `replay=False`); replaying the block once on its recorded inputs would
+    see one of the 3 calls, which `_inputs` refuses."""
+    model, names, cov_g = tiny(tiny_albert(), seed=7)
+    prefix, blocks = find_blocks(model)
+    assert len(blocks) == 1
+    batches = batches_of()
+    _, calls, block_calls = seq._groups(model, names, batches[0], [f"{prefix}.0"])
+    assert set(calls.values()) == {3} and block_calls == {f"{prefix}.0": 3}
+    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting="token", block_steps=0, block_lr=1e-4)
+    replays = []
+    until = seq._forward_until
+    monkeypatch.setattr(seq, "_forward_until", lambda m, b, h: (replays.append(b is None), until(m, b, h))[1])
+    fast = sequential_factors(model, {n: 3 for n in names}, cov_g, batches, opts, CPU)
+    assert replays and not any(replays)
+    slow = sequential_factors(model, {n: 3 for n in names}, cov_g, batches, opts, CPU, replay=False)
+    assert set(fast) == set(slow) == set(names)
+    assert all(torch.equal(fast[n][i], slow[n][i]) for n in names for i in (0, 1))
+    b = batches[0]
+    recorded = seq._block_inputs(model, f"{prefix}.0", b)
+    with pytest.raises(RuntimeError, match=r"attention.query: 1 of its 3 calls seen"):
+        seq._inputs(model, names[0], 3, b, b["attention_mask"].bool(), (f"{prefix}.0", recorded))
+
+
 @pytest.mark.parametrize("family", DECODERS)
 def test_a_recorded_block_replays_to_the_models_own_hidden_state_every_time(family):
     """A decoder's blocks are handed a KV cache that each call appends to: the recorded inputs drop it,
