@@ -3,7 +3,9 @@
 (metrics/fisher/runtime.json), cells per factorisation (metrics/runtime/cells-<f>.json: stage total,
 cells computed vs memoised; a stage re-run that took its cells from the memo counts them at the
 seconds they cost when computed, i.e. max(stage wall time, sum of per-cell seconds)), recovery (metrics/runtime/recover-*.json). Missing files (stages not
-run yet) are listed, not guessed. Writes benchmarks/results/grid_cost.md (a grid of `grids`:
+run yet) are listed, not guessed; a further grid's fine-tune and Fisher stages that `make grid` took from
+the main grid (`fisvd.grid --share`: in the folder's dvc.lock, no run-time file) are listed as shared,
+their time counted in the main grid's file. Writes benchmarks/results/grid_cost.md (a grid of `grids`:
 grid_cost-<name>.md).
 
     python benchmarks/grid_cost.py [--grid grid-<name>]
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fisvd.grid import GRID, cells, recover_cells, recover_name, run_dir
+from fisvd.grid import GRID, cells, recover_cells, recover_name, run_dir, stages_of
 from fisvd.params import load_params
 from fisvd.results import recorded
 
@@ -30,8 +32,11 @@ def main(grid: str):
         for s in p.grid.seeds:
             d = Path(run_dir(t, s, grid))
             ft, fi = read(d / "metrics/finetune/runtime.json"), read(d / "metrics/fisher/runtime.json")
-            rows.append({"task": t, "seed": s, "stage": "finetune", "seconds": ft and ft.get("train_runtime")})
-            rows.append({"task": t, "seed": s, "stage": "fisher+stats", "seconds": fi and sum(fi.values())})
+            locked = stages_of(d, "dvc.lock")
+            rows.append({"task": t, "seed": s, "stage": "finetune", "seconds": ft and ft.get("train_runtime"),
+                         "shared": not ft and "finetune" in locked})
+            rows.append({"task": t, "seed": s, "stage": "fisher+stats", "seconds": fi and sum(fi.values()),
+                         "shared": not fi and "fisher" in locked})
             for f in p.grid.factorisations:
                 if cells(p, t, s, f):
                     c = read(d / f"metrics/runtime/cells-{f}.json")
@@ -42,8 +47,9 @@ def main(grid: str):
                 r = read(d / f"metrics/runtime/{recover_name(c)}.json")
                 rows.append({"task": t, "seed": s, "stage": "recover", "seconds": r and r["train_s"]})
     df = pd.DataFrame(rows)
-    missing = df[df.seconds.isna()]
-    done = df.dropna(subset=["seconds"])
+    df["shared"] = df.shared.fillna(False).astype(bool) if "shared" in df else False
+    missing, shared = df[df.seconds.isna() & ~df.shared], df[df.shared]
+    done = df.dropna(subset=["seconds"]).drop(columns="shared")
     by = done.assign(kind=done.stage.str.replace(r" \(.*\)", "", regex=True)).groupby("kind").seconds.sum()
     print(f"grid: {len(p.grid.tasks)} tasks x {len(p.grid.seeds)} seeds, {len(cells(p))} cells, "
           f"{len(recover_cells(p))} recovered\n")
@@ -51,6 +57,9 @@ def main(grid: str):
     print("\nseconds by stage type:\n" + by.round(0).to_string())
     print(f"\ntotal measured: {done.seconds.sum():.0f} s ({done.seconds.sum() / 3600:.2f} h); "
           f"without recovery {done[done.stage != 'recover'].seconds.sum() / 3600:.2f} h")
+    if len(shared):
+        print(f"\nshared with the main grid, timed there ({len(shared)}): "
+              + ", ".join(f"{r.task}/{r.stage}" for r in shared.itertuples()))
     if len(missing):
         print(f"\nnot run yet ({len(missing)}): " + ", ".join(f"{r.task}/{r.stage}" for r in missing.itertuples()))
 
