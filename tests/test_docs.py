@@ -28,11 +28,16 @@ def test_each_table_lives_in_its_file_only():
         assert holders == [rel], (name, holders)
 
 
-def test_check_fails_on_a_stale_table_and_the_rewrite_fixes_it(tmp_path, capsys):
+def copy_docs(tmp_path):
+    """params.yaml, every file holding a generated table and the grid report, copied under tmp_path."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     for rel in [*(rel for rel, _, _ in TABLES.values()), REPORT]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
+
+
+def test_check_fails_on_a_stale_table_and_the_rewrite_fixes_it(tmp_path, capsys):
+    copy_docs(tmp_path)
     assert main(["--check"], root=tmp_path) == 0
     report = tmp_path / REPORT                     # a re-run grid report: docs/results.md follows it
     committed = report.read_text()
@@ -53,10 +58,7 @@ def test_check_fails_on_a_stale_table_and_the_rewrite_fixes_it(tmp_path, capsys)
 
 def test_a_copied_report_names_its_command_until_it_exists_then_is_copied_whole(tmp_path, capsys):
     """The README's MPNet table: metrics/report-mpnet/headline.md as it is, once the MPNet grid wrote it."""
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    for rel in [*(rel for rel, _, _ in TABLES.values()), REPORT]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, tmp_path / rel)
+    copy_docs(tmp_path)
     rel, command = COPIED["mpnet-headline"]
     (tmp_path / rel).unlink(missing_ok=True)
     missing = copied(tmp_path, "mpnet-headline")
