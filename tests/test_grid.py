@@ -69,9 +69,18 @@ def test_grid_params_errors_name_the_key():
                      (dict(headline=[50, 0]), "grid.headline[1]"), (dict(headline=[30, 30]), "grid.headline"),
                      (dict(allocations=["max_fi", "max_fi"]), "grid.allocations"),
                      (dict(limit={"bogus": {"budgets": [50]}}), "grid.limit.bogus"),
-                     (dict(limit={"kfac": {"allocations": ["max_fi", "nope"]}}), "grid.limit.kfac.allocations[1]")):
+                     (dict(limit={"kfac": {"allocations": ["max_fi", "nope"]}}), "grid.limit.kfac.allocations[1]"),
+                     (dict(limit={"kfac": {"budgets": [50, 0]}}), "grid.limit.kfac.budgets[1]"),
+                     (dict(limit={"kfac": {"seeds": [1, 1]}}), "grid.limit.kfac.seeds"),
+                     (dict(seeds=[]), "grid.seeds"), (dict(budgets=[50, 30.5]), "grid.budgets[1]")):
         with pytest.raises(ParamError, match=key.replace("[", r"\[").replace("]", r"\]")):
             parse_params(tiny_grid(**bad))
+    for cell, key in (({"budgets": [20, 101]}, "recover.cells[0].budgets[1]"), ({"budgets": []}, "recover.cells[0].budgets"),
+                      ({"budgets": [20], "seeds": [3, 3]}, "recover.cells[0].seeds")):
+        raw = tiny_grid()
+        raw["recover"]["cells"] = [{"allocation": "max_fi", "factorisation": "fwsvd", **cell}]
+        with pytest.raises(ParamError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            parse_params(raw)
     raw = tiny_grid(tasks=["mrpc", "qnli"])
     with pytest.raises(ParamError, match="grid.finetune.qnli: missing"):
         parse_params(raw)

@@ -28,7 +28,7 @@ import yaml
 
 from .errors import ParamError
 from .methods import ALLOCATORS, FACTORISATIONS
-from .validate import at_least, choice, names as _names, positive, unit
+from .validate import at_least, choice, names as _names, percents, positive, seeds, unit
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 FISHER_MODES = ("per_batch", "per_sample")
@@ -263,19 +263,9 @@ class GridParams:
         _names(f"{key}.tasks", self.tasks, sorted(set(self.tasks)))   # known names: Params.validate
         _names(f"{key}.allocations", self.allocations, reg["allocate"].names())
         _names(f"{key}.factorisations", self.factorisations, reg["compress"].names())
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ParamError(f"{key}.seeds: {self.seeds!r}; give one or more distinct seeds")
-        if not self.budgets or len(set(self.budgets)) != len(self.budgets):
-            raise ParamError(f"{key}.budgets: {self.budgets!r}; give one or more distinct integer percents")
-        for i, b in enumerate(self.budgets):
-            if not 1 <= b <= 100:
-                raise ParamError(f"{key}.budgets[{i}]: {b!r} is out of range; kept percent in [1, 100]")
-        if len(set(self.headline)) != len(self.headline):
-            raise ParamError(f"{key}.headline: {self.headline!r}; give distinct integer percents (those the grid "
-                             "does not run are skipped)")
-        for i, b in enumerate(self.headline):
-            if not 1 <= b <= 100:
-                raise ParamError(f"{key}.headline[{i}]: {b!r} is out of range; kept percent in [1, 100]")
+        seeds(f"{key}.seeds", self.seeds)
+        percents(f"{key}.budgets", self.budgets)
+        percents(f"{key}.headline", self.headline, " (those the grid does not run are skipped)")
         methods = set(reg["allocate"].names()) | set(reg["compress"].names())
         for name, lim in self.limit.items():
             choice(f"{key}.limit.{name}", name, tuple(sorted(methods)))
@@ -285,6 +275,10 @@ class GridParams:
                 _names(f"{key}.limit.{name}.factorisations", lim.factorisations, reg["compress"].names())
             if lim.allocations is not None:
                 _names(f"{key}.limit.{name}.allocations", lim.allocations, reg["allocate"].names())
+            if lim.budgets is not None:
+                percents(f"{key}.limit.{name}.budgets", lim.budgets)
+            if lim.seeds is not None:
+                seeds(f"{key}.limit.{name}.seeds", lim.seeds)
 
 
 @dataclass(frozen=True)
@@ -322,8 +316,9 @@ class RecoverParams:
         for i, c in enumerate(self.cells):
             choice(f"{key}.cells[{i}].allocation", c.allocation, reg["allocate"].names())
             choice(f"{key}.cells[{i}].factorisation", c.factorisation, reg["compress"].names())
-            if c.seeds is not None and (not c.seeds or len(set(c.seeds)) != len(c.seeds)):
-                raise ParamError(f"{key}.cells[{i}].seeds: {c.seeds!r}; give one or more distinct seeds")
+            percents(f"{key}.cells[{i}].budgets", c.budgets)
+            if c.seeds is not None:
+                seeds(f"{key}.cells[{i}].seeds", c.seeds)
 
 
 @dataclass(frozen=True)

@@ -38,3 +38,18 @@ def names(key: str, values, allowed) -> None:
         choice(f"{key}[{i}]", v, tuple(allowed))
     if len(set(values)) != len(values):
         raise ParamError(f"{key}: {values!r} repeats a value")
+
+
+def percents(key: str, values, hint: str = "") -> None:
+    """One or more distinct kept percents, each an integer in [1, 100]."""
+    if not values or len(set(values)) != len(values):
+        raise ParamError(f"{key}: {values!r}; give one or more distinct integer percents{hint}")
+    for i, b in enumerate(values):
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 100:
+            raise ParamError(f"{key}[{i}]: {b!r} is out of range; kept percent, an integer in [1, 100]")
+
+
+def seeds(key: str, values) -> None:
+    """One or more distinct seeds."""
+    if not values or len(set(values)) != len(values):
+        raise ParamError(f"{key}: {values!r}; give one or more distinct seeds")
