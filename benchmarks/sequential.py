@@ -25,11 +25,12 @@
    lower). Written to benchmarks/results/sequential_spectrum_select_<task>.md.
 3. Cost: each variant's extra pass against the Fisher + statistics pass (fisvd.stats.collect_stats with
    the Fisher over the whole training split), timed in this run.
-1d. (`--replay`) the driver's block replay (each group's passes start at its block, from the block's
-   recorded inputs) against passes from the embeddings (`replay=False`, the method as first written):
-   kfac_seq at p = 0.2 with the params.yaml options, interleaved rounds, each time and the ratio of the
-   medians, and whether the two give the same factors to the byte. Written to
-   benchmarks/results/sequential_replay_<task>.md.
+1d. (`--replay`) the driver's passes three ways: chained (the default: each group's passes start at its
+   block, from the block's recorded inputs, which come from the previous block's outputs), block replay
+   with each block's inputs recorded by a pass from the embeddings (`chain=False`), and every pass from
+   the embeddings (`replay=False`, the method as first written): kfac_seq at p = 0.2 with the params.yaml
+   options, interleaved rounds, each time and the ratios of the medians, and whether all give the same
+   factors to the byte. Written to benchmarks/results/sequential_replay_<task>.md.
 
     python benchmarks/sequential.py [--select --examples 128,512,1024]
     python benchmarks/sequential.py --select-block [--block-steps 1,2 --block-lrs 3e-5,1e-4]
@@ -142,27 +143,32 @@ def select_spectrum(model, infos, W, stats, mats, ranks, seq, held, params, sopt
           f"{cost['two passes']:.1f}.\nchosen: {chosen} (the two-pass allocation only if its KL is more than 2 % lower)")
 
 
+MODES = {"chained": dict(), "block replay": dict(chain=False), "from the embeddings": dict(replay=False)}
+
+
 def replay_cost(model, stats, ranks, sopts, batches, rounds):
     """Section 1d (module docstring)."""
     from fisvd.sequential import sequential_factors
     cov_g = {n: stats[n]["cov_g"] for n in ranks}
-    print(f"## 1d. block replay vs passes from the embeddings: kfac_seq at p = 0.2, {len(ranks)} Linears factorised, "
-          f"{sum(len(b['input_ids']) for b in batches)} calibration rows, {sopts.weighting} weighting\n")
+    print(f"## 1d. chained block inputs vs block replay vs passes from the embeddings: kfac_seq at p = 0.2, "
+          f"{len(ranks)} Linears factorised, {sum(len(b['input_ids']) for b in batches)} calibration rows, "
+          f"{sopts.weighting} weighting\n")
     print("| round | passes | total s | of which forward passes s |\n|---|---|---|---|")
-    times, first = {True: [], False: []}, {}
+    times, first = {m: [] for m in MODES}, {}
     for k in range(rounds):
-        for replay in (True, False):
+        for mode, kw in MODES.items():
             t = {}
-            out = sequential_factors(model, ranks, cov_g, batches, sopts, CPU, timing=t, replay=replay)
-            first.setdefault(replay, out)
-            times[replay].append(t["total_s"])
-            print(f"| {k + 1} | {'block replay' if replay else 'from the embeddings'} | {t['total_s']} | "
-                  f"{t['forward_s']} |", flush=True)
-    a, b = first[True], first[False]
-    same = set(a) == set(b) and all(torch.equal(a[n][i], b[n][i]) for n in a for i in (0, 1))
-    fast, slow = float(np.median(times[True])), float(np.median(times[False]))
-    print(f"\nmedian {fast:.1f} s with block replay, {slow:.1f} s from the embeddings: {slow / fast:.2f}x faster; "
-          f"factors {'identical to the byte' if same else 'DIFFERENT'} ({len(a)} Linears, first round of each)")
+            out = sequential_factors(model, ranks, cov_g, batches, sopts, CPU, timing=t, **kw)
+            first.setdefault(mode, out)
+            times[mode].append(t["total_s"])
+            print(f"| {k + 1} | {mode} | {t['total_s']} | {t['forward_s']} |", flush=True)
+    a = first["chained"]
+    same = all(set(a) == set(b) and all(torch.equal(a[n][i], b[n][i]) for n in a for i in (0, 1)) for b in first.values())
+    med = {m: float(np.median(v)) for m, v in times.items()}
+    print("\nmedians: " + ", ".join(f"{m} {v:.1f} s" for m, v in med.items())
+          + f"; chained is {med['block replay'] / med['chained']:.2f}x faster than block replay and "
+          f"{med['from the embeddings'] / med['chained']:.2f}x faster than passes from the embeddings; factors "
+          f"{'identical to the byte' if same else 'DIFFERENT'} in all three ({len(a)} Linears, first round of each)")
 
 
 def main():

@@ -200,11 +200,14 @@ def test_driver_fits_each_group_on_the_compressed_prefix():
 
 @pytest.mark.parametrize("family, weighting, block_steps", [(f, "token", 0) for f in FAMILIES]
                          + [("bert", "gradient", 0), ("llama", "gradient", 0), ("bert", "token", 1), ("gpt2", "token", 1)])
-def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weighting, block_steps, monkeypatch):
-    """The driver replays each block on its recorded inputs; with `replay=False`, or when a block runs
-    more than once per forward (so a replay would miss calls), it runs every pass from the embeddings
-    instead. All give the same factors to the byte, in every family (decoders: a KV cache that a
-    replay must not append to; DeBERTa: relative positions passed to each block)."""
+def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weighting, block_steps, monkeypatch,
+                                                                    caplog):
+    """The driver replays each block on its recorded inputs, recorded from the previous block's
+    outputs (`chain`); with `chain=False` each block's inputs come from a pass from the embeddings; with
+    `replay=False`, or when a block runs more than once per forward (so a replay would miss calls), it
+    runs every pass from the embeddings instead. All give the same factors to the byte, in every family
+    (decoders: a KV cache that a replay must not append to; DeBERTa: relative positions passed to each
+    block; Llama: rotary position embeddings computed before the blocks)."""
     model, names, cov_g = tiny(linearize(tiny_family(family, vocab_size=100)), seed=5)
     ranks = {n: 3 for n in names}
     opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting=weighting, block_steps=block_steps,
@@ -215,8 +218,17 @@ def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weig
     replays = []
     until = seq._forward_until
     monkeypatch.setattr(seq, "_forward_until", lambda m, b, h: (replays.append(b is None), until(m, b, h))[1])
-    fast = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
+    chained = []
+    chain = seq._chained_inputs
+    monkeypatch.setattr(seq, "_chained_inputs", lambda *a: (chained.append(a[3]), chain(*a))[1])
+    with caplog.at_level("WARNING", logger="fisvd"):
+        fast = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
     assert sum(replays) == 2 * 2 * len(seq._groups(model, names, batches[0])[0])  # 2 models, 2 batches
+    blocks = len(find_blocks(model)[1])
+    assert sorted(chained) == sorted(list(range(1, blocks)) * 2 * 2) and "differ" not in caplog.text
+    replays.clear()
+    unchained = sequential_factors(model, ranks, cov_g, batches, opts, CPU, chain=False)
+    assert len(chained) == 2 * 2 * (blocks - 1) and sum(replays) == 2 * 2 * len(seq._groups(model, names, batches[0])[0])
     replays.clear()
     slow = sequential_factors(model, ranks, cov_g, batches, opts, CPU, replay=False)
     assert not any(replays)
@@ -224,9 +236,9 @@ def test_block_replay_gives_the_bytes_of_passes_from_the_embeddings(family, weig
     monkeypatch.setattr(seq, "_groups", lambda *a: (lambda out: (*out[:2], {b: 2 for b in out[2]}))(groups(*a)))
     shared = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
     assert not any(replays)
-    assert set(fast) == set(slow) == set(shared) == set(names)
+    assert set(fast) == set(unchained) == set(slow) == set(shared) == set(names)
     for n in names:
-        assert all(torch.equal(fast[n][i], other[n][i]) for other in (slow, shared) for i in (0, 1)), n
+        assert all(torch.equal(fast[n][i], other[n][i]) for other in (unchained, slow, shared) for i in (0, 1)), n
 
 
 def tiny_albert():
@@ -261,6 +273,28 @@ def test_a_block_shared_across_depth_is_never_replayed_and_a_replay_would_miss_i
     recorded = seq._block_inputs(model, f"{prefix}.0", b)
     with pytest.raises(RuntimeError, match=r"attention.query: 1 of its 3 calls seen"):
         seq._inputs(model, names[0], 3, b, b["attention_mask"].bool(), (f"{prefix}.0", recorded))
+
+
+def test_chained_inputs_that_differ_from_a_full_pass_fall_back_to_full_passes(monkeypatch, caplog):
+    """Where the model does something to the hidden state between its blocks, block k's inputs from block
+    k−1's outputs would be wrong: the driver compares them with a pass from the embeddings on the first
+    batch, warns, and records that block and every later one by full passes (the same factors)."""
+    model, names, cov_g = tiny(linearize(tiny_bert(vocab_size=100, num_hidden_layers=3)), seed=5)
+    opts = KfacSeqParams(alpha_x=0.01, alpha_g=0.01, examples=7, weighting="token", block_steps=0, block_lr=1e-4)
+    batches, ranks = batches_of(), {n: 3 for n in names}
+    want = sequential_factors(model, ranks, cov_g, batches, opts, CPU, chain=False)
+    chain, chained = seq._chained_inputs, []
+
+    def off(*a):                                  # as if an op between the blocks scaled the hidden state
+        chained.append(a[3])
+        args, kwargs = chain(*a)
+        return (args[0] * 1.001, *args[1:]) if args else args, {k: v * 1.001 if k == "hidden_states" else v
+                                                                for k, v in kwargs.items()}
+    monkeypatch.setattr(seq, "_chained_inputs", off)
+    with caplog.at_level("WARNING", logger="fisvd"):
+        got = sequential_factors(model, ranks, cov_g, batches, opts, CPU)
+    assert "differ from a pass from the embeddings" in caplog.text and chained == [1, 1, 1, 1]   # block 1 only
+    assert all(torch.equal(got[n][i], want[n][i]) for n in names for i in (0, 1))
 
 
 @pytest.mark.parametrize("family", DECODERS)

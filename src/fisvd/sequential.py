@@ -24,15 +24,18 @@ factorise are grouped by the input tensor they read (BERT q, k, v: one group) in
 forward pass calls them; for each group, one pass over the calibration batches runs the dense
 model and the partly compressed copy up to that group's input (a forward hook stops the pass there),
 accumulates C and S over the non-padding tokens in float64, factorises every member, and swaps the
-factors into the copy. The passes start at the group's block: at each block's first group a
-forward pass of each calibration batch per model, cut at the block, records the block's inputs
-(hidden states, masks, position embeddings; a KV cache dropped), and each group of the block then
-replays the block alone on them, cut at the group — the same tensors as a pass from the embeddings,
-so the same bytes. Cost per model: a pass cut at each block (still growing with the square of the
-depth, now once per block instead of once per group) plus about two block calls per block; a block
-called more than once per forward (ALBERT's shared layer) runs the whole prefix per group instead.
-Memory: each model's inputs to one block for all calibration batches
-(benchmarks/results/sequential_replay_mrpc.md times it: 1.85× faster on MiniLM). The ranks come from
+factors into the copy. The passes start at the group's block: at each block's first group the block's
+inputs (hidden states, masks, position embeddings; a KV cache dropped) are recorded for each calibration
+batch per model, and each group of the block then replays the block alone on them, cut at the group —
+the same tensors as a pass from the embeddings, so the same bytes. Block k's inputs come from block
+k−1's outputs on its own recorded inputs: a forward pass in which blocks 0 … k−1 only hand on those
+outputs, cut at block k, so whatever the model computes before its blocks (masks, positions) is as in a
+full pass; on the first batch they are compared with a real pass from the embeddings, and should they
+differ (an operation between the blocks) that block and every later one are recorded by such passes.
+Cost per model: about three block calls per block (the first block's inputs from one pass cut there);
+a block called more than once per forward (ALBERT's shared layer) runs the whole prefix per group
+instead. Memory: each model's inputs to one block for all calibration batches
+(benchmarks/results/sequential_replay_mrpc.md times the three ways). The ranks come from
 the allocation (on kfac's spectrum of the dense model's statistics: `whitened`).
 
 Block output matching (`block_steps` > 0, `match_block`): once every group of a block is fitted,
@@ -223,6 +226,40 @@ def _block_inputs(model: nn.Module, block: str, batch: dict) -> tuple[tuple, dic
     return got["in"]
 
 
+def _chained_inputs(model: nn.Module, blocks: nn.ModuleList, block: str, k: int, prev_out, batch: dict
+                    ) -> tuple[tuple, dict]:
+    """`_block_inputs` of block k (> 0, named `block`) on `batch` without running blocks 0 … k−1: each returns
+    (a copy of) `prev_out`, block k−1's whole output on its recorded inputs, so block k reads the
+    hidden state a full pass would give it; what the model computes before its blocks (masks, positions)
+    is computed as in a full pass. Blocks restored on return."""
+    def stub(*args, **kwargs):              # a copy: whatever the model does to it leaves prev_out alone
+        if isinstance(prev_out, torch.Tensor):
+            return prev_out.clone()
+        return type(prev_out)(v.clone() if isinstance(v, torch.Tensor) else v for v in prev_out)
+    for blk in blocks[:k]:
+        blk.forward = stub
+    try:
+        return _block_inputs(model, block, batch)
+    finally:
+        for blk in blocks[:k]:
+            del blk.forward
+
+
+def _same(a, b) -> bool:
+    """Recorded block inputs equal to the byte (tensors) or by ==."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype \
+            and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:        # noqa: BLE001 - objects without a comparable ==: not provably the same
+        return False
+
+
 def _block_out(block: nn.Module, inputs: tuple[tuple, dict]) -> torch.Tensor:
     out = block(*inputs[0], **inputs[1])
     return out[0] if isinstance(out, tuple) else out
@@ -272,11 +309,14 @@ def match_block(dense: nn.Module, comp: nn.Module, block: str, names: list[str],
 @FACTORISATIONS.implements("kfac_seq", "model")
 def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str, torch.Tensor], batches: list[dict],
                        opts: KfacSeqParams, device: torch.device, progress: Callable = lambda it: it,
-                       timing: dict | None = None, replay: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                       timing: dict | None = None, replay: bool = True, chain: bool = True
+                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{name: (A, B)} for every Linear of `ranks` (rank below full), fitted group by group against the
     dense `model` (left unchanged) on `batches` (module docstring). `cov_g[name]`: its Σg (per-token
     mean, as `fisvd.stats.load_stats`). Factors on the CPU in the weights' dtype. `replay=False`: every
-    pass from the embeddings (the same bytes, slower: the reference the replay is tested and timed against)."""
+    pass from the embeddings; `chain=False`: each block's inputs recorded by a pass from the embeddings
+    instead of from the previous block's outputs (both the same bytes, slower: the references the fast
+    path is tested and timed against)."""
     if not batches:
         raise ValueError("kfac_seq needs at least one calibration batch")
     model = model.eval().to(device)
@@ -308,9 +348,22 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
         replays = replay and block_calls[block] == 1   # every call of its Linears inside one call of the block
         if replays and block != held:
             t1 = time.perf_counter()
-            d_in = c_in = None                    # the previous block's inputs, freed before recording these
-            d_in = [_block_inputs(model, block, b) for b in batches]
-            c_in = [_block_inputs(comp, block, b) for b in batches]
+            k = block_of[lead]
+            if chain and k > 0 and held == block_names[k - 1]:   # from the previous block's outputs
+                for net, ins in ((model, d_in), (comp, c_in)):
+                    mods = find_blocks(net)[1]
+                    for i, b in enumerate(batches):
+                        with torch.no_grad():
+                            prev = mods[k - 1](*ins[i][0], **ins[i][1])
+                        ins[i] = _chained_inputs(net, mods, block, k, prev, b)
+                if not all(_same(ins[0], _block_inputs(net, block, batches[0])) for net, ins in ((model, d_in), (comp, c_in))):
+                    log.warning("kfac_seq: %s's inputs from %s's outputs differ from a pass from the embeddings; "
+                                "recording every later block by such passes", block, held)
+                    chain = False
+            if not chain or k == 0 or held != block_names[k - 1]:
+                d_in = c_in = None                # the previous block's inputs, freed before recording these
+                d_in = [_block_inputs(model, block, b) for b in batches]
+                c_in = [_block_inputs(comp, block, b) for b in batches]
             held = block
             passes += time.perf_counter() - t1
         n = model.get_submodule(lead).in_features
