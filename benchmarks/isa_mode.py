@@ -8,8 +8,9 @@ the final training loss and grad norm, the dev score and the fine-tune wall time
 - `avx2`: `MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` (MKL's conditional bitwise
   reproducibility branch, PyTorch's ATen dispatch, oneDNN's ISA cap).
 The reference: an AVX2-only machine wrote md5 d088153111c6e021dbccc2f798e7ec89 in both modes for the
-same params. Results accumulate in benchmarks/results/isa_mode.json (+ .md); a mode already there is
-skipped unless --force.
+same params. Results accumulate in benchmarks/results/isa_mode.json (+ .md), per machine instruction set
+(AVX-512, AVX2: /proc/cpuinfo), so runs on different machines sit side by side; a mode already there
+for this machine's instruction set is skipped unless --force.
 
     python benchmarks/isa_mode.py [--modes default avx2] [--force]
 """
@@ -57,32 +58,43 @@ def run(mode: str) -> dict:
             "data_model_dir_md5": lock.split("path: data/model\n", 1)[1].split("md5: ", 1)[1].split()[0]}
 
 
+def load(path: Path) -> dict:
+    """{"reference_md5", "machines": {isa: {"cpu", "runs": {mode: run}}}}; the older one-machine layout is read as such."""
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    if "runs" in res:                                  # one machine's runs at the top level
+        res = {"machines": {res["isa"]: {"cpu": res["cpu"], "runs": res["runs"]}}}
+    res.setdefault("machines", {})
+    res["reference_md5"] = REFERENCE
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     path = OUT.with_suffix(".json")
-    res = json.loads(path.read_text()) if path.is_file() else {}
-    res.update({"cpu": platform.processor() or platform.machine(), "isa": cpu_flags(), "reference_md5": REFERENCE})
-    res.setdefault("runs", {})
+    res = load(path)
+    here = res["machines"].setdefault(cpu_flags(), {"runs": {}})
+    here["cpu"] = platform.processor() or platform.machine()
     for mode in args.modes:
-        if mode in res["runs"] and not args.force:
+        if mode in here["runs"] and not args.force:
             continue
-        res["runs"][mode] = run(mode)
-        res["runs"][mode]["commit"] = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        here["runs"][mode] = run(mode)
+        here["runs"][mode]["commit"] = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
         path.write_text(json.dumps(res, indent=2) + "\n")
-        print(json.dumps(res["runs"][mode], indent=1), flush=True)
-    lines = [f"# Fine-tuned weights by CPU kernel mode ({res['isa']} machine)", "",
-             "`python benchmarks/isa_mode.py`: `dvc repro finetune` (MiniLM, MRPC, shipped params) in a scratch "
-             f"clone per mode. Reference from an AVX2-only machine: md5 `{REFERENCE}` in both modes.", "",
-             "| mode | env | model.safetensors md5 | = AVX2 reference | final grad_norm | dev score | fine-tune wall (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for mode, r in res["runs"].items():
-        env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(none)"
-        d = r["dev_metrics"]
-        lines.append(f"| {mode} | {env} | `{r['md5']}` | {'yes' if r['matches_avx2_reference'] else 'no'} | "
-                     f"{d.get('grad_norm')} | {d.get('eval', {}).get('score')} | {r['wall_s']} |")
+        print(json.dumps(here["runs"][mode], indent=1), flush=True)
+    lines = ["# Fine-tuned weights by machine and CPU kernel mode", "",
+             "`python benchmarks/isa_mode.py` on each machine: `dvc repro finetune` (MiniLM, MRPC, shipped params) in a "
+             f"scratch clone per mode. Reference from an AVX2-only machine (issue 22): md5 `{REFERENCE}` in both modes.", "",
+             "| machine | mode | env | model.safetensors md5 | = AVX2 reference | final grad_norm | dev score | fine-tune wall (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for isa, m in res["machines"].items():
+        for mode, r in m["runs"].items():
+            env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(none)"
+            d = r["dev_metrics"]
+            lines.append(f"| {isa} | {mode} | {env} | `{r['md5']}` | {'yes' if r['matches_avx2_reference'] else 'no'} | "
+                         f"{d.get('grad_norm')} | {d.get('eval', {}).get('score')} | {r['wall_s']} |")
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
