@@ -48,7 +48,7 @@ grid: setup
 	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for s in q.seeds for t in q.tasks))") || exit 1; \
 	for d in $$dirs; do \
 	  if [ "$(GRID)" != grid ]; then $(PY) -m fisvd.grid --share $$d || exit 1; fi; \
-	  dvc --wait-for-lock repro $$d/dvc.yaml || exit 1; \
+	  $(PY) -m fisvd.grid --repro $$d || exit 1; \
 	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
 	done
 	dvc --wait-for-lock repro $(GRID)/dvc.yaml

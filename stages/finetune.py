@@ -20,7 +20,7 @@ from fisvd.metrics import scoring_of
 from fisvd.models import load_classifier, load_tokenizer, resolve_model, save_tokenizer, skeleton
 from fisvd.preflight import check as preflight
 from fisvd.paths import FINETUNE_LIVE as LIVE_DIR, FINETUNE_RUNTIME, MODEL as OUT, PREPARED as DATA
-from fisvd.train import is_runtime, make_trainer
+from fisvd.train import is_runtime, live_callback, make_trainer
 
 KEYS = ["model.name", "finetune.epochs", "finetune.learning_rate", "finetune.batch_size", "finetune.weight_decay",
         "finetune.warmup_ratio", "finetune.seed", "finetune.max_length"]
@@ -29,22 +29,7 @@ log = logging.getLogger("fisvd")
 
 def main(params):
     import torch
-    from dvclive import Live
     from transformers import set_seed
-    from transformers.integrations import DVCLiveCallback
-
-    class DeterministicLive(DVCLiveCallback):
-        """DVCLiveCallback minus wall-clock entries, which go to runtime.json instead, and minus the
-        training arguments' params.yaml (the stage's params and the pinned environment fix them; as a
-        git-tracked output it would turn DVC's run cache off for this stage)."""
-
-        def setup(self, args, state, model):
-            self._initialized = True
-
-        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            self.runtime.update({k: v for k, v in (logs or {}).items() if is_runtime(k)})
-            logs = {k: v for k, v in (logs or {}).items() if not is_runtime(k)}
-            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
     f = params.finetune
     meta, splits = load_prepared(DATA)
@@ -61,22 +46,18 @@ def main(params):
     dev = tokenize(tokenizer, splits["dev"], f.max_length)
     log.info("fine-tuning %s on %s: %d train / %d dev rows, %d epochs, %s", params.model.name, meta["task"],
              len(train), len(dev), f.epochs, "cuda+bf16" if torch.cuda.is_available() else "cpu")
-    live = Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False) if main_rank else None   # rank 0 only
-    callback = DeterministicLive(live=live)
-    callback.runtime = {}
+    callback, runtime = live_callback(LIVE_DIR)     # rank 0 only (None elsewhere)
     trainer = make_trainer(model, tokenizer, scoring_of(meta), train, dev, epochs=f.epochs,
                            learning_rate=f.learning_rate, batch_size=f.batch_size, weight_decay=f.weight_decay,
                            warmup_ratio=f.warmup_ratio, seed=f.seed, output_dir="data/.finetune-checkpoints",
                            callbacks=[callback] if main_rank else [])
-    trainer.train()
-    if main_rank:
-        live.end()
+    trainer.train()                 # the callback ends its DVCLive run at the end of training
     final = trainer.evaluate()      # on every rank: evaluation gathers the predictions of all processes
     close_group()
     if not main_rank:
         return
     log.info("dev %s", {k: round(v, 4) for k, v in final.items() if k.startswith("eval_") and not is_runtime(k)})
-    write_json(FINETUNE_RUNTIME, {k: round(v, 4) for k, v in callback.runtime.items()})
+    write_json(FINETUNE_RUNTIME, {k: round(v, 4) for k, v in runtime.items()})
     with atomic_dir(OUT) as tmp:
         trainer.model.float().save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tokenizer, tmp)

@@ -75,9 +75,7 @@ def main(params, args):
                            callbacks=[callback] if callback is not None else [], teacher=teacher,
                            kd_weight=kd.weight, kd_temperature=kd.temperature)
     t0 = time.perf_counter()
-    trainer.train()
-    if callback is not None:
-        callback.live.end()
+    trainer.train()                 # the callback ends its DVCLive run at the end of training
     if not is_main():          # a multi-process run (accelerate launch): rank 0 evaluates and writes
         return
     model = trainer.model.float().eval()

@@ -340,6 +340,21 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
 
     assert reproduce(repo) == []                             # nothing changed: nothing runs
 
+    # a fresh clone (no DVC cache, no remote) holds every result in git: nothing re-runs there; a
+    # recovery cell added there re-runs the upstream whose outputs only the cache held, and nothing else
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "grid/mrpc/s42/data/model").exists()
+    assert json.loads((clone / "grid/mrpc/s42/results/kfac/max_fi-p20.json").read_text())["budget"] == 20
+    assert G.run_folder("grid/mrpc/s42", clone) == []
+    craw = yaml.safe_load((clone / "params.yaml").read_text())
+    craw["recover"]["cells"].append({"allocation": "uniform_rank", "factorisation": "fwsvd", "budgets": [20]})
+    (clone / "params.yaml").write_text(yaml.safe_dump(craw, sort_keys=False))
+    assert G.main(["--root", str(clone)]) == 0
+    ran = [s.split(":")[-1] for s in G.run_folder("grid/mrpc/s42", clone)]
+    assert ran == ["prepare", "finetune", "fisher", "recover-fwsvd-uniform_rank-p20"]   # same bytes: cells skipped
+    assert (clone / "grid/mrpc/s42/results/recover-fwsvd-uniform_rank-p20.json").is_file()
+
     memo = repo / "grid/mrpc/s42/.cellcache"
     before = set(memo.iterdir())
     with open(repo / "src/fisvd/speed.py", "a") as f:       # a code dep of the cells: DVC re-runs them and

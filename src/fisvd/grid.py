@@ -20,12 +20,13 @@ Which cells exist: every allocation × factorisation × budget of the grid, exce
 `grid.limit.<method>` restricts a method (allocation or factorisation) to some tasks,
 factorisations or budgets.
 
-    python -m fisvd.grid [--check] [--share grid-<name>/<task>/s<seed>]
+    python -m fisvd.grid [--check] [--share grid-<name>/<task>/s<seed>] [--repro <run folder>]
     dvc repro grid/dvc.yaml          # or: make grid (runs task by task, committing as they land)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 from dataclasses import dataclass
@@ -172,6 +173,12 @@ def _stage(script: str, up: str, args: str = "", data_deps=(), params=(), outs=(
     return st
 
 
+def _tracked(path: str) -> dict:
+    """A result file kept in git (`cache: false`), not in DVC's cache: a run's results land with its
+    commit, so a fresh clone (no cache, no remote) holds every finished cell and `run_folder` skips it."""
+    return {path: {"cache": False}}
+
+
 def _method_keys(p: Params, section: str, names) -> list[str]:
     reg = registries()[section]
     return [f"{section}.{n}" for n in sorted(set(names)) if reg[n].params is not None]
@@ -191,7 +198,7 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
     if p.model.name.startswith(("./", "../")):   # a local model folder: new weights there re-run the fine-tune
         stages["finetune"]["deps"].append(f"{up}/{p.model.name.removeprefix('./')}")
     stages["dense"] = _stage("stages/dense.py", up, data_deps=["data/prepared", "data/model"],
-                             params=["evaluate.batch_size", "finetune.max_length"], outs=["results/dense.json"])
+                             params=["evaluate.batch_size", "finetune.max_length"], outs=[_tracked("results/dense.json")])
     for f in p.grid.factorisations:
         mine = cells(p, task, seed, f)
         if not mine:
@@ -205,7 +212,7 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
                     "allocate.budget_kind", "allocate.speed_table",
                     *_method_keys(p, "allocate", allocs), *_method_keys(p, "compress", [f]),
                     "evaluate.batch_size", "finetune.max_length"],
-            outs=[paths.cell_result(f, c.allocation, c.budget) for c in mine])
+            outs=[_tracked(paths.cell_result(f, c.allocation, c.budget)) for c in mine])
     for c in recover_cells(p, task, seed):
         stages[recover_name(c)] = _stage(
             "stages/recover.py", up, f" --factorisation {c.factorisation} --allocation {c.allocation} "
@@ -215,7 +222,7 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
                        paths.cell_result(c.factorisation, c.allocation, c.budget)],
             params=["recover.epochs", "finetune", *_method_keys(p, "compress", [c.factorisation]),
                     *(["recover.teacher"] if c.teacher else []), "evaluate.batch_size"],
-            outs=[f"results/{recover_name(c)}.json"],
+            outs=[_tracked(f"results/{recover_name(c)}.json")],
             plots=[{f"metrics/recover/{recover_name(c)}/plots/metrics": {"cache": False, "x": "step"}}])
     top = {k: root[k] for k in ("metrics",) if k in root}
     top["metrics"] = [m for m in top.get("metrics", []) if not m.startswith("metrics/evaluate/")]
@@ -254,8 +261,7 @@ def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
                 flagged[folder][0][stage.name] = True
     stale, busy = set(), set()
     for folder, pipe in pipes.items():
-        outs = {n: [next(iter(o)) if isinstance(o, dict) else o for o in [*st.get("outs", []), *st.get("plots", [])]]
-                for n, st in pipe.items()}
+        outs = {n: _out_paths(st) for n, st in pipe.items()}
         for names, into in zip(flagged[folder], (stale, busy)):
             down = set(names)
             while more := {n for n, st in pipe.items() if n not in down and any(   # and everything downstream
@@ -264,6 +270,35 @@ def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
                 down |= more
             into |= {f"{folder}/{o}" for n in down for o in outs[n]}
     return stale - busy, busy
+
+
+def _out_paths(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in [*stage.get("outs", []), *stage.get("plots", [])]]
+
+
+def run_folder(folder: str, root_dir: Path = ROOT) -> list[str]:
+    """`dvc repro <folder>/dvc.yaml` for a fresh clone as well as for the machine that ran it: the stages
+    that ran. First with outputs allowed to be missing from DVC's cache (`--allow-missing`: a finished
+    stage whose fine-tuned model or statistics only the cache held is not re-run; its results are in
+    git, `_tracked`). If a stage still to run then needs such a missing output, once more without it:
+    the upstream stages re-run (the same bytes on the same instruction set, so their finished
+    downstream stages stay skipped). Any other failure is raised."""
+    from dvc.exceptions import ReproductionError
+    from dvc.repo import Repo
+    target = str((Path(root_dir) / folder / "dvc.yaml").resolve())
+    pipe = stages_of(root_dir / folder)
+    made = {o for st in pipe.values() for o in _out_paths(st)}
+    with contextlib.chdir(root_dir), Repo(str(root_dir), _wait_for_lock=True) as repo:   # stage paths: from the root
+        try:
+            return [s.addressing for s in repo.reproduce(target, allow_missing=True)]
+        except ReproductionError:
+            missing = sorted({d for st in pipe.values() for d in st.get("deps", [])
+                              if d in made and not (root_dir / folder / d).exists()})
+            if not missing:
+                raise
+            print(f"{folder}: a stage to run needs {', '.join(missing)} (not in this clone's DVC cache): "
+                  "re-running upstream", flush=True)
+            return [s.addressing for s in repo.reproduce(target)]
 
 
 SHARED_STAGES = (*BASE_STAGES, "dense")   # upstream of every cell: a further grid may take them from the main one
@@ -368,8 +403,8 @@ def files(p: Params, raw: dict, root_dir: Path = ROOT) -> dict[str, str]:
                 out[f"{folder}/dvc.yaml"] = dump(task_pipeline(gp, t, s, root_dir))
         out[f"{gp.grid.folder}/params.yaml"] = dump(graw)
         out[f"{gp.grid.folder}/dvc.yaml"] = dump(report_pipeline(gp))
-        out[f"{gp.grid.folder}/.gitignore"] = ("# per-cell memo of the cells stages (local speed-up; DVC caches the "
-                                                "results)\n.cellcache/\n")
+        out[f"{gp.grid.folder}/.gitignore"] = ("# per-cell memo of the cells stages (local speed-up; the results "
+                                                "are git-tracked)\n.cellcache/\n")
     return out
 
 
@@ -377,10 +412,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fisvd.grid", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a generated file is not current")
     ap.add_argument("--root", default=str(ROOT), help="project root (default: this checkout)")
+    ap.add_argument("--repro", metavar="RUN_FOLDER", help="run one run folder's pipeline, also in a clone without "
+                    "DVC's cache (run_folder; `make grid` calls it per folder), then exit")
     ap.add_argument("--share", metavar="RUN_FOLDER", help="a further grid's run folder (grid-<name>/<task>/s<seed>): "
                     "take the main grid's finished upstream stages that are the same there (share_upstream), then exit")
     a = ap.parse_args(argv)
     root = Path(a.root)
+    if a.repro:
+        from dvc.logger import setup
+        setup()                                       # DVC's "Running stage ..." lines, as `dvc repro` prints them
+        ran = run_folder(a.repro, root)
+        print(f"{a.repro}: {len(ran)} stage(s) ran" + (f": {', '.join(ran)}" if ran else ""))
+        return 0
     if a.share:
         parts = Path(a.share).parts
         if len(parts) != 3 or not parts[0].startswith(f"{GRID}-"):

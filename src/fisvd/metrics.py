@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .errors import DataError
 
@@ -79,7 +77,10 @@ def scoring_of(meta: Mapping) -> "str | Scoring":
 
 def metric(name: str, preds: np.ndarray, labels: np.ndarray) -> float:
     """One metric in [−1, 1] (METRICS): accuracy, f1 (binary, class 1), f1_macro, mcc, pearson,
-    spearman (the correlation of a constant prediction is 0)."""
+    spearman (the correlation of a constant prediction is 0). scipy / scikit-learn are imported here,
+    not with the module: params validation and `--help` read this module's METRICS and Scoring only."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     if name in ("pearson", "spearman"):
         if np.std(preds) == 0 or np.std(labels) == 0:
             return 0.0

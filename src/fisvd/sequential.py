@@ -344,23 +344,23 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
     held, d_in, c_in = None, [], []              # the block whose inputs are held, per batch: dense, compressed
     for gi, group in enumerate(progress(groups)):
         lead = group[0]
-        block = block_names[block_of[lead]]
+        bk = block_of[lead]                       # the block's index
+        block = block_names[bk]
         replays = replay and block_calls[block] == 1   # every call of its Linears inside one call of the block
         if replays and block != held:
             t1 = time.perf_counter()
-            k = block_of[lead]
-            if chain and k > 0 and held == block_names[k - 1]:   # from the previous block's outputs
+            if chain and bk > 0 and held == block_names[bk - 1]:   # from the previous block's outputs
                 for net, ins in ((model, d_in), (comp, c_in)):
                     mods = find_blocks(net)[1]
                     for i, b in enumerate(batches):
                         with torch.no_grad():
-                            prev = mods[k - 1](*ins[i][0], **ins[i][1])
-                        ins[i] = _chained_inputs(net, mods, block, k, prev, b)
+                            prev = mods[bk - 1](*ins[i][0], **ins[i][1])
+                        ins[i] = _chained_inputs(net, mods, block, bk, prev, b)
                 if not all(_same(ins[0], _block_inputs(net, block, batches[0])) for net, ins in ((model, d_in), (comp, c_in))):
                     log.warning("kfac_seq: %s's inputs from %s's outputs differ from a pass from the embeddings; "
                                 "recording every later block by such passes", block, held)
                     chain = False
-            if not chain or k == 0 or held != block_names[k - 1]:
+            if not chain or bk == 0 or held != block_names[bk - 1]:
                 d_in = c_in = None                # the previous block's inputs, freed before recording these
                 d_in = [_block_inputs(model, block, b) for b in batches]
                 c_in = [_block_inputs(comp, block, b) for b in batches]
@@ -388,11 +388,10 @@ def sequential_factors(model: nn.Module, ranks: dict[str, int], cov_g: dict[str,
                             (S[k] + S[k].T) / (2 * tokens), ranks[name], opts.alpha_x, opts.alpha_g)
             out[name] = (A.cpu(), B.cpu())
             set_module(comp, name, LowRankLinear.from_factors(A, B, dense.bias).to(device))
-        k = block_of[lead]
-        if opts.block_steps and (gi + 1 == len(groups) or block_of[groups[gi + 1][0]] != k):
+        if opts.block_steps and (gi + 1 == len(groups) or block_of[groups[gi + 1][0]] != bk):
             t1 = time.perf_counter()             # the block's last group: match its output to the dense block's
-            names = [n for n in order if block_of[n] == k]
-            match_block(model, comp, f"{prefix}.{k}", names, batches, masks, opts.block_steps, opts.block_lr,
+            names = [n for n in order if block_of[n] == bk]
+            match_block(model, comp, f"{prefix}.{bk}", names, batches, masks, opts.block_steps, opts.block_lr,
                         (d_in, c_in) if replays else None)   # the block's inputs: unchanged by its own fits
             for n in names:
                 mod = comp.get_submodule(n)

@@ -99,13 +99,18 @@ def epoch_scores(trainer) -> list[dict]:
 def live_callback(live_dir: str):
     """(DVCLive callback minus wall-clock entries, dict collecting those entries): per-epoch metrics
     and plots under `live_dir` stay deterministic; the runtime figures go wherever the caller puts
-    the dict. On ranks other than 0 of a multi-process run: (None, {})."""
+    the dict. The training arguments are not dumped (their params.yaml: the stage's params and the
+    pinned environment fix them, and it records the device). On ranks other than 0 of a
+    multi-process run: (None, {})."""
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
     runtime: dict = {}
 
     class DeterministicLive(DVCLiveCallback):
+        def setup(self, args, state, model):
+            self._initialized = True
+
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
             runtime.update({k: v for k, v in (logs or {}).items() if is_runtime(k)})
             logs = {k: v for k, v in (logs or {}).items() if not is_runtime(k)}
