@@ -418,9 +418,7 @@ def main(argv=None) -> int:
                     "take the main grid's finished upstream stages that are the same there (share_upstream), then exit")
     a = ap.parse_args(argv)
     root = Path(a.root)
-    if a.repro:
-        from dvc.logger import setup
-        setup()                                       # DVC's "Running stage ..." lines, as `dvc repro` prints them
+    if a.repro:                                       # DVC's logger prints its "Running stage ..." lines
         ran = run_folder(a.repro, root)
         print(f"{a.repro}: {len(ran)} stage(s) ran" + (f": {', '.join(ran)}" if ran else ""))
         return 0
