@@ -98,6 +98,15 @@ def test_dvc_hashes_a_local_model_folder_without_fisvds_machine_specific_marker(
         assert not ignored(str(ROOT / "grid" / "mrpc" / "s42" / MARKER))    # only inside models/
 
 
+def test_lock_files_are_read_as_dvc_writes_them(tmp_path):
+    """DVC writes dvc.lock as YAML 1.2, where `3e-05` is a float; PyYAML (1.1) would read a string, so
+    a variant grid's share step would find the learning rate changed and share nothing."""
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  finetune:\n    params:\n      params.yaml:\n"
+                                       "        finetune.learning_rate: 3e-05\n")
+    lock = G.stages_of(tmp_path, "dvc.lock")
+    assert lock["finetune"]["params"]["params.yaml"]["finetune.learning_rate"] == 3e-05
+
+
 def test_task_params_apply_the_task_settings_and_nothing_else():
     raw = tiny_grid()
     raw["grid"]["finetune"]["rte"] = {"learning_rate": 2e-5, "epochs": 5, "batch_size": 32}
@@ -279,7 +288,7 @@ def reproduce(repo, target="grid/dvc.yaml"):
 
 
 @pytest.mark.slow
-def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_dir, monkeypatch):
+def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_dir, monkeypatch, capsys):
     repo = copy_project(tmp_path / "proj")
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["model"]["name"] = str(tiny_model_dir)
@@ -290,7 +299,8 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     raw["allocate"]["speed_table"] = None              # the committed table times MiniLM's shapes only
     raw["grid"].update(tasks=["mrpc"], seeds=[42], budgets=[50, 20], allocations=["uniform_rank", "max_fi"],
                        factorisations=["fwsvd", "kfac"], limit={}, max_train_samples={},
-                       finetune={"mrpc": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 8}})
+                       finetune={"mrpc": {"learning_rate": 3e-5, "epochs": 1, "batch_size": 8}})   # 3e-05 in
+                                                      # dvc.lock: a YAML 1.2 float the variant share must read
     raw["recover"].update(epochs=1, cells=[{"allocation": "max_fi", "factorisation": "kfac", "budgets": [20]}])
     raw["grids"] = {}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -346,7 +356,8 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / "grid/mrpc/s42/data/model").exists()
     assert json.loads((clone / "grid/mrpc/s42/results/kfac/max_fi-p20.json").read_text())["budget"] == 20
-    assert G.run_folder("grid/mrpc/s42", clone) == []
+    assert G.main(["--root", str(clone), "--repro", "grid/mrpc/s42"]) == 0     # `make grid`'s call
+    assert "grid/mrpc/s42: 0 stage(s) ran" in capsys.readouterr().out
     craw = yaml.safe_load((clone / "params.yaml").read_text())
     craw["recover"]["cells"].append({"allocation": "uniform_rank", "factorisation": "fwsvd", "budgets": [20]})
     (clone / "params.yaml").write_text(yaml.safe_dump(craw, sort_keys=False))

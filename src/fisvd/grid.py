@@ -232,7 +232,12 @@ def task_pipeline(p: Params, task: str, seed: int, root_dir: Path = ROOT) -> dic
 def stages_of(folder: Path, file: str = "dvc.yaml") -> dict:
     """The `stages` mapping of a run folder's dvc.yaml (or dvc.lock); {} when the file is missing or empty."""
     path = folder / file
-    return ((yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}).get("stages", {})
+    if not path.is_file():
+        return {}
+    if file == "dvc.lock":      # written by DVC as YAML 1.2, where `3e-05` is a float (PyYAML, 1.1: a string)
+        from dvc.utils.serialize import parse_yaml
+        return parse_yaml(path.read_text(), str(path)).get("stages", {})
+    return (yaml.safe_load(path.read_text()) or {}).get("stages", {})
 
 
 def out_of_date(folders, root_dir: Path = ROOT) -> tuple[set[str], set[str]]:
