@@ -143,8 +143,10 @@ def measure(task: str, rows: int) -> dict:
             calib.extend(training_slice(calibration_rows(splits), sopts.examples, tok, L))
         return calib
 
+    t_start = time.perf_counter()
     dense = outputs({})
-    rec = {"task": task, "rows": len(idx), "calibration_rows": sopts.examples, "seconds": {}, "delta": {}, "agree": {}}
+    rec = {"task": task, "rows": len(idx), "calibration_rows": sopts.examples, "date": time.strftime("%Y-%m-%d"),
+           "seconds": {}, "delta": {}, "agree": {}}
     for p in BUDGETS:
         cell = {f: json.loads((run / "results" / f / f"max_fi-p{p}.json").read_text()) for f in METHODS}
         if cell["kfac"]["ranks"] != cell["kfac_seq"]["ranks"]:
@@ -161,6 +163,7 @@ def measure(task: str, rows: int) -> dict:
                 rec["agree"].setdefault(f, {})[str(p)] = float((z.argmax(1) == dense.argmax(1)).mean())
             print(f"  {task} p = {p / 100}: {f} mean Δ {np.mean(rec['delta'][f][str(p)]):.4g} "
                   f"({rec['seconds'][f][str(p)]} s)", flush=True)
+    rec["total_s"] = round(time.perf_counter() - t_start, 1)
     return rec
 
 
@@ -170,10 +173,13 @@ def render(results: dict, all_tasks: list[str]) -> None:
           "TRAINING rows (module docstring of benchmarks/default_select.py; dev never read)\n")
     for t in tasks:
         r = results[t]
-        print(f"- {t}: {r['rows']} training rows outside kfac_seq's {r['calibration_rows']} calibration rows")
+        print(f"- {t}: {r['rows']} training rows outside kfac_seq's {r['calibration_rows']} calibration rows"
+              + (f"; measured {r['date']}, {r['total_s']} s" if "date" in r else ""))
     print("\nmean Δ (KL of logits vs dense; STS-B: squared error / Var of the dense outputs); ratio = kfac_seq / "
-          "kfac [95 % bootstrap over rows]; agreement = rows whose class is the dense model's\n")
-    print("| p | task | kfac Δ | kfac_seq Δ | ratio [95 %] | agreement kfac / kfac_seq | kfac_seq s |")
+          "kfac [95 % bootstrap over rows]; agreement = rows whose class is the dense model's; "
+          "s = seconds to build the factors and score the rows (kfac: one decomposition per matrix, kfac_seq: the "
+          "sequential pass)\n")
+    print("| p | task | kfac Δ | kfac_seq Δ | ratio [95 %] | agreement kfac / kfac_seq | s kfac / kfac_seq |")
     print("|---|---|---|---|---|---|---|")
     pooled_iv, task_iv = {}, {}
     for p in BUDGETS:
@@ -185,8 +191,9 @@ def render(results: dict, all_tasks: list[str]) -> None:
             lo, hi = task_iv[p][t]
             ag = results[t]["agree"]
             agree = f"{ag['kfac'][str(p)]:.3f} / {ag['kfac_seq'][str(p)]:.3f}" if ag else "—"
+            sec = results[t]["seconds"]
             print(f"| {p / 100} | {t} | {a:.4g} | {b:.4g} | {b / a:.3f} [{lo:.3f}, {hi:.3f}] | {agree} | "
-                  f"{results[t]['seconds']['kfac_seq'][str(p)]} |")
+                  f"{sec['kfac'][str(p)]} / {sec['kfac_seq'][str(p)]} |")
         if tasks:
             point = float(np.exp(np.mean([np.log(d['kfac_seq'][t].mean() / d['kfac'][t].mean()) for t in tasks])))
             pooled_iv[p] = interval(pooled)
