@@ -38,10 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fisvd.report import interval      # the report's 95 % percentile interval
+
 BUDGETS = (50, 30, 20, 10)
 LOW = (30, 20, 10)                  # "p <= 0.3" of the rule
 METHODS = ("kfac", "kfac_seq")
-N_BOOT, LEVEL = 2000, 0.95
+N_BOOT = 2000
 OUT = Path("benchmarks/results/default_select.json")
 REPORT = "benchmarks/results/default_select.md"
 
@@ -66,11 +68,6 @@ def boot_ratios(num: dict[str, np.ndarray], den: dict[str, np.ndarray], n: int =
         idx = np.random.default_rng([seed, *task.encode()]).integers(0, k, (n, k))
         per[task] = num[task][idx].mean(axis=1) / den[task][idx].mean(axis=1)
     return per, np.exp(np.mean([np.log(v) for v in per.values()], axis=0))
-
-
-def interval(x: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.quantile(x, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return float(lo), float(hi)
 
 
 def decide(pooled: dict[int, tuple[float, float]], tasks: dict[int, dict[str, tuple[float, float]]],
