@@ -39,19 +39,15 @@ def main() -> None:
     args = ap.parse_args()
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
     sys.path.insert(0, str(ROOT / "src"))
-    from fisvd.results import scratch_clone
+    from fisvd.results import scratch_clone, timed_repro
     scratch, env = scratch_clone(ROOT, args.scratch)
     params = yaml.safe_load((scratch / "params.yaml").read_text())
     model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
     params["model"]["name"] = model
     params["data"].update(task=args.task, max_train_samples=args.max_train_samples)
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages, t_all = {}, time.time()
-    for stage in ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate"):
-        t0 = time.time()
-        subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=scratch, env=env, check=True)
-        stages[stage] = round(time.time() - t0, 1)
-        print(f"{stage}: {stages[stage]} s", flush=True)
+    t_all = time.time()
+    stages = timed_repro(scratch, env, ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate"))
     t0 = time.time()                     # out the door: deployable dir, ONNX parity on dev, model card
     subprocess.run([sys.executable, "-m", "fisvd.export", "--out", "models/export"], cwd=scratch, env=env, check=True)
     stages["export (python -m fisvd.export)"] = round(time.time() - t0, 1)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -36,34 +35,20 @@ STAGES = ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate")
 SHARED = ("prepare", "finetune", "fisher")        # identical for every compress.method
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure(method: str, scratch: str) -> dict:
     """One timed pipeline run in a fresh clone with `compress.method: method`."""
     sys.path.insert(0, str(ROOT / "src"))
-    from fisvd.results import scratch_clone
+    from fisvd.results import machine, scratch_clone, timed_repro
     commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
     dest, env = scratch_clone(ROOT, scratch)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["compress"]["method"] = method
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages, t_all = {}, time.perf_counter()
-    for stage in STAGES:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=dest, env=env, check=True)
-        stages[stage] = round(time.perf_counter() - t0, 1)
-        print(f"{method} {stage}: {stages[stage]} s", flush=True)
+    t_all = time.perf_counter()
+    stages = timed_repro(dest, env, STAGES, force=True, label=f"{method} ")
     total = round(time.perf_counter() - t_all, 1)
     metrics = json.loads((dest / "metrics/evaluate/metrics.json").read_text())
-    return {"fisvd_commit": commit, "cpu": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)),
+    return {"fisvd_commit": commit, "machine": machine(),
             "stage_wall_s": stages, "total_wall_s": total,
             "dense_score": metrics["dense"]["score"], "compressed_score": metrics["compressed"]["score"],
             "margin_kept": metrics["margin_kept"]}
@@ -74,7 +59,7 @@ def render(res: dict) -> str:
     lines = ["# `make run` wall time per `compress.method`", "",
              "Command: `python benchmarks/make_run_time.py` (each method in a fresh scratch clone, every stage "
              "forced, one after the other). Machines: " +
-             "; ".join(sorted({f"{r['cpu']}, {r['cores']} cores" for r in res.values()})) + ".", "",
+             "; ".join(sorted({r["machine"] for r in res.values()})) + ".", "",
              "| stage | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for s in STAGES:
         lines.append(f"| {s} | " + " | ".join(f"{res[m]['stage_wall_s'][s]:.0f} s" for m in methods) + " |")

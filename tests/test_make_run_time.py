@@ -3,6 +3,7 @@ stage of dvc.yaml in pipeline order; the report's split into shared stages and t
 import json
 import subprocess
 
+import pytest
 import yaml
 
 from conftest import ROOT, load_bench
@@ -48,7 +49,7 @@ def test_measure_sets_only_the_method_and_forces_every_stage(tmp_path, monkeypat
 
 def test_render_splits_shared_stages_from_the_methods_own_cost():
     def res(stages):
-        return {"cpu": "cpu", "cores": 2, "stage_wall_s": dict(zip(bench.STAGES, stages)),
+        return {"machine": "cpu, 2 CPU cores", "stage_wall_s": dict(zip(bench.STAGES, stages)),
                 "total_wall_s": float(sum(stages)), "dense_score": 80.0, "compressed_score": 79.0,
                 "margin_kept": 0.9}
     md = bench.render({"kfac": res([1, 500, 200, 10, 10, 30]), "kfac_seq": res([1, 502, 199, 10, 90, 30])})
@@ -57,3 +58,21 @@ def test_render_splits_shared_stages_from_the_methods_own_cost():
     assert "took 701 and 702 s (+1 s" in md
     assert "50 vs 130 s (+80 s" in md
     assert "| compress | 10 s | 90 s |" in md
+
+
+def test_timed_repro_runs_each_stage_alone_in_order_and_stops_at_a_failure(tmp_path, monkeypatch):
+    import fisvd.results
+    calls = []
+
+    def fake_run(cmd, cwd, env, check):
+        calls.append(cmd[3:])
+        if cmd[-1] == "bad":
+            raise subprocess.CalledProcessError(1, cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(fisvd.results.subprocess, "run", fake_run)
+    out = fisvd.results.timed_repro(tmp_path, {}, ["a", "b"])
+    assert calls == [["repro", "-s", "a"], ["repro", "-s", "b"]] and list(out) == ["a", "b"]
+    calls.clear()
+    with pytest.raises(subprocess.CalledProcessError):
+        fisvd.results.timed_repro(tmp_path, {}, ["a", "bad", "c"], force=True)
+    assert calls == [["repro", "-f", "-s", "a"], ["repro", "-f", "-s", "bad"]]

@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,6 @@ def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()
     pipeline in: its own sources first, this interpreter's venv on PATH, root's GLUE copy (the clone
     has no ../shared beside it), DVC analytics off; the variables in `drop` removed."""
     import shutil
-    import subprocess
 
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
@@ -87,3 +87,16 @@ def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                **({"GLUE_DIR": str(glue)} if glue else {}))
     return dest, env
+
+
+def timed_repro(dest: str | Path, env: dict, stages, *, force: bool = False, label: str = "") -> dict[str, float]:
+    """Run `dvc repro [-f] -s <stage>` in `dest` for each of `stages` in order (one stage at a time,
+    so each is timed alone) and return the wall seconds per stage; raises on a failing stage."""
+    out = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dvc", "repro", *(["-f"] if force else []), "-s", stage],
+                       cwd=dest, env=env, check=True)
+        out[stage] = round(time.perf_counter() - t0, 1)
+        print(f"{label}{stage}: {out[stage]} s", flush=True)
+    return out
