@@ -74,8 +74,9 @@ def recorded(path: str):
 
 def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """A fresh `git clone` of `root`'s HEAD at `dest` (replaced) and the environment to run its
-    pipeline in: its own sources first, this interpreter's venv on PATH, root's GLUE copy (the clone
-    has no ../shared beside it), DVC analytics off; the variables in `drop` removed."""
+    pipeline in: its own sources first (before any PYTHONPATH already set), this interpreter's venv on
+    PATH, root's GLUE copy (the clone has no ../shared beside it), DVC analytics off; the variables in
+    `drop` removed."""
     import shutil
 
     dest = Path(dest)
@@ -83,7 +84,8 @@ def scratch_clone(root: str | Path, dest: str | Path, drop: tuple[str, ...] = ()
     subprocess.run(["git", "clone", "-q", str(root), str(dest)], check=True)
     glue = resolve_glue_dir(root)
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(PYTHONPATH=str(dest / "src"), DVC_NO_ANALYTICS="1",
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(dest / "src"), env.get("PYTHONPATH")])),
+               DVC_NO_ANALYTICS="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                **({"GLUE_DIR": str(glue)} if glue else {}))
     return dest, env
