@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -90,7 +91,7 @@ def main() -> None:
         random_mpnet(dest / MODEL_AT, resolve_model(args.tokenizer), **overrides)
         model = f"random init of MPNetConfig({overrides or ''})" + " (all-mpnet-base-v2's shapes)" * (not overrides) + \
             ", MiniLM's WordPiece tokenizer: scores meaningless"
-    res = {"command": "python benchmarks/gpu_cost.py " + " ".join(sys.argv[1:]), "fisvd_commit": commit,
+    res = {"command": "python benchmarks/gpu_cost.py " + shlex.join(sys.argv[1:]), "fisvd_commit": commit,
            "machine": machine(), "model": model, "folders": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
