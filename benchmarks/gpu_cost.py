@@ -89,8 +89,8 @@ def main() -> None:
     else:
         overrides = json.loads(args.config)
         random_mpnet(dest / MODEL_AT, resolve_model(args.tokenizer), **overrides)
-        model = f"random init of MPNetConfig({overrides or ''})" + " (all-mpnet-base-v2's shapes)" * (not overrides) + \
-            ", MiniLM's WordPiece tokenizer: scores meaningless"
+        shapes = overrides or "all-mpnet-base-v2's shapes"
+        model = f"random init of MPNetConfig ({shapes}), MiniLM's WordPiece tokenizer: scores meaningless"
     res = {"command": "python benchmarks/gpu_cost.py " + shlex.join(sys.argv[1:]), "fisvd_commit": commit,
            "machine": machine(), "model": model, "folders": {}}
     out = Path(args.out)
