@@ -12,7 +12,10 @@ SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs `-n auto`) the cores are shared by the workers: one thread
+# each when there are as many workers as cores, so they do not oversubscribe the CPU.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 def tiny_bert_config(num_labels: int = 2, vocab_size: int = 30522, **kw):
