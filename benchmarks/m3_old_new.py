@@ -1,8 +1,9 @@
 """The thesis's M3 rows (`max_fi + fwsvd`, `max_fi + tfwsvd`) before and after the FWSVD spectrum's
 ÷ m fix (methods.md §6): the old grid report (git, `--old`, the last report of the biased spectrum)
 against the re-run grid, seed 42 (the old grid's only fine-tune seed) and the mean over every seed
-the new grid ran. A task whose fine-tune settings changed in between (`grid.finetune`, batch size
-chosen on held-out training rows) is marked: its old-vs-new difference mixes both changes.
+the new grid ran (read from the run folders' cell results, so it is current before the report is).
+A task whose fine-tune settings changed in between (`grid.finetune`, batch size chosen on held-out
+training rows) is marked: its old-vs-new difference mixes both changes.
 Missing new results are listed, not guessed; run it after `make grid` (a run folder not yet re-run
 still holds the old grid's cells). Writes benchmarks/results/m3_old_new.md.
 
@@ -30,8 +31,9 @@ def git_show(rev: str, path: str) -> str:
     return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
 
 
-def new_seed42(p, task: str, alloc: str, fact: str, budget: int) -> dict | None:
-    path = Path(cell_result(Cell(task, 42, fact, alloc, budget, p.grid.folder)))
+def new_cell(p, task: str, alloc: str, fact: str, budget: int, seed: int = 42) -> dict | None:
+    """The re-run grid's result of one cell (None while it has not landed)."""
+    path = Path(cell_result(Cell(task, seed, fact, alloc, budget, p.grid.folder)))
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -39,14 +41,12 @@ def main(old_rev: str):
     p = load_params("params.yaml")
     old = pd.read_csv(io.StringIO(git_show(old_rev, "metrics/report/results.csv")))
     old_ft = yaml.safe_load(git_show(old_rev, "params.yaml"))["grid"]["finetune"]
-    new_csv = Path("metrics/report/results.csv")
-    new = pd.read_csv(new_csv) if new_csv.is_file() else None
     tasks = [t for t in p.grid.tasks if t in set(old.task)]
     was = lambda t: (old_ft[t]["learning_rate"], old_ft[t]["epochs"], old_ft[t].get("batch_size", 16))  # noqa: E731
     now = lambda t: (p.grid.finetune[t].learning_rate, p.grid.finetune[t].epochs, p.grid.finetune[t].batch_size)  # noqa: E731
     changed = [t for t in tasks if was(t) != now(t)]
-    print(f"old: metrics/report/results.csv at {old_rev} (one fine-tune seed, 42); new: grid/<task>/s42 "
-          f"cell results and {new_csv} (mean over the seeds the method ran)")
+    print(f"old: metrics/report/results.csv at {old_rev} (one fine-tune seed, 42); new: the cell results "
+          f"of grid/<task>/s<seed>, seed 42 and the mean over the seeds {p.grid.seeds} that have landed")
     print("fine-tune settings changed since (old-vs-new mixes both changes): " + (", ".join(changed) or "none"))
     missing, rows = [], []
     for alloc, fact in ROWS:
@@ -55,9 +55,8 @@ def main(old_rev: str):
             for t in tasks:
                 o = old[(old.task == t) & (old.allocation == alloc) & (old.factorisation == fact)
                         & (old.budget == b / 100) & (old.recovery_epochs == 0)]
-                n42 = new_seed42(p, t, alloc, fact, b)
-                nm = new[(new.task == t) & (new.allocation == alloc) & (new.factorisation == fact)
-                         & (new.budget == b / 100) & (new.recovery_epochs == 0)] if new is not None else []
+                n42 = new_cell(p, t, alloc, fact, b)
+                landed = [r["score"] for s in p.grid.seeds if (r := new_cell(p, t, alloc, fact, b, s))]
                 if n42 is None:
                     missing.append(f"{t}/{fact}/{alloc}-p{b}")
                 rows.append({"method": f"{alloc} + {fact}", "p": b / 100, "task": t,
@@ -65,8 +64,8 @@ def main(old_rev: str):
                              "old_collapsed": bool(o.collapsed.iloc[0]) if len(o) else None,
                              "new_s42": n42["score"] if n42 else None,
                              "new_s42_collapsed": n42["collapsed"] if n42 else None,
-                             "new_mean": float(nm.score.iloc[0]) if len(nm) else None,
-                             "new_seeds": int(nm.seeds.iloc[0]) if len(nm) else None})
+                             "new_mean": sum(landed) / len(landed) if landed else None,
+                             "new_seeds": len(landed) or None})
     df = pd.DataFrame(rows)
     fmt = lambda v, c=False: "–" if v is None or pd.isna(v) else f"{v:.1f}" + (" †" if c else "")  # noqa: E731
     for (m, b), g in df.groupby(["method", "p"], sort=False):
