@@ -67,6 +67,7 @@ def main(old_rev: str):
                              "new_mean": sum(landed) / len(landed) if landed else None,
                              "new_seeds": len(landed) or None})
     df = pd.DataFrame(rows)
+    seeds = lambda n: "" if pd.isna(n) else f" ({int(n)} seed{'s' if n > 1 else ''})"  # noqa: E731
     fmt = lambda v, c=False: "–" if v is None or pd.isna(v) else f"{v:.1f}" + (" †" if c else "")  # noqa: E731
     for (m, b), g in df.groupby(["method", "p"], sort=False):
         print(f"\n## {m}, p = {b:g}, no recovery\n")
@@ -75,7 +76,7 @@ def main(old_rev: str):
         for r in g.itertuples():
             print(f"| {r.task}{' *' if r.task in changed else ''} | {fmt(r.old, r.old_collapsed)} | "
                   f"{fmt(r.new_s42, r.new_s42_collapsed)} | {fmt(r.new_mean)}"
-                  f"{f' ({int(r.new_seeds)} seeds)' if pd.notna(r.new_seeds) else ''} |")
+                  f"{seeds(r.new_seeds)} |")
         if g.old.notna().all() and g.new_s42.notna().all():
             od = old[(old.allocation == "dense") & old.task.isin(tasks)]
             d_old, c_old = od.score.mean(), od.constant_score.mean()
