@@ -61,7 +61,11 @@ def main(grid: str):
         print(f"\nshared with the main grid, timed there ({len(shared)}): "
               + ", ".join(f"{r.task}/{r.stage}" for r in shared.itertuples()))
     if len(missing):
-        print(f"\nnot run yet ({len(missing)}): " + ", ".join(f"{r.task}/{r.stage}" for r in missing.itertuples()))
+        kinds = missing.assign(kind=missing.stage.str.replace(r" \(.*\)", "", regex=True))
+        per = kinds.groupby(["task", "seed", "kind"], sort=False).size()
+        print(f"\nnot run yet ({len(missing)}):")
+        for (t, s), g in per.groupby(level=[0, 1], sort=False):
+            print(f"  {t}/s{s}: " + ", ".join(k if n == 1 else f"{k} x{n}" for (_, _, k), n in g.items()))
 
 
 if __name__ == "__main__":
