@@ -366,7 +366,7 @@ def test_headline_rows_cells_and_marks():
     md = headline(df, boots, vs, TASKS, [("uniform_rank", "fwsvd"), ("max_fi", "kfac"), ("max_fi", "kfac+kd"),
                                          ("fi_retention", "fwsvd+kd")], ("max_fi", "kfac"))
     lines = md.splitlines()
-    assert lines[0].startswith("Dense average 75.0 over mrpc, rte (1 fine-tune seeds), the constant predictor's 60.0")
+    assert lines[0].startswith("Dense average 75.0 over mrpc, rte (1 fine-tune seed), the constant predictor's 60.0")
     table = lines[lines.index("") + 1:]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
     assert rows[0] == ["method", "recovery", "runs per task", "p = 0.3"]
@@ -399,6 +399,8 @@ def test_headline_rows_cells_and_marks():
     assert [h for h in over.splitlines() if h.startswith("### ")] == ["### p = 0.5, no recovery", "### p = 0.3, no recovery"]
     assert headline(df, boots, vs.iloc[:0], TASKS, [("max_fi", "kfac")], ("max_fi", "kfac")).startswith(
         "No headline table: the default (max_fi + kfac) did not run on every task")
+    three = headline(df.assign(seeds=3), boots, vs, TASKS, [("max_fi", "kfac")], ("max_fi", "kfac"))
+    assert three.startswith("Dense average 75.0 over mrpc, rte (3 fine-tune seeds), the constant")
 
 
 def test_collect_partial_reads_present_current_files_and_counts_the_left_out(tmp_path, monkeypatch):

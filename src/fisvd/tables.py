@@ -347,8 +347,9 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
     c_avg = float(dense.constant_score.mean())
     noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
     head = ["method", "recovery", "runs per task", *(f"p = {b:g}" for b in budgets)]
-    md = [f"Dense average {dense.score.mean():.1f} over {', '.join(tasks)} ({int(dense.seeds.min())} fine-tune "
-          f"seeds), the constant predictor's {c_avg:.1f}. A cell: % of dense · margin kept [95 % interval over seeds "
+    n_seeds = int(dense.seeds.min())
+    md = [f"Dense average {dense.score.mean():.1f} over {', '.join(tasks)} ({n_seeds} fine-tune "
+          f"seed{'s' if n_seeds > 1 else ''}), the constant predictor's {c_avg:.1f}. A cell: % of dense · margin kept [95 % interval over seeds "
           f"and dev examples]; against {default[0]} + {default[1]}, the default: ‡ better, ⁻ worse beyond the paired "
           "interval; †n: collapsed on n tasks (in any run), °n: not collapsed but no better than constant on n."
           + (" ~: the dense margin itself is inside its interval (noise)." if noisy else ""), "",
