@@ -3,7 +3,8 @@ params.yaml; nothing is globbed) → metrics/report/ (git-tracked; a grid of `gr
 model), tables.md (overview and per-budget tables, before and after recovery; † collapsed, ‡ beats
 every other row of its column beyond resampling noise), vs_default.csv (every method against the
 default, paired), headline.md (the headline table: the recovered methods' margin kept with seed and
-dev intervals, before and after recovery), summary.json (DVC metrics: best method per
+dev intervals, before and after recovery), standing.md (the default on each task alone: its rank, the
+best other method, the paired difference), summary.json (DVC metrics: best method per
 budget, its average and margin kept, the FWSVD baselines), pareto.json (DVC plot) and
 png/pareto_<task>.png. The contents: fisvd.tables. Runs in the grid folder (`dvc repro grid/dvc.yaml`).
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from fisvd.cli import run_stage
 from fisvd.grid import REPORT_KEYS, report_dir
 from fisvd.io import write_json
-from fisvd.tables import KD, against, collect, headline, markdown, pareto, rows_from_results, summarise
+from fisvd.tables import KD, against, collect, headline, markdown, pareto, rows_from_results, standing, summarise
 
 PARTIAL = "-partial"        # report_dir(grid) + this: the --partial report's folder
 log = logging.getLogger("fisvd")
@@ -52,6 +53,8 @@ def main(params, args):
     methods = [m for c in params.recover.cells if (m := (c.allocation, c.factorisation + (KD if c.teacher else ""))) in ran] \
         or sorted(ran)                                        # a grid without recovery: every method
     (out / "headline.md").write_text(headline(df, boots, vs, [t for t in g.tasks if t in dense], methods, default,
+                                              tuple(g.headline)))
+    (out / "standing.md").write_text(standing(df, per_seed, [t for t in g.tasks if t in dense], default,
                                               tuple(g.headline)))
     write_json(out / "summary.json", summarise(df, list(dense), vs))
     write_json(out / "pareto.json", pareto(df, out))

@@ -190,7 +190,7 @@ def test_a_grid_variant_gets_its_own_folders_report_and_model_path():
         "mrpc/s42/results/dense.json", "mrpc/s42/results/kfac/max_fi-p48.json", "mrpc/s42/results/kfac/max_fi-p20.json"]
     assert [next(iter(o)) for o in report["outs"]] == [
         "../metrics/report-big/results.csv", "../metrics/report-big/vs_default.csv", "../metrics/report-big/tables.md",
-        "../metrics/report-big/headline.md",
+        "../metrics/report-big/headline.md", "../metrics/report-big/standing.md",
         "../metrics/report-big/png"]
     main = yaml.safe_load(files["grid/dvc.yaml"])["stages"]["report"]
     assert next(iter(main["outs"][0])) == "../metrics/report/results.csv"

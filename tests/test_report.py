@@ -428,3 +428,65 @@ def test_collect_partial_reads_present_current_files_and_counts_the_left_out(tmp
     assert asked == [([run_dir(t, s) for t in p.grid.tasks for s in p.grid.seeds], tmp_path.resolve())]
     with pytest.raises(FileNotFoundError):                # a full report needs every expected file
         tables.collect(p, tmp_path)
+
+
+def test_standing_ranks_the_default_per_task_and_pairs_it_with_the_best_other():
+    """standing.md: per task, the default's rank by score less dense on the same seeds (a method run on
+    one seed is ranked against dense on that seed), the best other method, and the paired difference
+    checked against a written-out bootstrap loop; budgets the default did not run are left out."""
+    from fisvd.report import resample_indices, seed_draws
+    from fisvd.tables import standing
+    rng = np.random.default_rng(5)
+    ACC = ["rte", "sst2"]
+    y = {t: np.array([1, 0] * 20) for t in ACC}
+
+    def noisy(t, errors):
+        p = y[t].copy()
+        p[rng.choice(len(p), errors, replace=False)] ^= 1
+        return p
+
+    def rec(t, pred, seed, **extra):
+        return record(100 * float(np.mean(pred == y[t])), {"dev": pred}, seed=seed, **extra)
+
+    errs = {("dense", 42): 2, ("dense", 43): 8, ("default", 42): 6, ("default", 43): 6,
+            ("uniform", 42): 0, ("uniform", 43): 0, ("energy", 42): 7}
+    preds = {(m, t, s): noisy(t, e) for (m, s), e in errs.items() for t in ACC}
+    preds[("uniform", "sst2", 42)] = noisy("sst2", 12)              # on sst2 uniform_rank is worse
+    preds[("uniform", "sst2", 43)] = noisy("sst2", 12)
+    dense = {t: [rec(t, preds[("dense", t, s)], s, labels={"dev": list(y[t])}, constant_score=50.0)
+                 for s in (42, 43)] for t in ACC}
+    cells = {t: {("max_fi", "kfac", 50): [rec(t, preds[("default", t, s)], s) for s in (42, 43)],
+                 ("uniform_rank", "kfac", 50): [rec(t, preds[("uniform", t, s)], s) for s in (42, 43)],
+                 ("energy", "fwsvd", 50): [rec(t, preds[("energy", t, 42)], 42)],      # seed 42 only
+                 ("uniform_rank", "kfac", 30): [rec(t, preds[("uniform", t, s)], s) for s in (42, 43)]}
+             for t in ACC}                                          # the default did not run p = 0.3
+    per_seed = {}
+    recovered = {t: {("max_fi", "kfac", 20): [rec(t, preds[("default", t, 42)], 42, recovery_seed=42)]} for t in ACC}
+    df, _ = rows_from_results(dense, cells, recovered, 1, "m", per_seed)
+    md = standing(df, per_seed, ACC, ("max_fi", "kfac"), (50, 30))
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    assert rows[0] == ["task", "p", "recovery", "dense", "default", "rank", "best other", "default − best other"]
+    rows = {(r[0], r[1], r[2]): r[3:] for r in rows[2:]}
+    # p = 0.3: the default has no result; p = 0.2 (recovered only): no result without recovery
+    assert list(rows) == [(t, p, e) for t in ACC for p, e in (("0.5", "none"), ("0.2", "1 epoch"))]
+    assert rows[("rte", "0.2", "1 epoch")][2:] == ["1 of 1", "–", "–"]    # nothing to rank it against
+    body = {(t, p): [e, *v] for (t, p, e), v in rows.items() if e == "none"}
+    acc = lambda e: 100 * (40 - e) / 40                             # noqa: E731
+    # rte: uniform_rank (no errors) is best; energy (7 errors, seed 42: dense 95) trails the default
+    # (6 errors, both seeds: dense (95 + 80) / 2) by gap: 82.5 - 95 = -12.5 vs 85 - 87.5 = -2.5
+    r = body[("rte", "0.5")]
+    assert r[:5] == ["none", f"{(acc(2) + acc(8)) / 2:.1f}", f"{acc(6):.1f}", "2 of 3", "uniform_rank + kfac 100.0"]
+    idx = resample_indices({"dev": 40})["dev"]
+    n = len(idx)
+    draws = np.array([42, 43])[seed_draws(n, 2)]
+    a = lambda m, t, s: 100 * (preds[(m, t, s)][idx] == y[t][idx]).mean(axis=1)                      # noqa: E731
+    per = lambda m, t: np.mean([np.where(draws[:, j] == 42, a(m, t, 42), a(m, t, 43)) for j in range(2)], axis=0)  # noqa: E731
+    lo, hi = np.quantile(per("default", "rte") - per("uniform", "rte"), [0.025, 0.975])
+    assert hi < 0 and r[5] == f"{acc(6) - 100:+.1f} [{lo:+.1f}, {hi:+.1f}] ⁻ (2 runs)"
+    # sst2: the default (gap -2.5) ranks first, above energy (-12.5) and uniform_rank (70 - 87.5)
+    s = body[("sst2", "0.5")]
+    assert s[3:5] == ["1 of 3", f"energy + fwsvd {acc(7):.1f}"]
+    lo, hi = np.quantile(a("default", "sst2", 42) - a("energy", "sst2", 42), [0.025, 0.975])
+    assert s[5] == f"{acc(6) - acc(7):+.1f} [{lo:+.1f}, {hi:+.1f}]{' ‡' if lo > 0 else ''} (1 run)"
+    assert standing(df, per_seed, ACC, ("max_fi", "whiten"), (50,)).startswith(
+        "No standing table: the default (max_fi + whiten) has no result in this grid")

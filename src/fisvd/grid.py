@@ -383,6 +383,7 @@ def report_pipeline(p: Params) -> dict:
                       {f"{rep}/vs_default.csv": {"cache": False}},
                       {f"{rep}/tables.md": {"cache": False}},
                       {f"{rep}/headline.md": {"cache": False}},
+                      {f"{rep}/standing.md": {"cache": False}},
                       {f"{rep}/png": {"cache": False}}],
                 metrics=[{f"{rep}/summary.json": {"cache": False}}],
                 plots=[{f"{rep}/pareto.json": {"cache": False, "template": "pareto",

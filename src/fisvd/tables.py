@@ -13,8 +13,10 @@
 - `pareto`: pareto.json records and png/pareto_<task>.png (matplotlib): score vs total params, a
   line per allocation, dashes per factorisation;
 - `collect`: the grid's result records from disk (every expected file; --partial: those present);
-  `paired`: one method against another per task and pooled, on the seeds both ran (`against` and
-  benchmarks/extreme_budgets.py).
+  `paired`: one method against another per task and pooled, on the seeds both ran (`against`,
+  `standing` and benchmarks/extreme_budgets.py);
+- `standing`: standing.md: the default on each task alone: its rank, the best other method, the paired
+  difference.
 A method's average columns appear only where all of the report's tasks have it.
 """
 from __future__ import annotations
@@ -377,6 +379,56 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
             name = f"{m[0]} + {m[1].removesuffix(KD)}" + (" (default)" if m == tuple(default) else "")
             how = f"{epochs} epoch" + ("s" if epochs > 1 else "") + (", teacher" if m[1].endswith(KD) else "") if epochs else "none"
             md.append("| " + " | ".join([name, how, "/".join(map(str, sorted(seeds))), *cells_]) + " |")
+    return "\n".join(md) + "\n"
+
+
+def standing(df: pd.DataFrame, per_seed: dict, tasks: list[str], default: tuple[str, str],
+             shown: tuple[int, ...] = ()) -> str:
+    """standing.md: the default on each task alone, at every percent in `shown` (`grid.headline`) and
+    every recovered budget without recovery, and at every recovered budget after recovery. A row: the dense score and
+    the default's (on their seeds), its rank among every method with a result on that task, budget and
+    recovery (ranked by score − the dense score on the same seeds, so a method run on fewer seeds is not
+    ranked by its seeds' luck; 1 = best), the best other method, and default − best other on the seeds
+    both ran [paired 95 % interval over seeds and dev examples, `paired`]: ‡ the default better, ⁻
+    worse beyond it. A task, budget or recovery the default has no result at is left out (no result at
+    all: one line saying so)."""
+    comp = df[df.allocation != "dense"].assign(gap=lambda d: d.score - d.dense_score)
+    recovered = sorted({int(round(b * 100)) for b in comp[comp.recovery_epochs > 0].budget}, reverse=True)
+    heads = [(b, 0) for b in sorted({*shown, *recovered}, reverse=True)]
+    heads += [(b, int(e)) for e in sorted(set(comp.recovery_epochs) - {0}) for b in recovered]
+    name = f"{default[0]} + {default[1]}"
+    md = [f"The default ({name}) on each task alone: its rank among the methods run on that task at that budget "
+          "and recovery (by score less the dense score on the same seeds; 1 = best), the best other method, and the "
+          "default less it on the seeds both ran [paired 95 % interval over fine-tune seeds, recovery seeds and dev "
+          "examples]; ‡ the default better, ⁻ worse beyond the interval. Scores ×100, averaged over seeds.", "",
+          "| task | p | recovery | dense | default | rank | best other | default − best other |",
+          "|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        for pct, ep in heads:
+            sel = comp[(comp.task == t) & (comp.recovery_epochs == ep) & ((comp.budget * 100).round() == pct)]
+            mine = sel[(sel.allocation == default[0]) & (sel.factorisation == default[1])]
+            if not len(mine):
+                continue
+            mine = mine.iloc[0]
+            order = sel.sort_values("gap", ascending=False, kind="stable")
+            methods = list(zip(order.allocation, order.factorisation))
+            others = [m for m in methods if m != tuple(default)]
+            rank = methods.index(tuple(default)) + 1
+            cell = best = "–"
+            if others:
+                o = order.iloc[[m != tuple(default) for m in methods]].iloc[0]
+                best = f"{o.allocation} + {o.factorisation.removesuffix(KD)}" + (", teacher" if o.factorisation.endswith(KD)
+                                                                                else "") + f" {o.score:.1f}"
+                per, _ = paired(per_seed, [t], (*default, pct, ep), (o.allocation, o.factorisation, pct, ep))
+                r = per[t]
+                if r["seeds"]:
+                    mark = " ‡" if r["low"] > 0 else " ⁻" if r["high"] < 0 else ""
+                    cell = f"{r['diff']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}]{mark} ({r['seeds']} run{'s' if r['seeds'] > 1 else ''})"
+            how = f"{ep} epoch" + ("s" if ep > 1 else "") if ep else "none"
+            md.append(f"| {t} | {pct / 100:g} | {how} | {mine.dense_score:.1f} | {mine.score:.1f} | "
+                      f"{rank} of {len(methods)} | {best} | {cell} |")
+    if len(md) == 4:
+        return f"No standing table: the default ({name}) has no result in this grid (tables.md has every result).\n"
     return "\n".join(md) + "\n"
 
 
