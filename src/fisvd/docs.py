@@ -1,9 +1,10 @@
 """The generated tables of the docs, so they cannot fall out of step with the code or the results:
 docs/params.md and docs/methods.md from params.yaml (keys, defaults and their `# why` comments) and
 the method registries (`fisvd.params.registries()`); docs/results.md's grid overview copied from the
-committed grid report (`metrics/report/tables.md`, written by `dvc repro grid/dvc.yaml`), and the README's
-MPNet table copied whole from the MPNet grid's `metrics/report-mpnet/headline.md` (a line naming the
-command that writes it while it does not exist), so every number there is the report's. Each table sits between its HTML comment markers in its one file;
+committed grid report (`metrics/report/tables.md`, written by `dvc repro grid/dvc.yaml`) with its
+table of the default per task (`metrics/report/standing.md`), and the README's MPNet table copied whole
+from the MPNet grid's `metrics/report-mpnet/headline.md` (copied files: a line naming the command that
+writes one while it does not exist), so every number there is the report's. Each table sits between its HTML comment markers in its one file;
 everything outside the markers is hand-written and left alone.
 
     python -m fisvd.docs          # rewrite the tables between the markers
@@ -23,10 +24,12 @@ from .params import flat_keys, registries
 TABLES = {"params": ("docs/params.md", "<!-- params-table -->", "<!-- /params-table -->"),
           "methods": ("docs/methods.md", "<!-- methods-table -->", "<!-- /methods-table -->"),
           "grid-overview": ("docs/results.md", "<!-- grid-overview -->", "<!-- /grid-overview -->"),
-          "mpnet-headline": ("README.md", "<!-- mpnet-headline -->", "<!-- /mpnet-headline -->")}
+          "mpnet-headline": ("README.md", "<!-- mpnet-headline -->", "<!-- /mpnet-headline -->"),
+          "default-standing": ("docs/results.md", "<!-- default-standing -->", "<!-- /default-standing -->")}
 REPORT = "metrics/report/tables.md"     # the grid report the results tables are copied from
 # table -> (a report file copied whole, the command that writes it)
-COPIED = {"mpnet-headline": ("metrics/report-mpnet/headline.md", "make grid GRID=grid-mpnet")}
+COPIED = {"mpnet-headline": ("metrics/report-mpnet/headline.md", "make grid GRID=grid-mpnet"),
+          "default-standing": ("metrics/report/standing.md", "make grid")}
 
 
 def _flow(value) -> str:
