@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fisvd.tables import markdown, overview, rows_from_results, summarise, table
+from fisvd.tables import (markdown, method_label, overview, recovery_label, rows_from_results, shown_budgets,
+                          summarise, table)
 
 TASKS = ["mrpc", "rte"]
 DENSE = {"mrpc": 90.0, "rte": 60.0}          # dense avg 75
@@ -149,6 +150,28 @@ def test_markdown_headings_and_partial_header():
     assert "### p = 0.5, no recovery" not in full and "### p = 0.3, no recovery" in full  # no headline: the recovered
     assert full.startswith("# Grid results\n") and "Partial" not in full
     assert "Produced by `dvc repro grid/dvc.yaml` (metrics/report/results.csv holds every number)." in full
+
+
+def test_shown_budgets_order_filter_and_fallback():
+    # recovered at 20 and 10 (1 epoch) and at 10 (3 epochs); 90 ran without recovery only
+    df = pd.DataFrame({"budget": [0.9, 0.5, 0.2, 0.1, 0.2, 0.1, 0.1], "recovery_epochs": [0, 0, 0, 0, 1, 1, 3]})
+    # without recovery: shown + recovered, highest first; after each recovery: every recovered percent
+    assert shown_budgets(df, (10, 50)) == [(50, 0), (20, 0), (10, 0), (20, 1), (10, 1), (20, 3), (10, 3)]
+    # a shown percent also recovered is listed once; one the grid does not run is dropped when budgets are given
+    assert shown_budgets(df, (20, 70), budgets=[90, 50, 20, 10]) == [(20, 0), (10, 0), (20, 1), (10, 1), (20, 3), (10, 3)]
+    # nothing shown and nothing recovered among the grid's budgets: every budget, highest first
+    plain = df[df.recovery_epochs == 0]
+    assert shown_budgets(plain, (70,), budgets=[50, 90]) == [(90, 0), (50, 0)]
+    assert shown_budgets(plain) == []
+
+
+def test_recovery_and_method_labels_name_the_teacher():
+    from fisvd.paths import KD
+    assert recovery_label(0) == recovery_label(0, "kfac" + KD) == "none"
+    assert recovery_label(1) == "1 epoch" and recovery_label(3, "kfac") == "3 epochs"
+    assert recovery_label(1, "kfac" + KD) == "1 epoch, teacher"
+    assert method_label("max_fi", "kfac") == "max_fi + kfac"
+    assert method_label("max_fi", "kfac_seq" + KD) == "max_fi + kfac_seq, teacher"
 
 
 def record(score, preds, collapsed=False, **extra):

@@ -36,6 +36,28 @@ BASELINES = [("uniform_rank", "fwsvd"), ("fi_retention", "fwsvd"), ("max_fi", "f
 TOP = 3                  # the overview's best methods by average, besides the baselines
 
 
+def shown_budgets(df: pd.DataFrame, shown: tuple[int, ...] = (), budgets: list[int] | None = None) -> list[tuple[int, int]]:
+    """(percent, recovery epochs) pairs a summary table shows, in order: without recovery every percent
+    in `shown` (`grid.headline`) and every recovered one, highest first (only those in `budgets` when
+    given; none of them there: every one of `budgets`), then after each recovery every recovered percent."""
+    recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
+    plain = {*shown, *recovered} & set(budgets) if budgets is not None else {*shown, *recovered}
+    plain = sorted(plain or (budgets or ()), reverse=True)
+    return [(b, 0) for b in plain] + [(b, int(e)) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
+
+
+def recovery_label(epochs: int, factorisation: str = "") -> str:
+    """'none', or '1 epoch' / 'N epochs', with ', teacher' for a recovery with the dense model as teacher."""
+    if not epochs:
+        return "none"
+    return f"{epochs} epoch" + ("s" if epochs > 1 else "") + (", teacher" if factorisation.endswith(KD) else "")
+
+
+def method_label(allocation: str, factorisation: str) -> str:
+    """'allocation + factorisation', with ', teacher' for a teacher recovery (its factorisation ends in KD)."""
+    return f"{allocation} + {factorisation.removesuffix(KD)}" + (", teacher" if factorisation.endswith(KD) else "")
+
+
 def rows_from_results(dense: dict[str, list[dict]], cells: dict[str, dict[tuple, list[dict]]],
                       recovered: dict[str, dict[tuple, list[dict]]], epochs: int,
                       model: str, per_seed: dict | None = None) -> tuple[pd.DataFrame, dict]:
@@ -377,8 +399,7 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
             if set(cells_) == {"–"}:
                 continue
             name = f"{m[0]} + {m[1].removesuffix(KD)}" + (" (default)" if m == tuple(default) else "")
-            how = f"{epochs} epoch" + ("s" if epochs > 1 else "") + (", teacher" if m[1].endswith(KD) else "") if epochs else "none"
-            md.append("| " + " | ".join([name, how, "/".join(map(str, sorted(seeds))), *cells_]) + " |")
+            md.append("| " + " | ".join([name, recovery_label(epochs, m[1]), "/".join(map(str, sorted(seeds))), *cells_]) + " |")
     return "\n".join(md) + "\n"
 
 
@@ -393,9 +414,7 @@ def standing(df: pd.DataFrame, per_seed: dict, tasks: list[str], default: tuple[
     worse beyond it. A task, budget or recovery the default has no result at is left out (no result at
     all: one line saying so)."""
     comp = df[df.allocation != "dense"].assign(gap=lambda d: d.score - d.dense_score)
-    recovered = sorted({int(round(b * 100)) for b in comp[comp.recovery_epochs > 0].budget}, reverse=True)
-    heads = [(b, 0) for b in sorted({*shown, *recovered}, reverse=True)]
-    heads += [(b, int(e)) for e in sorted(set(comp.recovery_epochs) - {0}) for b in recovered]
+    heads = shown_budgets(comp, shown)
     name = f"{default[0]} + {default[1]}"
     md = [f"The default ({name}) on each task alone: its rank among the methods run on that task at that budget "
           "and recovery (by score less the dense score on the same seeds; 1 = best), the best other method, and the "
@@ -417,15 +436,13 @@ def standing(df: pd.DataFrame, per_seed: dict, tasks: list[str], default: tuple[
             cell = best = "–"
             if others:
                 o = order.iloc[[m != tuple(default) for m in methods]].iloc[0]
-                best = f"{o.allocation} + {o.factorisation.removesuffix(KD)}" + (", teacher" if o.factorisation.endswith(KD)
-                                                                                else "") + f" {o.score:.1f}"
+                best = f"{method_label(o.allocation, o.factorisation)} {o.score:.1f}"
                 per, _ = paired(per_seed, [t], (*default, pct, ep), (o.allocation, o.factorisation, pct, ep))
                 r = per[t]
                 if r["seeds"]:
                     mark = " ‡" if r["low"] > 0 else " ⁻" if r["high"] < 0 else ""
                     cell = f"{r['diff']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}]{mark} ({r['seeds']} run{'s' if r['seeds'] > 1 else ''})"
-            how = f"{ep} epoch" + ("s" if ep > 1 else "") if ep else "none"
-            md.append(f"| {t} | {pct / 100:g} | {how} | {mine.dense_score:.1f} | {mine.score:.1f} | "
+            md.append(f"| {t} | {pct / 100:g} | {recovery_label(ep)} | {mine.dense_score:.1f} | {mine.score:.1f} | "
                       f"{rank} of {len(methods)} | {best} | {cell} |")
     if len(md) == 4:
         return f"No standing table: the default ({name}) has no result in this grid (tables.md has every result).\n"
@@ -499,9 +516,7 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
           + f"({out}/results.csv holds every number).", "",
           "Constant predictor: " + ", ".join(f"{r.task} {r.constant_score:.1f}"
                                              for r in df[df.allocation == "dense"].itertuples()), ""]
-    recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
-    heads = [(b, 0) for b in (*headline, *recovered) if b in budgets] or [(b, 0) for b in budgets]
-    heads += [(b, e) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
+    heads = shown_budgets(df, headline, budgets)
     md += ["## Overview", "",
            "Scores ×100 (collapsed †); avg ± half its 95 % bootstrap interval; % of dense: averaged over the "
            "tasks; margin kept: (avg − constant predictor's avg) / (dense avg − constant predictor's avg), the "
@@ -509,7 +524,7 @@ def markdown(df: pd.DataFrame, boots: dict, model: str, tasks: list[str], budget
            "(1 = as good as dense, 0 = no better than constant; per task in results.csv); rows: the FWSVD "
            f"baselines and the {TOP} best methods by average (no recovery), every recovered method (with recovery). "
            "Only methods run on every task. Full tables with intervals per task below.", ""]
-    for b, e in dict.fromkeys(heads):
+    for b, e in heads:
         if df[(df.budget == b / 100) & (df.recovery_epochs == e)].empty:
             continue
         md += [f"### p = {b / 100:g}" + (f", after {e} epoch(s) of recovery fine-tuning" if e else ", no recovery"), ""]
