@@ -29,9 +29,11 @@ def test_each_table_lives_in_its_file_only():
 
 
 def copy_docs(tmp_path):
-    """params.yaml, every file holding a generated table and the grid report, copied under tmp_path."""
+    """params.yaml, every file holding a generated table, the grid report and the copied report files
+    that exist, copied under tmp_path."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    for rel in [*(rel for rel, _, _ in TABLES.values()), REPORT]:
+    for rel in [*(rel for rel, _, _ in TABLES.values()), REPORT,
+                *(rel for rel, _ in COPIED.values() if (ROOT / rel).exists())]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
 

@@ -2,9 +2,10 @@
 docs/params.md and docs/methods.md from params.yaml (keys, defaults and their `# why` comments) and
 the method registries (`fisvd.params.registries()`); docs/results.md's grid overview copied from the
 committed grid report (`metrics/report/tables.md`, written by `dvc repro grid/dvc.yaml`) with its
-table of the default per task (`metrics/report/standing.md`), and the README's MPNet table copied whole
-from the MPNet grid's `metrics/report-mpnet/headline.md` (copied files: a line naming the command that
-writes one while it does not exist), so every number there is the report's. Each table sits between its HTML comment markers in its one file;
+table of the default per task (`metrics/report/standing.md`), and the README's headline table and MPNet
+table copied whole from the grid report's `metrics/report/headline.md` and the MPNet grid's
+`metrics/report-mpnet/headline.md` (copied files: a line naming the command that writes one while it
+does not exist), so every number there is the report's. Each table sits between its HTML comment markers in its one file;
 everything outside the markers is hand-written and left alone.
 
     python -m fisvd.docs          # rewrite the tables between the markers
@@ -24,11 +25,13 @@ from .params import flat_keys, registries
 TABLES = {"params": ("docs/params.md", "<!-- params-table -->", "<!-- /params-table -->"),
           "methods": ("docs/methods.md", "<!-- methods-table -->", "<!-- /methods-table -->"),
           "grid-overview": ("docs/results.md", "<!-- grid-overview -->", "<!-- /grid-overview -->"),
+          "headline": ("README.md", "<!-- headline -->", "<!-- /headline -->"),
           "mpnet-headline": ("README.md", "<!-- mpnet-headline -->", "<!-- /mpnet-headline -->"),
           "default-standing": ("docs/results.md", "<!-- default-standing -->", "<!-- /default-standing -->")}
 REPORT = "metrics/report/tables.md"     # the grid report the results tables are copied from
 # table -> (a report file copied whole, the command that writes it)
-COPIED = {"mpnet-headline": ("metrics/report-mpnet/headline.md", "make grid GRID=grid-mpnet"),
+COPIED = {"headline": ("metrics/report/headline.md", "make grid"),
+          "mpnet-headline": ("metrics/report-mpnet/headline.md", "make grid GRID=grid-mpnet"),
           "default-standing": ("metrics/report/standing.md", "make grid")}
 
 
