@@ -71,9 +71,14 @@ def params_rows(text: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+def cell(text: str) -> str:
+    """`text` as one Markdown table cell: its pipes escaped (`\\|` renders as |), so a `|g|` stays one cell."""
+    return text.replace("|", "\\|")
+
+
 def params_table(text: str) -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{k}` | `{v}` | {c.replace('|', '/')} |" for k, v, c in params_rows(text)]
+    lines += [f"| `{k}` | `{v}` | {cell(c)} |" for k, v, c in params_rows(text)]
     return "\n".join(lines)
 
 
@@ -83,7 +88,7 @@ def methods_table() -> str:
         for name in registry.names():
             e = registry[name]
             keys = ", ".join(f"`{k}`" for k in e.keys(section)) or "—"
-            lines.append(f"| `{section}` | `{name}` | {e.help} | {keys} |")
+            lines.append(f"| `{section}` | `{name}` | {cell(e.help)} | {keys} |")
     return "\n".join(lines)
 
 

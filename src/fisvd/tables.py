@@ -39,11 +39,14 @@ TOP = 3                  # the overview's best methods by average, besides the b
 def shown_budgets(df: pd.DataFrame, shown: tuple[int, ...] = (), budgets: list[int] | None = None) -> list[tuple[int, int]]:
     """(percent, recovery epochs) pairs a summary table shows, in order: without recovery every percent
     in `shown` (`grid.headline`) and every recovered one, highest first (only those in `budgets` when
-    given; none of them there: every one of `budgets`), then after each recovery every recovered percent."""
-    recovered = sorted({int(round(b * 100)) for b in df[df.recovery_epochs > 0].budget}, reverse=True)
-    plain = {*shown, *recovered} & set(budgets) if budgets is not None else {*shown, *recovered}
+    given; none of them there: every one of `budgets`), then for each recovery (fewest epochs first)
+    the percents recovered with it, highest first."""
+    pct = lambda d: {int(round(b * 100)) for b in d.budget}                       # noqa: E731
+    rec = df[df.recovery_epochs > 0]
+    after = [(b, int(e)) for e, d in sorted(rec.groupby("recovery_epochs")) for b in sorted(pct(d), reverse=True)]
+    plain = {*shown, *pct(rec)} & set(budgets) if budgets is not None else {*shown, *pct(rec)}
     plain = sorted(plain or (budgets or ()), reverse=True)
-    return [(b, 0) for b in plain] + [(b, int(e)) for e in sorted(set(df.recovery_epochs) - {0}) for b in recovered]
+    return [(b, 0) for b in plain] + after
 
 
 def recovery_label(epochs: int, factorisation: str = "") -> str:
@@ -406,7 +409,8 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
 def standing(df: pd.DataFrame, per_seed: dict, tasks: list[str], default: tuple[str, str],
              shown: tuple[int, ...] = ()) -> str:
     """standing.md: the default on each task alone, at every percent in `shown` (`grid.headline`) and
-    every recovered budget without recovery, and at every recovered budget after recovery. A row: the dense score and
+    every recovered budget without recovery (none of them run: every budget), and at every recovered
+    budget after recovery (`shown_budgets`). A row: the dense score and
     the default's (on their seeds), its rank among every method with a result on that task, budget and
     recovery (ranked by score − the dense score on the same seeds, so a method run on fewer seeds is not
     ranked by its seeds' luck; 1 = best), the best other method, and default − best other on the seeds
@@ -414,7 +418,7 @@ def standing(df: pd.DataFrame, per_seed: dict, tasks: list[str], default: tuple[
     worse beyond it. A task, budget or recovery the default has no result at is left out (no result at
     all: one line saying so)."""
     comp = df[df.allocation != "dense"].assign(gap=lambda d: d.score - d.dense_score)
-    heads = shown_budgets(comp, shown)
+    heads = shown_budgets(comp, shown, sorted({int(round(b * 100)) for b in comp.budget}))
     name = f"{default[0]} + {default[1]}"
     md = [f"The default ({name}) on each task alone: its rank among the methods run on that task at that budget "
           "and recovery (by score less the dense score on the same seeds; 1 = best), the best other method, and the "
