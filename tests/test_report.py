@@ -444,6 +444,20 @@ def test_headline_rows_cells_and_marks():
         "No headline table: the default (max_fi + kfac) did not run on every task")
     three = headline(df.assign(seeds=3), boots, vs, TASKS, [("max_fi", "kfac")], ("max_fi", "kfac"))
     assert three.startswith("Dense average 75.0 over mrpc, rte (3 fine-tune seeds), the constant")
+    # a teacher recovery: its own row after recovery, named by its plain factorisation; before recovery
+    # it is the plain cell's row (listed once); its runs per task from its own cells (3 here)
+    kd = pd.DataFrame([row(t, "max_fi", "kfac+kd", 30, 1, sc) | {"seeds": 3, "no_better_than_constant": False}
+                       for t, sc in (("mrpc", 87), ("rte", 59))])
+    vs_kd = pd.concat([vs, pd.DataFrame([{"budget": 0.3, "recovery_epochs": 1, "allocation": "max_fi",
+                                          "factorisation": "kfac+kd", "default": False, "verdict": "better",
+                                          "margin_kept": 0.8667, "margin_low": 0.8, "margin_high": 0.93}])],
+                      ignore_index=True)
+    md = headline(pd.concat([df, kd], ignore_index=True), boots, vs_kd, TASKS,
+                  [("max_fi", "kfac"), ("max_fi", "kfac+kd")], ("max_fi", "kfac"))
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    assert [r[:3] for r in rows[2:]] == [["max_fi + kfac (default)", "none", "1"], ["max_fi + kfac (default)", "1 epoch", "1"],
+                                         ["max_fi + kfac", "1 epoch, teacher", "3"]]
+    assert rows[-1][3] == f"{(87 / 90 + 59 / 60) * 50:.0f} % · 0.87 [0.80, 0.93] ‡"
 
 
 def test_collect_partial_reads_present_current_files_and_counts_the_left_out(tmp_path, monkeypatch):
