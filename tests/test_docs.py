@@ -122,6 +122,18 @@ def test_methods_table_lists_every_registered_method_and_its_keys():
     assert got == want
 
 
+def test_params_rows_give_each_leaf_its_own_comment_or_its_nearest_commented_parent():
+    text = ("a: 1  # top a\n"
+            "b:        # the b section\n"
+            "  c: x  # the c\n"
+            "        # continued c\n"
+            "  d: {e: 1, f: [2, 3]}  # d's flow\n"
+            "  h: 4\n"
+            "g: [1, 2]\n")
+    assert params_rows(text) == [("a", "1", "top a"), ("b.c", "x", "the c continued c"), ("b.d.e", "1", "d's flow"),
+                                 ("b.d.f", "[2, 3]", "d's flow"), ("b.h", "4", "the b section"), ("g", "[1, 2]", "")]
+
+
 def test_a_pipe_in_a_params_comment_stays_in_its_cell():
     rows = [cells(line) for line in params_table("a: 1  # the norm |g| of b\nc: [1, 2]  # plain\n").splitlines()]
     assert rows[2:] == [["`a`", "`1`", "the norm |g| of b"], ["`c`", "`[1, 2]`", "plain"]]
