@@ -47,6 +47,9 @@ def test_fwsvd_is_weighted_optimum_for_column_constant_fisher(shape, r):
     W = rand(*shape, seed=shape[0])
     F = column_constant_fisher(*shape)
     opt = weighted_error(W, F, *fwsvd(W, F, r))
+    # closed form (Eckart–Young): Σ_ij F_ij ΔW_ij² = ‖ΔW diag(√f)‖², least at the tail of W diag(√f)'s spectrum
+    s = torch.linalg.svdvals(W * F[0].sqrt())
+    assert opt == pytest.approx(float((s[r:] ** 2).sum()), rel=1e-10)
     assert opt <= weighted_error(W, F, *tfwsvd(W, F, r, max_iters=200, tol=1e-14)) * (1 + 1e-9)
     assert opt <= random_restarts_best(W, F, r) * (1 + 1e-7)
     assert opt < weighted_error(W, F, *svd(W, r))
@@ -89,6 +92,24 @@ def test_tfwsvd_converges_to_same_value_from_different_inits():
         vals.append(weighted_error(W, F, *tfwsvd(W, F, 3, max_iters=500, tol=1e-13, init=init)))
     vals.append(weighted_error(W, F, *tfwsvd(W, F, 3, max_iters=500, tol=1e-13)))
     assert max(vals) - min(vals) <= 1e-4 * min(vals)
+    # an independent optimiser on Σ F ⊙ (W − ab)², written here: L-BFGS from other starts gets no lower
+    found = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(50 + seed)
+        a = torch.randn(10, 3, generator=g, dtype=torch.float64).requires_grad_()
+        b = torch.randn(3, 8, generator=g, dtype=torch.float64).requires_grad_()
+        opt = torch.optim.LBFGS([a, b], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (F * (W - a @ b) ** 2).sum()
+            loss.backward()
+            return loss
+        for _ in range(4):
+            opt.step(closure)
+        found.append(float((F * (W - a @ b) ** 2).sum()))
+    assert min(vals) <= min(found) * (1 + 1e-6) and min(found) == pytest.approx(min(vals), rel=1e-4)
 
 
 def test_every_registered_factorisation_is_tested_here():

@@ -39,15 +39,17 @@ def covs(X, Xt):
     return X.T @ Xt / t, Xt.T @ Xt / t
 
 
-@pytest.mark.parametrize("r", [1, 2, 4])
-def test_closed_form_beats_every_other_rank_r_map(r):
+@pytest.mark.parametrize("r,alpha_g", [(1, 0.0), (2, 0.3), (4, 0.0)])
+def test_closed_form_beats_every_other_rank_r_map(r, alpha_g):
     """Brute force: gradient descent on (A, B) from many random starts never ends below the closed
-    form, and the best of them reaches it (the rank-r problem's global optimum)."""
-    W, X, Xt, Sg = problem()
+    form, and the best of them reaches it (the rank-r problem's global optimum). alpha_g > 0: the
+    output side weighted by the damped Σg + α_g·mean(diag Σg)·I, in J written out here."""
+    W, X, Xt, Sg0 = problem()
     alpha_x = 0.01
     C, S = covs(X, Xt)
     delta = alpha_x * float(S.diagonal().mean())
-    A, B = seq_kfac(W, Sg, C, S, r, alpha_x, 0.0)
+    Sg = Sg0 + alpha_g * float(Sg0.diagonal().mean()) * torch.eye(W.shape[0], dtype=torch.float64)
+    A, B = seq_kfac(W, Sg0, C, S, r, alpha_x, alpha_g)
     best = J(W, A @ B, X, Xt, Sg, delta)
     found = []
     for seed in range(6):
