@@ -221,6 +221,65 @@ def test_inter_layer_fi_follows_scores():
     assert max(flat) - min(flat) <= 1
 
 
+def test_inter_layer_fi_gives_parameters_in_proportion_to_the_score_on_any_shape_and_each_score():
+    """methods.md: r_i (m_i + n_i) ∝ s_i^α, so a matrix with twice the score gets twice the parameters,
+    whatever its shape; `score` picks Σ F, Σ F / mn or Σ F ⊙ W²; every rank ≥ r_min."""
+    mats = synthetic([(384, 384), (1536, 384)], seed=4)
+    mats[0].fisher_total, mats[1].fisher_total = 1.0, 2.0
+    ranks, _ = allocate("inter_layer_fi", mats, budget=0.3)
+    params = [r * (M.m + M.n) for M, r in zip(mats, ranks)]
+    # ~100 ranks each and the leftover fill's rank steps: within 4 %; ranks ∝ score would give 2 × 1920 / 768 = 5,
+    # ranks ∝ score / (m + n) on ranks alone 0.8
+    assert params[1] / params[0] == pytest.approx(2.0, rel=0.04)
+    mats = synthetic([(384, 384)] * 3, seed=6)
+    for M, total, energy in zip(mats, [5.0, 5.0, 5.0], [1.0, 2.0, 3.0]):
+        M.fisher_total, M.fisher_energy = total, energy
+    by_energy, _ = allocate("inter_layer_fi", mats, budget=0.3, score="energy", alpha=2.0)
+    assert [r / by_energy[0] for r in by_energy] == pytest.approx([1.0, 4.0, 9.0], rel=0.05)
+    by_total, _ = allocate("inter_layer_fi", mats, budget=0.3, score="total")
+    assert max(by_total) - min(by_total) <= 1                            # equal Σ F: equal ranks
+    mixed = synthetic([(384, 384), (384, 1536)], seed=8)                 # density: Σ F / mn, 4× larger matrix
+    mixed[0].fisher_total, mixed[1].fisher_total = 1.0, 4.0              # the same density
+    dens, _ = allocate("inter_layer_fi", mixed, budget=0.3, score="density")
+    assert dens[1] * 1920 / (dens[0] * 768) == pytest.approx(1.0, rel=0.04)   # equal scores: equal parameters
+    total, _ = allocate("inter_layer_fi", mixed, budget=0.3, score="total")
+    assert total[1] * 1920 / (total[0] * 768) == pytest.approx(4.0, rel=0.04)  # Σ F: 4× the parameters
+    mats[0].fisher_total, mats[1].fisher_total, mats[2].fisher_total = 1e-6, 1.0, 1.0
+    low, _ = allocate("inter_layer_fi", mats, budget=0.3, r_min=8)
+    assert min(low) >= 8
+
+
+def test_energy_is_the_max_min_unweighted_share():
+    """energy: the largest τ such that every matrix keeps ≥ τ of its unweighted spectrum Σ e_k (shares
+    computed here from e, not the Matrix's cumulative arrays), then the leftover filled."""
+    def share(M, r):
+        return 1.0 if r >= M.rbar else float(M.e[:r].sum() / M.e.sum())
+    for seed, p in ((1, 0.35), (2, 0.6)):
+        mats = synthetic(SMALL, seed + 30)
+        for M in mats:                                                   # e unlike g: energy must not read g
+            M.e = np.linspace(1.0, 0.8, len(M.e))                        # nearly flat; g is steep
+            M.__post_init__()
+        B = math.floor(p * dense_total(mats) + 1e-6)
+        best = max(min(share(M, r) for M, r in zip(mats, rk)) for rk in all_allocations(mats) if total_size(mats, rk) <= B)
+        ranks, info = allocate("energy", mats, budget=p)
+        assert total_size(mats, ranks) <= B
+        assert min(share(M, r) for M, r in zip(mats, ranks)) == pytest.approx(best, abs=1e-12)
+        assert info["tau"] == pytest.approx(best, abs=1e-12)
+        g_best = max(min(M.rho(r) for M, r in zip(mats, rk)) for rk in all_allocations(mats) if total_size(mats, rk) <= B)
+        assert best != pytest.approx(g_best, abs=0.05)     # the inputs tell the two spectra apart
+
+
+def test_random_gives_each_matrix_its_seeded_share_of_its_break_even_rank():
+    """random: r_i ≈ c · u_i · r̄_i with u_i the seed's uniform draws (drawn here with random.Random)."""
+    import random
+    mats = synthetic([(384, 384), (384, 1536), (1536, 384)] * 2, seed=9)
+    ranks, _ = allocate("random", mats, budget=0.4, seed=5)
+    rng = random.Random(5)
+    u = [rng.random() for _ in mats]
+    c = [r / (ui * M.rbar) for M, r, ui in zip(mats, ranks, u)]
+    assert max(c) / min(c) == pytest.approx(1.0, abs=0.05), (ranks, u)
+
+
 def test_random_is_seeded():
     mats = synthetic(SMALL * 3)
     assert allocate("random", mats, budget=0.5, seed=3)[0] == allocate("random", mats, budget=0.5, seed=3)[0]
