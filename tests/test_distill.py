@@ -42,6 +42,9 @@ def test_kd_gradient_is_tau_times_p_minus_q_over_batch():
 def test_regression_kd_is_the_mean_squared_difference_and_the_teacher_gets_no_gradient():
     s, t = logits(c=1, seed=5).squeeze(-1), logits(c=1, seed=6).squeeze(-1).requires_grad_()
     assert float(kd_loss(s, t, 2.0, regression=True)) == pytest.approx(float(((s - t.detach()) ** 2).mean()))
+    hand_s, hand_t = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([0.0, 4.0], dtype=torch.float64)
+    for tau in (1.0, 4.0):                                        # (1 + 4) / 2, whatever the temperature
+        assert float(kd_loss(hand_s, hand_t, tau, regression=True)) == pytest.approx(2.5)
     kd_loss(s.requires_grad_(), t, 2.0, regression=True).backward()
     assert t.grad is None
 
