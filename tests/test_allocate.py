@@ -71,6 +71,22 @@ def test_max_fi_equals_brute_force(seed, objective, p):
     assert info["solver"] == "dp"
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_max_fi_greedy_fallback_is_within_one_step_of_the_brute_force_optimum(seed, monkeypatch):
+    """Too large for the DP (forced here): the greedy by gain per parameter meets the budget and, the
+    spectra being descending (concave gains), is short of the optimum by less than one step's gain."""
+    import fisvd.allocate as alloc
+    monkeypatch.setattr(alloc, "_max_fi_dp", lambda *a, **k: None)
+    mats = synthetic(SMALL, seed + 40)
+    p = 0.5
+    B = math.floor(p * dense_total(mats) + 1e-6)
+    best = max(value(mats, rk, "total") for rk in all_allocations(mats) if total_size(mats, rk) <= B)
+    ranks, info = allocate("max_fi", mats, budget=p, objective="total")
+    assert info["solver"] == "greedy" and total_size(mats, ranks) <= B
+    biggest = max(float(M.g[r:].sum() if r + 1 >= M.rbar else M.g[r]) for M in mats for r in range(1, M.rbar))
+    assert best - biggest <= value(mats, ranks, "total") <= best + 1e-12
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("p", [0.3, 0.5, 0.75])
 def test_calibrated_fi_retention_equals_max_min(seed, p):
