@@ -334,17 +334,29 @@ def test_nan_weights_rejected():
         make_matrix("bad", 0, "q", W, torch.ones(4, 4))
 
 
-def test_spectrum_is_that_of_the_factorisations_whitened_matrix():
-    from fisvd.factorize import whitened
+def test_matrices_take_the_factorisations_spectrum():
+    """plan.matrices (what allocate runs) on Factors: fwsvd's g is σ_k(W diag √(mean_i F_ij))² (the ÷ m of
+    methods.md §6, written out here), kfac's σ_k(L_gᵀ W L_x)² with its damping written out here; e stays W's plain
+    spectrum (`energy`), and the Fisher totals are Σ F and Σ F ⊙ W²."""
+    from fisvd.factorize import Factors
+    from fisvd.methods import FACTORISATIONS
+    from fisvd.models import MatrixInfo
+    from fisvd.plan import matrices
     g = torch.Generator().manual_seed(3)
     W, F = torch.randn(12, 8, generator=g, dtype=torch.float64), torch.rand(12, 8, generator=g, dtype=torch.float64)
     X = torch.randn(50, 8, generator=g, dtype=torch.float64)
     G = torch.randn(50, 12, generator=g, dtype=torch.float64)
-    stats = {"fisher": F, "cov_x": X.T @ X, "cov_g": G.T @ G}
-    default = make_matrix("x", 0, "q", W, F)
-    svals2 = lambda T: torch.linalg.svdvals(T.double()) ** 2  # noqa: E731
-    assert np.allclose(make_matrix("x", 0, "q", W, F, svals2(whitened("fwsvd", W, stats))).g, default.g)
-    T = whitened("kfac", W, stats, alpha_x=0.01, alpha_g=0.01)
-    M = make_matrix("x", 0, "q", W, F, svals2(T))
-    assert np.allclose(M.g, torch.linalg.svdvals(T) ** 2) and not np.allclose(M.g, default.g)
-    assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)             # `energy` keeps the plain spectrum
+    stats = {"w": {"fisher": F, "cov_x": X.T @ X / 50, "cov_g": G.T @ G / 50}}
+    infos = [MatrixInfo("w", 0, "q", (12, 8))]
+    fw = matrices(infos, {"w": W}, stats, Factors("fwsvd", {"w": W}, stats))[0]
+    assert np.allclose(fw.g, torch.linalg.svdvals(W * F.mean(0).sqrt()) ** 2, rtol=1e-10)
+    ax, ag = 0.01, 0.02
+    kf = matrices(infos, {"w": W}, stats, Factors("kfac", {"w": W}, stats, FACTORISATIONS["kfac"].params(ax, ag)))[0]
+    Sx, Sg = stats["w"]["cov_x"], stats["w"]["cov_g"]
+    Lx = torch.linalg.cholesky(Sx + ax * Sx.diagonal().mean() * torch.eye(8, dtype=torch.float64))
+    Lg = torch.linalg.cholesky(Sg + ag * Sg.diagonal().mean() * torch.eye(12, dtype=torch.float64))
+    assert np.allclose(kf.g, torch.linalg.svdvals(Lg.T @ W @ Lx) ** 2, rtol=1e-8) and not np.allclose(kf.g, fw.g)
+    for M in (fw, kf):
+        assert np.allclose(M.e, torch.linalg.svdvals(W) ** 2)
+        assert (M.m, M.n, M.fisher_total) == (12, 8, pytest.approx(float(F.sum())))
+        assert M.fisher_energy == pytest.approx(float((F * W * W).sum()))
