@@ -183,6 +183,13 @@ def test_fit_monotone_nonnegative_through_monotone_points():
         assert np.all(np.diff(curve) <= 0) and np.all(curve >= 0) and curve[-1] == 0
         if np.all(np.diff(ds) <= 0) and np.all(ds >= 0):         # already monotone: exact through them
             np.testing.assert_allclose(curve[np.array(rs) - 1], ds, rtol=1e-12)
+    # not monotone: pool adjacent violators, by hand: (1, 3) pool to 2, then 0.5
+    np.testing.assert_allclose(fit_curve(M, [(1, 1.0), (2, 3.0), (3, 0.5)])[:3], [2.0, 2.0, 0.5], rtol=1e-12)
+    # a measured Δ of 0 ends the power law: linear in the tail between the two points
+    lin = fit_curve(M, [(4, 0.8), (12, 0.0)])
+    for r in (5, 8, 11):
+        want = 0.8 * (tail(M, r) - tail(M, 12)) / (tail(M, 4) - tail(M, 12))
+        assert lin[r - 1] == pytest.approx(want, rel=1e-12)
     power = [(r, tail(M, r) ** 1.7) for r in (1, 5, 20)]          # a power law of the tail: exact too
     np.testing.assert_allclose(fit_curve(M, power)[:20], [tail(M, r) ** 1.7 for r in range(1, 21)], rtol=1e-9)
 
@@ -317,15 +324,20 @@ def test_joint_refine_never_worse_and_within_budget(metric):
     new, hist = joint_refine(model, mats, ranks, fn, bs, p, 6, rank_multiple=1, metric=metric, device="cpu")
     assert total_size(mats, new) <= B and len(hist) <= 7
     assert all(r in M.allowed() for M, r in zip(mats, new))
+    assert len(hist) > 1                                          # at least one swap was tried
     final = min([hist[0]["delta"]] + [h["delta"] for h in hist[1:] if h["accepted"]])
-    assert final <= hist[0]["delta"]
-    # the measured Δ of the returned ranks, from scratch on an explicitly compressed copy
-    comp = apply_lowrank(copy.deepcopy(model), {M.name: fn(M.name, r) for M, r in zip(mats, new) if r < M.rbar})
-    z, zc = logits(model, bs), logits(comp, bs)
+    # the measured Δ of the input and of the returned ranks, from scratch on explicitly compressed copies
+    z = logits(model, bs)
     y = torch.cat([b["labels"] for b in bs])
     ce = torch.nn.functional.cross_entropy
-    got = kl(z, zc) if metric == "kl" else float(ce(zc, y) - ce(z, y))
-    assert got == pytest.approx(final, rel=1e-5, abs=1e-10) and got <= hist[0]["delta"] + 1e-12
+
+    def delta(rk):
+        comp = apply_lowrank(copy.deepcopy(model), {M.name: fn(M.name, r) for M, r in zip(mats, rk) if r < M.rbar})
+        zc = logits(comp, bs)
+        return kl(z, zc) if metric == "kl" else float(ce(zc, y) - ce(z, y))
+    d0, got = delta(ranks), delta(new)
+    assert hist[0]["delta"] == pytest.approx(d0, rel=1e-5, abs=1e-10)
+    assert got == pytest.approx(final, rel=1e-5, abs=1e-10) and got <= d0 + 1e-9
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     same, h0 = joint_refine(model, mats, ranks, fn, bs, p, 0, rank_multiple=1, metric=metric, device="cpu")
     assert same == ranks and len(h0) == 1 and h0[0]["delta"] == pytest.approx(hist[0]["delta"], rel=1e-9)
