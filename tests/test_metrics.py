@@ -68,6 +68,33 @@ def test_mrpc_constant_not_paraphrase_is_collapsed():
     assert m["f1"] == 0.0 and m["accuracy"] == pytest.approx(129 / 408) and m["collapsed"] is True
 
 
+@pytest.mark.parametrize("task", ["mrpc", "cola", "stsb"])
+def test_bootstrap_interval_is_the_percentiles_of_a_written_out_resampling_loop(task):
+    """bootstrap_ci against a plain loop: the same seeded index draws (numpy's default_rng(seed).integers),
+    each replicate scored with sklearn / scipy and the GLUE formula (MRPC: mean of F1 and accuracy; CoLA: MCC;
+    STS-B: mean of Pearson and Spearman; ×100), then the 2.5 / 97.5 % percentiles."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+    from fisvd.report import bootstrap_ci
+    rng = np.random.default_rng(11)
+    if task == "stsb":
+        labels = rng.uniform(0, 5, 120)
+        preds = labels + rng.normal(0, 1.2, 120)
+        score = lambda p, y: 50 * (pearsonr(p, y)[0] + spearmanr(p, y)[0])          # noqa: E731
+    else:
+        labels = rng.integers(0, 2, 120)
+        preds = np.where(rng.random(120) < 0.75, labels, 1 - labels)
+        score = ((lambda p, y: 50 * (f1_score(y, p) + accuracy_score(y, p))) if task == "mrpc"   # noqa: E731
+                 else (lambda p, y: 100 * matthews_corrcoef(y, p)))
+    n, seed = 300, 5
+    idx = np.random.default_rng(seed).integers(0, 120, (n, 120))
+    loop = [score(preds[i], labels[i]) for i in idx]
+    want = np.quantile(loop, [0.025, 0.975])
+    got = bootstrap_ci(task, {"dev": (preds, labels)}, n=n, seed=seed)
+    assert got == pytest.approx(tuple(want), abs=1e-6)
+    assert bootstrap_ci(task, {"dev": (preds, labels)}, n=n, seed=seed + 1) != got          # the seed matters
+
+
 def test_mrpc_near_constant_not_paraphrase_is_collapsed():
     """12 of 408 predicted positive (8 right, 4 wrong): acc 32.6, F1 5.5, majority share 97.1%."""
     preds = np.zeros(408, int)
@@ -76,7 +103,7 @@ def test_mrpc_near_constant_not_paraphrase_is_collapsed():
     m = glue_metrics("mrpc", preds, MRPC_DEV)
     # TP 8, FP 4, FN 271, TN 125: acc 133/408, F1 = 2·8 / (2·8 + 4 + 271) = 16/291
     assert m["accuracy"] == pytest.approx(133 / 408) and m["f1"] == pytest.approx(16 / 291)
-    assert 396 / 408 < 0.98 and m["collapsed"] is True
+    assert m["collapsed"] is True                     # 396 / 408 = 97.1 % predicted not-paraphrase
 
 
 def test_collapse_share_threshold():
