@@ -65,7 +65,7 @@ def test_time_of_is_measured_or_conservative_between_grid_points():
     assert time_of(t, shape, 9) == 12.0                                            # above: max(last, dense)
     assert time_of(t, shape, 10) == 10.0 and time_of(t, shape, 99) == 10.0         # r ≥ r̄: dense
     assert dense_time(t, shape) == 10.0
-    assert times(t, shape) == [time_of(t, shape, r) for r in range(1, 11)]
+    assert times(t, shape) == [3.0, 3.0, 5.0, 5.0, 5.0, 4.0, 12.0, 12.0, 12.0, 10.0]
     assert faster_ranks(t, shape) == {1, 2, 3, 4, 5, 6}                            # 7 has a slow neighbour
     assert faster_ranks(t, shape, by=0.55) == {1, 2, 6}                             # < 4.5 ms
     t2 = make_table({(20, 20): (10.0, {4: 5.0, 6: 4.0})})
@@ -210,16 +210,31 @@ def test_restriction_changes_ranks_only_where_they_were_slow():
 TINY = [(12, 8), (10, 10), (16, 6), (9, 12)]                                       # r̄ = 4, 5, 4, 5
 
 
-def tiny_table(seed, integer):
+def tiny_rows(seed, integer):
+    """{(m, n): (dense ms, {rank: ms})}, every rank below r̄ measured."""
     rng = np.random.default_rng(seed)
     rows = {}
-    for m, n in set(TINY):
+    for m, n in sorted(set(TINY)):
         rbar = break_even(m, n)
         dense = float(rng.integers(20, 40))
         ms = {r: (float(rng.integers(1, dense + 8)) if integer else float(rng.uniform(1, dense + 8)))
               for r in range(1, rbar)}
         rows[(m, n)] = (dense, ms)
-    return make_table(rows)
+    return rows
+
+
+def tiny_table(seed, integer):
+    return make_table(tiny_rows(seed, integer))
+
+
+def brute_latency(mats, rows, p, value):
+    """Best value over every allocation of ranks faster than dense (or dense), costed by the rows' own
+    times, whose total is ≤ p of the dense total: independent of speed_aware / time_of."""
+    opts = [[(r, ms[r]) for r in range(1, M.rbar) if ms[r] < dense] + [(M.rbar, dense)]
+            for M in mats for dense, ms in [rows[(M.m, M.n)]]]
+    budget = p * sum(rows[(M.m, M.n)][0] for M in mats)
+    return max(value([r for r, _ in combo]) for combo in itertools.product(*opts)
+               if sum(c for _, c in combo) <= budget + 1e-9)
 
 
 def brute(mats, budget, value):
@@ -238,7 +253,8 @@ def fi(mats, ranks):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("p", [0.7, 0.8, 0.9])
 def test_latency_knapsack_equals_brute_force(seed, p):
-    t = tiny_table(seed, integer=True)        # integer times: the DP is exact (gcd unit)
+    rows = tiny_rows(seed, integer=True)      # integer times: the DP is exact (gcd unit)
+    t = make_table(rows)
     mats = speed_aware(curves(synthetic(TINY, seed)), t, "latency")
     total = sum(M.dense_size for M in mats)
     assert min_ratio(mats) < p
@@ -247,9 +263,11 @@ def test_latency_knapsack_equals_brute_force(seed, p):
     share = sum(time_of(t, (M.m, M.n), r) for M, r in zip(mats, ranks)) / sum(dense_time(t, (M.m, M.n)) for M in mats)
     assert share <= p + 1e-12
     assert fi(mats, ranks) == pytest.approx(brute(mats, p * total, lambda rk: fi(mats, rk)), rel=1e-12)
+    assert fi(mats, ranks) == pytest.approx(brute_latency(mats, rows, p, lambda rk: fi(mats, rk)), rel=1e-12)
     ranks, info = allocate("measured", mats, budget=p)                             # the same DP with −Δ
     loss = lambda rk: -sum(M.loss[r - 1] for M, r in zip(mats, rk))               # noqa: E731
     assert loss(ranks) == pytest.approx(brute(mats, p * total, loss), abs=1e-12)
+    assert loss(ranks) == pytest.approx(brute_latency(mats, rows, p, loss), abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))
