@@ -139,3 +139,21 @@ def test_summary_rows_are_looked_up_by_name_not_position():
     for i, m in enumerate(mats):
         assert rows[m.name]["total"] == (i + 1) * m.shape[0] * m.shape[1]
         assert (rows[m.name]["layer"], rows[m.name]["type"]) == (m.layer, m.type)
+
+
+def test_a_bf16_model_accumulates_its_fisher_in_fp32():
+    """GPU runs hold the model in bf16 (autocast) but the Fisher sums in fp32: the sums are float32 and
+    equal a reference that squares each batch's bf16 gradient in float64."""
+    model = tiny_bert(vocab_size=100).to(torch.bfloat16)
+    names = [m.name for m in compressible_linears(model)]
+    feats = features(6, seed=2)
+    parts = [collate(feats[:3]), collate(feats[3:])]
+    sums, count, _ = fisher_per_batch(model, names, parts, torch.device("cpu"))
+    assert count == 2 and all(s.dtype == torch.float32 for s in sums.values())
+    for n in names[:3]:
+        ref = torch.zeros(sums[n].shape, dtype=torch.float64)
+        for b in parts:
+            model.zero_grad()
+            model(**b).loss.backward()
+            ref += model.get_submodule(n).weight.grad.double() ** 2
+        assert torch.allclose(sums[n].double(), ref, rtol=1e-6, atol=0), n
