@@ -109,6 +109,15 @@ def test_scientific_notation_and_ints_are_accepted_for_floats():
     raw["allocate"]["fi_retention"]["tau"] = 1
     p = parse_params(raw)
     assert p.finetune.learning_rate == 1.0 and isinstance(p.allocate.budget, float)
+    assert p.allocate.options["fi_retention"].tau == 1.0 and isinstance(p.allocate.options["fi_retention"].tau, float)
+    # written as YAML text: PyYAML reads 2e-5 (no dot) as a string, DVC (YAML 1.2) as a number; both work
+    for text, want in (("2e-5", 2e-5), ("2.0e-5", 2e-5), ("5E-5", 5e-5), ("+1e-4", 1e-4)):
+        raw["finetune"]["learning_rate"] = yaml.safe_load(f"v: {text}")["v"]
+        assert parse_params(raw).finetune.learning_rate == want, text
+    for bad in ("fast", "1e", "e-5", "2e-5x"):
+        raw["finetune"]["learning_rate"] = bad
+        with pytest.raises(ParamError, match="finetune.learning_rate: .* expected a number"):
+            parse_params(raw)
 
 
 @pytest.mark.parametrize("stage", ["prepare", "finetune", "fisher", "allocate", "compress", "evaluate"])

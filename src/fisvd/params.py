@@ -372,6 +372,9 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # 2e-5, 1.E3, .5e1: numbers in YAML 1.2
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check `value` against the annotated type `tp` (int, float, str, bool, Optional[...], dataclass)."""
     origin = typing.get_origin(tp)
@@ -397,6 +400,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return _coerce(key, value, args[-1])
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
+    if tp is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)        # YAML 1.1 (PyYAML) reads 2e-5 as a string; YAML 1.2 (DVC) as a number
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
