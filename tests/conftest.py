@@ -72,7 +72,8 @@ MNLI_LABELS = ("entailment", "neutral", "contradiction")
 def write_mnli(dir_: Path, n_train: int = 6, n_dev: int = 4, n_dev_mm: int = 5) -> Path:
     """A small MNLI-format GLUE folder: train.tsv (label1, gold_label), dev_matched.tsv and
     dev_mismatched.tsv (label1..label5, gold_label), with the real MNLI headers. Row i of a file
-    has sentence1 "<split> premise i", sentence2 "hypothesis i" and gold label MNLI_LABELS[i % 3]."""
+    has sentence1 "<split> premise i", sentence2 "hypothesis i" and gold label MNLI_LABELS[i % 3]; its
+    annotators' votes are other labels (a reader that took a vote instead of gold_label would fail)."""
     (dir_ / "MNLI").mkdir(parents=True, exist_ok=True)
     for name, n, votes in (("train", n_train, 1), ("dev_matched", n_dev, 5), ("dev_mismatched", n_dev_mm, 5)):
         head = MNLI_HEADER + "".join(f"\tlabel{k}" for k in range(2, votes + 1)) + "\tgold_label"
@@ -81,7 +82,7 @@ def write_mnli(dir_: Path, n_train: int = 6, n_dev: int = 4, n_dev_mm: int = 5) 
             gold = MNLI_LABELS[i % 3]
             lines.append("\t".join([str(i), str(100 + i), f"{100 + i}e", "fiction", "( a b )", "( c d )",
                                     "(ROOT (S a b))", "(ROOT (S c d))", f"{name} premise {i}",
-                                    f"hypothesis {i}", *[gold] * votes, gold]))
+                                    f"hypothesis {i}", *[MNLI_LABELS[(i + 1 + k) % 3] for k in range(votes)], gold]))
         (dir_ / "MNLI" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return dir_
 

@@ -246,3 +246,17 @@ def test_load_prepared_returns_every_split_in_meta(tmp_path):
     with pytest.raises(DataError) as err:
         load_prepared(out)
     assert str(out / "dev_mm.jsonl") in str(err.value) and "'dev_mm'" in str(err.value)
+
+
+def test_hold_out_is_a_seeded_partition_in_file_order():
+    from fisvd.data import DataError, hold_out
+    rows = [{"i": i} for i in range(20)]
+    rest, held = hold_out(rows, 5, 7)
+    r, h = [x["i"] for x in rest], [x["i"] for x in held]
+    assert len(h) == 5 and set(r).isdisjoint(h) and sorted(r + h) == list(range(20))
+    assert r == sorted(r) and h == sorted(h)                   # both keep the file order
+    assert h == sorted(__import__("random").Random(7).sample(range(20), 5))   # the seed's draw
+    assert h != list(range(5)) and [x["i"] for x in hold_out(rows, 5, 8)[1]] != h
+    for n in (0, 20):
+        with pytest.raises(DataError, match="data.calibration_rows"):
+            hold_out(rows, n, 7)
