@@ -45,15 +45,15 @@ def test_every_key_is_required(key):
 
 
 @pytest.mark.parametrize("path,value,needle", [
-    (("allocate", "fi_retention", "tau"), 0.0, "allocate.fi_retention.tau"),
+    (("allocate", "fi_retention", "tau"), 0.0, "0.0 is out of range; allowed values are in (0, 1]"),
     (("allocate", "fi_retention", "tau"), 1.5, "(0, 1]"),
-    (("allocate", "budget"), -0.1, "allocate.budget"),
-    (("allocate", "budget"), 0, "allocate.budget"),
-    (("allocate", "rank_multiple"), 0, "allocate.rank_multiple"),
+    (("allocate", "budget"), -0.1, "-0.1 is out of range; allowed values are in (0, 1]"),
+    (("allocate", "budget"), 0, "0.0 is out of range"),
+    (("allocate", "rank_multiple"), 0, ">= 1"),
     (("allocate", "rank_multiple"), 8.5, "expected an integer"),
-    (("finetune", "epochs"), 0, "finetune.epochs"),
-    (("finetune", "batch_size"), -4, "finetune.batch_size"),
-    (("fisher", "batch_size"), 0, "fisher.batch_size"),
+    (("finetune", "epochs"), 0, ">= 1"),
+    (("finetune", "batch_size"), -4, "-4 is out of range; allowed values are > 0"),
+    (("fisher", "batch_size"), 0, "allowed values are > 0"),
     (("data", "task"), "mrcp", "cola, sst2, mrpc"),
     (("allocate", "method"), "fisher", "uniform_rank, uniform_ratio, energy, random, inter_layer_fi"),
     (("compress", "method"), "pca", "svd, fwsvd, tfwsvd"),
@@ -65,12 +65,13 @@ def test_every_key_is_required(key):
     (("allocate", "inter_layer_fi", "r_min"), 0, ">= 1"),
     (("allocate", "inter_layer_fi", "alpha"), float("nan"), "finite"),
     (("allocate", "max_fi", "objective"), "sum", "total, layerwise"),
-    (("finetune", "learning_rate"), "fast", "finetune.learning_rate"),
+    (("finetune", "learning_rate"), "fast", "expected a number"),
     (("finetune", "epochs"), 2.5, "expected an integer"),
     (("allocate", "fi_retention", "calibrate"), "yes", "true or false"),
     (("finetune", "epochs"), True, "expected an integer"),
-    (("model", "name"), "", "model.name"),
-    (("data", "max_train_samples"), 0, "data.max_train_samples"),
+    (("model", "name"), "", "empty"),
+    (("data", "max_train_samples"), 0, "> 0 or null"),
+    (("data", "calibration_rows"), -1, "-1 is out of range; allowed values are >= 0"),
 ])
 def test_bad_values_name_the_key(path, value, needle):
     raw = defaults()
