@@ -1,6 +1,7 @@
 """Outputs do not depend on the environment (issue 22 item 6): the saved tokenizer drops the loading
 options transformers records (`local_files_only` follows HF_HUB_OFFLINE; compress saves it the same
-way), and prepare → finetune write the same bytes with and without HF_HUB_OFFLINE=1."""
+way), and the whole pipeline, prepare → evaluate, writes the same bytes with and without HF_HUB_OFFLINE=1
+(data/ and metrics/, the run-time and latency files aside: they hold measured times)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,11 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import ROOT, write_mrpc
+from fisvd.paths import RUNTIME
 
 
 def test_saved_tokenizer_is_the_same_whatever_the_loading_options(tmp_path, tiny_model_dir):
@@ -36,6 +39,7 @@ def test_stage_outputs_are_byte_identical_with_and_without_hf_hub_offline(tmp_pa
     params["model"]["name"] = str(tiny_model_dir)
     params["finetune"].update(epochs=1, batch_size=8, max_length=32)
     params["allocate"]["method"], params["compress"]["method"] = "uniform_rank", "svd"
+    params["evaluate"]["latency_batches"], params["allocate"]["speed_table"] = 1, None   # no table in the folder
     outs = {}
     for offline in ("1", None):
         work = tmp_path / f"run-{offline}"
@@ -46,10 +50,14 @@ def test_stage_outputs_are_byte_identical_with_and_without_hf_hub_offline(tmp_pa
         if offline:
             env["HF_HUB_OFFLINE"] = offline
         both = ("import importlib; from fisvd.params import load_params\n"   # one process: HF_HUB_OFFLINE is
-                "for s in ('prepare', 'finetune'):\n"                        # read once, at import
+                "for s in ('prepare', 'finetune', 'fisher', 'allocate', 'compress', 'evaluate'):\n"
                 "    importlib.import_module('stages.' + s).main(load_params('params.yaml'))")
         done = subprocess.run([sys.executable, "-c", both], cwd=work, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-1500:]
-        outs[offline] = digests(work / "data")
         shutil.rmtree(work / "data/.finetune-checkpoints", ignore_errors=True)
-    assert outs["1"] == outs[None] and "model/tokenizer_config.json" in outs["1"]
+        timed = {Path(f).relative_to("metrics").as_posix() for f in RUNTIME.values()}
+        outs[offline] = ({f"data/{k}": v for k, v in digests(work / "data").items()}
+                         | {f"metrics/{k}": v for k, v in digests(work / "metrics").items() if k not in timed})
+    assert outs["1"] == outs[None]
+    assert {"data/model/tokenizer_config.json", "data/compressed/tokenizer_config.json",
+            "data/fisher.safetensors", "metrics/allocate/ranks.json", "metrics/evaluate/metrics.json"} <= set(outs["1"])
