@@ -5,6 +5,7 @@ paths, errors — excluded, with the reasons in fisvd.deps), plus exactly its pi
 keys the stage declares (its `KEYS`), the method stages naming the chosen method's section only."""
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,7 +21,37 @@ MODULES = sorted((ROOT / "src" / "fisvd").glob("*.py"))
 
 def test_no_module_imports_fisvd_lazily():
     """The dependency closure reads module-level imports: a lazy `from .x import` would hide a dep."""
-    assert {p.stem: imports(p, lazy=True) for p in MODULES if imports(p, lazy=True)} == {}
+    files = MODULES + sorted((ROOT / "stages").glob("*.py"))
+    assert {p.stem: imports(p, lazy=True) for p in files if imports(p, lazy=True)} == {}
+
+
+def test_the_import_scanner_reads_every_import_form(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import fisvd.io\nimport fisvd.stats as st, os\nfrom fisvd import data\nfrom fisvd.models import x\n"
+                   "from . import plan\nfrom .lowrank import y\n\ndef f():\n    import fisvd.speed\n")
+    assert imports(src) == {"io", "stats", "data", "models", "plan", "lowrank"}
+    assert imports(src, lazy=True) == {"speed"}
+
+
+def loaded(code: str) -> set[str]:
+    """fisvd modules in sys.modules after running `code` in a fresh interpreter (an independent scan)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(m.split('.')[1] "
+                          "for m in sys.modules if m.startswith('fisvd.'))))"], cwd=ROOT, capture_output=True, text=True,
+                         env={"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-800:]
+    return set(out.stdout.split())
+
+
+def test_stage_deps_against_the_modules_python_actually_loads():
+    """Independent of the AST scanner: each stage's code deps lie between the fisvd modules importing its
+    script loads (upper bound) and those less what the interface modules alone load (lower bound)."""
+    interface = loaded("; ".join(f"import fisvd.{m}" for m in INTERFACE))
+    for stage in DVC:
+        mods = loaded(f"import stages.{stage}")
+        deps = {Path(d).stem for d in DVC[stage]["deps"] if d.startswith("src/fisvd/")}
+        assert mods - interface <= deps <= mods, (stage, sorted(mods - interface - deps), sorted(deps - mods))
 
 
 SPECS = {"methods", "registry"}      # torch-free too, but code deps: needs / sliceable / budgeted shape outputs

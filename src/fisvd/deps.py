@@ -39,6 +39,8 @@ def _imports(source: str, lazy: bool) -> frozenset[str]:
     top = set(map(id, tree.body))
     mods = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and (id(node) not in top) == lazy:   # import fisvd.x (as y)
+            mods |= {a.name.split(".")[1] for a in node.names if a.name.startswith("fisvd.")}
         if not isinstance(node, ast.ImportFrom) or (id(node) not in top) != lazy:
             continue
         if node.level == 1:                     # from .x import y; from . import x
