@@ -182,7 +182,7 @@ def shipped_params(tmp_path, **changes):
     return load_params(tmp_path / "params.yaml")
 
 
-@pytest.mark.parametrize("family, limit", [("gpt2", 160), ("roberta", 161), ("bert", 160), ("mpnet", 159),
+@pytest.mark.parametrize("family, limit", [("gpt2", 160), ("roberta", 161), ("bert", 160), ("mpnet", 158),
                                            ("llama", None), ("deberta-v3", None)])
 def test_preflight_max_length_against_learned_positions(tmp_path, family, limit, minilm_tokenizer):
     from fisvd.errors import ParamError
@@ -194,6 +194,14 @@ def test_preflight_max_length_against_learned_positions(tmp_path, family, limit,
     check(shipped_params(tmp_path, finetune__max_length=limit), d, [])
     with pytest.raises(ParamError, match=f"finetune.max_length: {limit + 1} exceeds the {limit} positions"):
         check(shipped_params(tmp_path, finetune__max_length=limit + 1), d, [])
+    # the model itself: `limit` tokens run, one more indexes past its position table
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(d).eval()
+    ids = lambda n: torch.arange(n).remainder(40).add(5)[None]      # noqa: E731  no pad / special ids
+    with torch.no_grad():
+        assert model(input_ids=ids(limit)).logits.shape[0] == 1
+        with pytest.raises((IndexError, RuntimeError)):
+            model(input_ids=ids(limit + 1))
 
 
 def test_preflight_latency_budget_needs_every_shape_timed(tmp_path, minilm_tokenizer, monkeypatch):

@@ -34,8 +34,10 @@ def position_limit(config) -> int | None:
     limit = d.get("max_position_embeddings", d.get("n_positions"))
     if not isinstance(limit, int):
         return None
-    if config.model_type in ROBERTA_LIKE and isinstance(d.get("pad_token_id"), int):
-        limit -= d["pad_token_id"] + 1
+    if config.model_type == "mpnet":             # MPNetEmbeddings numbers positions from its fixed padding_idx 1
+        limit -= 2                               # + 1, whatever the config's pad_token_id
+    elif config.model_type in ROBERTA_LIKE and isinstance(d.get("pad_token_id"), int):
+        limit -= d["pad_token_id"] + 1           # positions from pad_token_id + 1
     return limit
 
 
