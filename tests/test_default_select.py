@@ -47,7 +47,7 @@ def test_held_rows_avoid_the_calibration_subset():
 
 @pytest.mark.parametrize("case, verdict", [
     ("switch", True), ("pooled_reaches_1", False), ("one_task_worse", False), ("worse_at_half", False),
-    ("missing_task", None)])
+    ("missing_task", None), ("half_may_reach_1", True), ("pooled_exactly_1", False), ("task_at_1", True)])
 def test_decision_rule(case, verdict):
     tasks = ["a", "b"]
     good = (0.5, 0.9)
@@ -61,6 +61,12 @@ def test_decision_rule(case, verdict):
         pooled[50] = (1.02, 1.3)
     if case == "missing_task":
         per = {p: {"a": good} for p in bench.BUDGETS}
+    if case == "half_may_reach_1":          # p = 0.5 only needs not worse beyond its interval
+        pooled[50] = (0.9, 1.3)
+    if case == "pooled_exactly_1":          # p ≤ 0.3: the interval must stay below 1
+        pooled[30] = (0.5, 1.0)
+    if case == "task_at_1":                 # a task blocks only when worse beyond its interval (lo > 1)
+        per[20]["a"] = (1.0, 1.3)
     assert bench.decide(pooled, per, tasks)[0] is verdict
     # worse on one task at the default budget alone (pooled fine) does not block the switch
     per[50] = {t: (1.1, 1.2) for t in per[50]}
