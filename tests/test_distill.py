@@ -115,6 +115,7 @@ def test_grid_recoveries_name_teacher_and_seed_runs_and_their_params():
     assert "recover.teacher" in kd7["params"]
     assert "recover.teacher" not in stages["recover-kfac-max_fi-p10"]["params"]
     assert stages["recover-kfac-max_fi-p10-kd"]["cmd"].endswith("--budget 10 --teacher")
-    with pytest.raises(Exception, match=r"recover.cells\[0\].seeds"):
+    from fisvd.params import ParamError
+    with pytest.raises(ParamError, match=r"recover\.cells\[0\]\.seeds: \[1, 1\]; give one or more distinct seeds"):
         raw["recover"]["cells"][0]["seeds"] = [1, 1]
         parse_params(raw)
