@@ -72,6 +72,10 @@ def test_runs_of_different_lengths_compete_at_their_own_last_epoch():
     assert bench.choose(df) == {"learning_rate": 3e-5, "epochs": 8, "batch_size": 16, "holdout_score": 35.0}
     assert bench.choose(df[df.run_epochs == 4]) == {"learning_rate": 3e-5, "epochs": 4, "batch_size": 16,
                                                     "holdout_score": 33.0}
+    # the same rate, equal final scores after 2 and after 4 epochs: the shorter run
+    tie = pd.DataFrame({"learning_rate": 3e-5, "run_epochs": [2, 2, 4, 4, 4, 4], "epochs": [1, 2, 1, 2, 3, 4],
+                        "score": [30, 40, 20, 30, 35, 40.0]})
+    assert bench.choose(tie) == {"learning_rate": 3e-5, "epochs": 2, "batch_size": 16, "holdout_score": 40.0}
 
 
 def test_batch_size_is_a_candidate_and_old_rows_are_batch_16():
