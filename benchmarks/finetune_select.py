@@ -33,17 +33,18 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from fisvd.data import TASKS, hold_out, load_local, resolve_glue_dir, subset, tokenize
+from fisvd.data import TASKS, hold_out, load_hf, load_local, resolve_glue_dir, subset, tokenize
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
-from fisvd.params import load_params
 from fisvd.train import epoch_scores, make_trainer
 
 OUT = Path("benchmarks/results")
 CSV, JSON, MD = OUT / "finetune_select.csv", OUT / "finetune_select.json", OUT / "finetune_select.md"
 MAX_EPOCHS = {"rte": 5, "stsb": 4, "cola": 4, "sst2": 3, "mrpc": 4, "qnli": 3, "mnli": 2, "qqp": 2, "wnli": 5}
 # the grid's seeded training subsets (params.yaml grid.max_train_samples), so selection sees the grid's data
-MAX_TRAIN = load_params(Path(__file__).resolve().parents[1] / "params.yaml").grid.max_train_samples
+# (read as plain YAML: a task being added to the grid has no grid.finetune line yet, which params validation refuses)
+MAX_TRAIN = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["grid"]["max_train_samples"]
 FIXED = dict(weight_decay=0.01, warmup_ratio=0.1, seed=42)
 OLD_BATCH = 16     # the batch size of every run recorded before batch size was a candidate
 MAX_LENGTH = 128
@@ -114,30 +115,53 @@ def _sci(x: float) -> str:
 
 def apply(chosen: dict, tasks: list[str], params: Path = Path("params.yaml")) -> list[str]:
     """Rewrite each task's `grid.finetune.<task>` line of params.yaml to its chosen setting (a flow
-    mapping line; comments elsewhere kept). Returns the tasks changed."""
+    mapping line; comments elsewhere kept), or add the line for a task that has none (after the last
+    task line of grid.finetune). Returns the tasks changed."""
     lines = params.read_text().splitlines(keepends=True)
     start = next(i for i, l in enumerate(lines) if l.startswith("grid:"))
     sect = next(i for i in range(start, len(lines)) if re.match(r"\s+finetune:", lines[i]))
+    pattern = re.compile(r"(\s+)(\w+): \{learning_rate: [^,]+, epochs: \d+(, batch_size: \d+)?\}")
     changed = []
     for task in tasks:
         c = chosen[task]
+        entry = (f"{task}: {{learning_rate: {_sci(c['learning_rate'])}, epochs: {c['epochs']}, "
+                 f"batch_size: {c.get('batch_size', OLD_BATCH)}}}  # held-out {c['holdout_score']:.2f}\n")
+        rows = []                                       # the section's task lines (comment lines may sit between)
         for i in range(sect + 1, len(lines)):
-            m = re.match(rf"(\s+){task}: \{{learning_rate: [^,]+, epochs: \d+(, batch_size: \d+)?\}}", lines[i])
-            if m:
-                new = (f"{m.group(1)}{task}: {{learning_rate: {_sci(c['learning_rate'])}, epochs: {c['epochs']}, "
-                       f"batch_size: {c.get('batch_size', OLD_BATCH)}}}"
-                       f"  # held-out {c['holdout_score']:.2f}\n")
-                changed += [task] if new != lines[i] else []
-                lines[i] = new
+            if (m := pattern.match(lines[i])):
+                rows.append((i, m))
+            elif rows and lines[i].strip() and not lines[i].lstrip().startswith("#"):
                 break
+        if not rows:
+            raise SystemExit("params.yaml: grid.finetune has no task line to update or add beside")
+        mine = [(i, m) for i, m in rows if m.group(2) == task]
+        if mine:
+            i, m = mine[0]
+            if m.group(1) + entry != lines[i]:
+                lines[i] = m.group(1) + entry
+                changed.append(task)
         else:
-            raise SystemExit(f"params.yaml: no grid.finetune.{task} line to update")
+            i, m = rows[-1]
+            lines.insert(i + 1, m.group(1) + entry)
+            changed.append(task)
     params.write_text("".join(lines))
     return changed
 
 
+def glue_rows(task: str) -> dict:
+    """The task's splits as prepare reads them: the local GLUE TSVs where they hold its training split,
+    else nyu-mll/glue from the hub (QNLI's local copy has dev/test only; MNLI / QQP may be absent)."""
+    if task not in TASKS:
+        raise SystemExit(f"{task}: not a GLUE task; finetune_select chooses for GLUE tasks (a custom task: set "
+                         f"grid.finetune.{task} by hand, or choose with your own held-out split)")
+    glue = resolve_glue_dir(".")
+    if glue is not None and (glue / TASKS[task].folder / "train.tsv").is_file():
+        return load_local(task, glue)[0]
+    return load_hf(task)[0]
+
+
 def run(task: str, lr: float, batch_size: int, model_name: str, epochs: int) -> list[dict]:
-    rows, _ = load_local(task, resolve_glue_dir("."))
+    rows = glue_rows(task)
     train = subset(rows["train"], MAX_TRAIN.get(task), 0)
     fit, held = holdout_split(train)
     path = resolve_model(model_name)

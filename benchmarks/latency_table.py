@@ -9,6 +9,11 @@ is the CPU one) and this report, naming the machine, to the .md beside it.
 
     python benchmarks/latency_table.py [--model minilm-l6] [--rounds 7] [--reps 3] [--step 16]
                                        [--batch 32 --length 128] [--threads N] [--device cuda --dtype bfloat16]
+    python benchmarks/latency_table.py --model bert-base-uncased --merge   # add a model's shapes to the table
+
+`--merge` keeps the shapes already in the output table and adds (or re-measures) the model's, so one
+table serves several models; it refuses a table measured on another machine or workload (their times
+would not compare). Any change to the CPU table re-runs the stages that read it (allocate, the grid's cells).
 
 Times are fp32 on CPU with the process's default torch threads (the pipeline's) and, unless set
 otherwise, OMP_WAIT_POLICY=PASSIVE (on a CPU shared with other jobs spin-waiting OpenMP threads turn
@@ -25,7 +30,23 @@ import torch  # noqa: E402
 
 from fisvd.models import compressible_linears, meta_model, resolve_model  # noqa: E402
 from fisvd.results import machine, recorded  # noqa: E402
-from fisvd.speed import default_grid, faster_ranks, measure_table, save_table, shape_key, time_of  # noqa: E402
+from fisvd.speed import (default_grid, faster_ranks, load_table, measure_table, save_table, shape_key,  # noqa: E402
+                         time_of)
+
+SAME = ("format", "device", "device_name", "dtype", "torch", "threads", "omp_wait_policy", "batch", "length", "tokens")   # --merge: must match
+
+
+def merge_tables(base: dict, new: dict) -> dict:
+    """`base` with `new`'s shapes added (a shape in both: `new`'s timings); both must come from the same
+    machine and workload (SAME), else ValueError naming the first difference. `model` lists both."""
+    for k in SAME:
+        if base.get(k) != new.get(k):
+            raise ValueError(f"--merge: the table's {k} is {base.get(k)!r}, this run's {new.get(k)!r}; times from "
+                             "another machine or workload do not compare: re-measure every shape (no --merge)")
+    models = [m for m in str(base.get("model", "")).split("+") if m]
+    models += [m for m in str(new.get("model", "")).split("+") if m and m not in models]
+    return {**base, "model": "+".join(models), "shapes": {**base["shapes"], **new["shapes"]}}
+
 
 
 def spans(ranks: list[int]) -> str:
@@ -86,6 +107,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/latency_table_<device>.json)")
+    ap.add_argument("--merge", action="store_true", help="keep the shapes already in the output table, add this model's")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +120,10 @@ def main():
                           dtype=getattr(torch, args.dtype), device_name=machine(),
                           progress=lambda s: print(s, flush=True))
     table["model"] = args.model
-    save_table(table, args.out or f"benchmarks/results/latency_table_{args.device}.json")
+    out = args.out or f"benchmarks/results/latency_table_{args.device}.json"
+    if args.merge and os.path.exists(out):
+        table = merge_tables(load_table(out), table)
+    save_table(table, out)
     report(table)
 
 

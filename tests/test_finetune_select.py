@@ -41,12 +41,33 @@ def test_apply_rewrites_only_the_named_tasks_lines(tmp_path):
     assert "# per-task settings" in new[4] and "# an old comment" in new[6]
 
 
-def test_apply_names_a_task_without_a_line(tmp_path):
+def test_apply_adds_a_line_for_a_task_without_one(tmp_path):
+    """A task joining the grid (qnli) gets its line after the last task line, in that indentation; the
+    file then holds every task's settings and nothing else moved."""
     bench = _bench()
     path = tmp_path / "params.yaml"
     path.write_text(PARAMS)
-    with pytest.raises(SystemExit, match="grid.finetune.cola"):
-        bench.apply({"cola": {"learning_rate": 1e-4, "epochs": 4, "holdout_score": 40.0}}, ["cola"], path)
+    assert bench.apply({"qnli": {"learning_rate": 1e-4, "epochs": 3, "batch_size": 32, "holdout_score": 85.5}},
+                       ["qnli"], path) == ["qnli"]
+    new = path.read_text().splitlines()
+    assert new[:7] == PARAMS.splitlines()[:7] and new[8:] == PARAMS.splitlines()[7:]
+    assert new[7] == "    qnli: {learning_rate: 1.0e-4, epochs: 3, batch_size: 32}  # held-out 85.50"
+    assert yaml.safe_load(path.read_text())["grid"]["finetune"]["qnli"] == {"learning_rate": 1e-4, "epochs": 3,
+                                                                            "batch_size": 32}
+    path.write_text("grid:\n  finetune: {}\n")
+    with pytest.raises(SystemExit, match="no task line"):
+        bench.apply({"qnli": {"learning_rate": 1e-4, "epochs": 3, "holdout_score": 1.0}}, ["qnli"], path)
+
+
+def test_glue_rows_falls_back_to_the_hub_where_the_local_copy_lacks_train(tmp_path, monkeypatch):
+    bench = _bench()
+    (tmp_path / "QNLI").mkdir()
+    (tmp_path / "QNLI" / "dev.tsv").write_text("index\tquestion\tsentence\tlabel\n")
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    monkeypatch.setattr(bench, "load_hf", lambda task: ({"train": ["hub " + task]}, {}))
+    assert bench.glue_rows("qnli") == {"train": ["hub qnli"]}
+    with pytest.raises(SystemExit, match="not a GLUE task"):
+        bench.glue_rows("tickets")
 
 
 def test_choose_reads_complete_runs_only_and_breaks_ties_to_the_smaller_rate():

@@ -410,3 +410,20 @@ def test_shapes_the_table_lacks_take_any_rank_and_are_recorded_not_an_error():
                         budget_kind="params", speed_table="t.json")
     assert "speed_missing" not in full["totals"]                             # MiniLM's ranks.json: same keys
     assert list(full["totals"])[-4:] == ["budget_kind", "speed_table", "speed_device", "predicted_linears"]
+
+
+def test_latency_table_merge_adds_a_models_shapes_and_refuses_another_machine(tmp_path):
+    """benchmarks/latency_table.py --merge: the shapes of both tables (a shared shape: the new timings),
+    the models named; a table from another machine or workload is refused, naming the field."""
+    from conftest import load_bench
+    bench = load_bench("latency_table")
+    a = make_table({(20, 20): (10.0, {2: 3.0, 4: 5.0}), (20, 40): (12.0, {2: 4.0})}) | {"model": "small"}
+    b = make_table({(20, 40): (11.0, {2: 3.5}), (40, 40): (30.0, {4: 9.0})}) | {"model": "big"}
+    m = bench.merge_tables(a, b)
+    assert sorted(m["shapes"]) == ["20x20", "20x40", "40x40"] and m["model"] == "small+big"
+    assert m["shapes"]["20x40"]["dense_ms"] == 11.0 and m["shapes"]["20x20"] == a["shapes"]["20x20"]
+    save_table(m, tmp_path / "t.json")
+    assert time_of(load_table(tmp_path / "t.json"), (40, 40), 4) == 9.0
+    assert bench.merge_tables(m, b)["model"] == "small+big"               # merging again names each model once
+    with pytest.raises(ValueError, match="the table's length is 128, this run's 256"):
+        bench.merge_tables(a, b | {"length": 256})

@@ -346,7 +346,8 @@ class Params:
         for t in self.grid.tasks:
             if t not in self.grid.finetune:
                 raise ParamError(f"grid.finetune.{t}: missing; every grid task needs its fine-tune settings "
-                                 f"(learning_rate, epochs; benchmarks/finetune_select.py chooses them)")
+                                 f"({{learning_rate: …, epochs: …, batch_size: …}}; for a GLUE task `python "
+                                 f"benchmarks/finetune_select.py --tasks {t} --apply` chooses them on held-out train)")
         if registries()["compress"][self.compress.method].sequential and \
                 "measurements" in registries()["allocate"][self.allocate.method].needs:
             raise ParamError(f"allocate.method: {self.allocate.method} measures each matrix's factors alone, but "
