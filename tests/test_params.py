@@ -144,7 +144,21 @@ def test_help_lists_every_registered_method_with_its_keys(stage, section):
         entry = registry[name]
         assert f"{name} {' '.join(entry.help.split())}" in out
         assert all(k in out for k in entry.keys(section))
-    assert "ranks.json" in out or "compressed" in out
+    want = {"allocate": "outputs: metrics/allocate/ranks.json", "compress": "outputs: data/compressed"}[stage]
+    assert want in res.stdout
+
+
+def test_help_names_what_the_data_and_report_stages_read():
+    from fisvd.paths import INPUTS_TEXT, OUTPUTS_TEXT
+    out = {}
+    for stage, cwd in (("prepare", ROOT), ("report", ROOT / "grid")):
+        res = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=cwd, capture_output=True,
+                             text=True, env={**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"})
+        assert res.returncode == 0, res.stderr
+        out[stage] = res.stdout
+    assert f"inputs: {INPUTS_TEXT['prepare']}" in out["prepare"] and "nyu-mll/glue" in out["prepare"]
+    assert "results/*.json" in out["report"] and "(GLUE source)" not in out["report"]
+    assert f"outputs: {OUTPUTS_TEXT['report']}" in out["report"] and "report-<name>" in out["report"]
 
 
 def test_sequential_factorisation_cannot_pair_with_a_measuring_allocator():

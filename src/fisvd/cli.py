@@ -16,7 +16,7 @@ from typing import Callable
 
 from .errors import InputError, ParamError
 from .params import Params, load_params
-from .paths import STAGES, require
+from .paths import INPUTS_TEXT, OUTPUTS_TEXT, STAGES, require
 
 
 def run_stage(name: str, doc: str, keys: list[str], main: Callable[..., None], methods: str = "",
@@ -27,7 +27,7 @@ def run_stage(name: str, doc: str, keys: list[str], main: Callable[..., None], m
         prog=f"python -m stages.{name}", description=doc,
         epilog=(f"methods:\n{methods}\n\n" if methods else "")
         + "params.yaml keys read by this stage: " + ", ".join(keys)
-        + f"\ninputs: {', '.join(ins) or '(GLUE source)'}\noutputs: {', '.join(outs)}",
+        + f"\ninputs: {INPUTS_TEXT.get(name) or ', '.join(ins)}\noutputs: {OUTPUTS_TEXT.get(name) or ', '.join(outs)}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if arguments is not None:
