@@ -2,7 +2,9 @@
 meta.json, manifest in metrics/prepare/.
 
 GLUE source: env GLUE_DIR (GLUE TSV layout), else ../shared/data/glue beside the project, else
-`datasets.load_dataset("nyu-mll/glue", task)`. Both give identical rows (see fisvd.data). A custom
+`datasets.load_dataset("nyu-mll/glue", task)`. Both give identical rows (see fisvd.data). A task
+the copy beside the project lacks (QNLI there has dev/test only; no MNLI, QQP) comes from the hub
+too; a GLUE_DIR you set must hold the task. A custom
 task (`data.task` naming a `data.custom` section): its local CSV / TSV / JSON Lines / Parquet files or
 hub dataset (fisvd.custom); meta.json then also records its metrics and label names.
 `data.calibration_rows` > 0 moves that many seeded training rows (seed data.seed + 2) to a
@@ -13,6 +15,7 @@ file (or the HF fingerprint) and row counts, so git shows which data each result
 Every data problem stops here with one line naming the file, before any output is touched.
 """
 import logging
+import os
 
 from fisvd.cli import run_stage
 from fisvd.custom import load_custom
@@ -27,14 +30,16 @@ log = logging.getLogger("fisvd")
 
 
 def glue(task):
-    glue_dir = resolve_glue_dir(".")
-    if glue_dir is not None:
+    glue_dir, spec = resolve_glue_dir("."), TASKS[task]
+    lacking = glue_dir is not None and not os.environ.get("GLUE_DIR") and not all(
+        (glue_dir / spec.folder / name).is_file() for name in spec.files.values())
+    if glue_dir is not None and not lacking:
         log.info("reading %s from %s", task, glue_dir)
         splits, source = load_local(task, glue_dir)
     else:
-        log.info("no local GLUE copy; loading nyu-mll/glue/%s from the HF hub", task)
+        log.info("%s; loading nyu-mll/glue/%s from the HF hub", f"{glue_dir} lacks {spec.folder}'s TSVs" if lacking
+                 else "no local GLUE copy", task)
         splits, source = load_hf(task)
-    spec = TASKS[task]
     info = {"num_labels": spec.num_labels, "is_regression": spec.is_regression, "label_names": list(spec.labels)}
     return splits, source, info, splits_of(task)
 

@@ -260,3 +260,25 @@ def test_hold_out_is_a_seeded_partition_in_file_order():
     for n in (0, 20):
         with pytest.raises(DataError, match="data.calibration_rows"):
             hold_out(rows, n, 7)
+
+
+def test_prepare_reads_from_the_hub_a_task_the_copy_beside_the_project_lacks(tmp_path, monkeypatch):
+    """../shared/data/glue holds QNLI's dev/test only and no MNLI: prepare loads those from nyu-mll/glue
+    (a task it holds stays local); a GLUE_DIR the user set must hold the task (no silent hub)."""
+    import importlib
+    from fisvd.data import DataError
+    prepare = importlib.import_module("stages.prepare")
+    shared = tmp_path / "glue"
+    (shared / "QNLI").mkdir(parents=True)
+    for name in ("dev.tsv", "test.tsv"):
+        (shared / "QNLI" / name).write_text("index\tquestion\tsentence\tlabel\n")
+    write_mrpc(shared)
+    hub = []
+    monkeypatch.setattr(prepare, "resolve_glue_dir", lambda root: shared)
+    monkeypatch.setattr(prepare, "load_hf", lambda task: (hub.append(task) or ({"train": [], "dev": []}, {"type": "hf_hub"})))
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    assert prepare.glue("qnli")[1] == {"type": "hf_hub"} and prepare.glue("mnli")[1] == {"type": "hf_hub"}
+    assert prepare.glue("mrpc")[1]["type"] == "local_tsv" and hub == ["qnli", "mnli"]
+    monkeypatch.setenv("GLUE_DIR", str(shared))
+    with pytest.raises(DataError, match="QNLI/train.tsv: file not found"):
+        prepare.glue("qnli")
