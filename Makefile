@@ -16,6 +16,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # the new requirements.lock. pip itself is pinned here, not in the lock.
 PIP_VERSION := 26.3
 TORCH_PIN := torch==2.13.0+cpu
+# Where pip finds that wheel: this project's machines carry it in /opt/wheels (pip's find-links); elsewhere
+# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` (PyPI has no +cpu builds).
+TORCH_INDEX ?=
 # Scratch venv of `make lock` (deleted and rebuilt on each run; never the project's $(VENV)).
 LOCK_VENV ?= /tmp/fisvd-lock-venv
 
@@ -24,7 +27,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q pip==$(PIP_VERSION)
-	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps --require-hashes $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements.lock
 	$(PY) -c "$$PRUNE_PY"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
