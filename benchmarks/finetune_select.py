@@ -35,9 +35,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from fisvd.data import TASKS, hold_out, load_hf, load_local, resolve_glue_dir, subset, tokenize
+from fisvd.data import TASKS, hold_out, load_hf, load_local, subset, tokenize
 from fisvd.models import load_classifier, load_tokenizer, resolve_model
 from fisvd.train import epoch_scores, make_trainer
+from stages.prepare import glue_source
 
 OUT = Path("benchmarks/results")
 CSV, JSON, MD = OUT / "finetune_select.csv", OUT / "finetune_select.json", OUT / "finetune_select.md"
@@ -149,15 +150,10 @@ def apply(chosen: dict, tasks: list[str], params: Path = Path("params.yaml")) ->
 
 
 def glue_rows(task: str) -> dict:
-    """The task's splits as prepare reads them: the local GLUE TSVs where they hold its training split,
-    else nyu-mll/glue from the hub (QNLI's local copy has dev/test only; MNLI / QQP may be absent)."""
-    if task not in TASKS:
-        raise SystemExit(f"{task}: not a GLUE task; finetune_select chooses for GLUE tasks (a custom task: set "
-                         f"grid.finetune.{task} by hand, or choose with your own held-out split)")
-    glue = resolve_glue_dir(".")
-    if glue is not None and (glue / TASKS[task].folder / "train.tsv").is_file():
-        return load_local(task, glue)[0]
-    return load_hf(task)[0]
+    """The task's splits read as prepare reads them (stages.prepare.glue_source: the local GLUE TSVs where
+    they hold the task, else nyu-mll/glue from the hub)."""
+    kind, where = glue_source(task)
+    return load_local(task, where)[0] if kind == "local" else load_hf(task)[0]
 
 
 def run(task: str, lr: float, batch_size: int, model_name: str, epochs: int) -> list[dict]:
@@ -189,8 +185,13 @@ def main():
     ap.add_argument("--epochs", type=int, help="schedule length of these runs (default: the task's MAX_EPOCHS)")
     ap.add_argument("--apply", action="store_true", help="write the chosen settings into params.yaml grid.finetune")
     a = ap.parse_args()
+    tasks = a.tasks.split(",")
+    if unknown := [t for t in tasks if t not in TASKS]:
+        raise SystemExit(f"--tasks: {', '.join(unknown)}: not a GLUE task; finetune_select chooses for GLUE tasks "
+                         f"({', '.join(TASKS)}); a custom task: set grid.finetune.<task> by hand or with your own "
+                         "held-out split")
     df = with_run_epochs(pd.read_csv(CSV)) if CSV.exists() else pd.DataFrame()
-    for task in a.tasks.split(","):
+    for task in tasks:
         n = a.epochs or MAX_EPOCHS[task]
         for lr, bs in ((float(x), int(b)) for b in a.batch_sizes.split(",") for x in a.lrs.split(",")):
             if len(df) and ((df.task == task) & (df.model == a.model) & (df.learning_rate == lr)

@@ -4,7 +4,7 @@ meta.json, manifest in metrics/prepare/.
 GLUE source: env GLUE_DIR (GLUE TSV layout), else ../shared/data/glue beside the project, else
 `datasets.load_dataset("nyu-mll/glue", task)`. Both give identical rows (see fisvd.data). A task
 the copy beside the project lacks (QNLI there has dev/test only; no MNLI, QQP) comes from the hub
-too; a GLUE_DIR you set must hold the task. A custom
+too (logged; the manifest records the source). A custom
 task (`data.task` naming a `data.custom` section): its local CSV / TSV / JSON Lines / Parquet files or
 hub dataset (fisvd.custom); meta.json then also records its metrics and label names.
 `data.calibration_rows` > 0 moves that many seeded training rows (seed data.seed + 2) to a
@@ -15,12 +15,12 @@ file (or the HF fingerprint) and row counts, so git shows which data each result
 Every data problem stops here with one line naming the file, before any output is touched.
 """
 import logging
-import os
 
 from fisvd.cli import run_stage
 from fisvd.custom import load_custom
 from fisvd.data import (TASKS, hold_out, label_counts, load_hf, load_local, resolve_glue_dir, splits_of, subset,
                         write_jsonl)
+from fisvd.errors import DataError
 from fisvd.io import atomic_dir, remove, write_json
 from fisvd.paths import MANIFEST, PREPARED as OUT
 
@@ -29,17 +29,30 @@ KEYS = ["data.task", "data.max_train_samples", "data.max_eval_samples", "data.se
 log = logging.getLogger("fisvd")
 
 
-def glue(task):
+def glue_source(task):
+    """Where a GLUE task's rows come from: ("local", folder) when a local copy (GLUE_DIR, else
+    ../shared/data/glue) holds every TSV of the task, else ("hub", why) (no local copy, or it lacks the
+    task: the shared copy has QNLI's dev/test only, no MNLI or QQP). benchmarks/finetune_select.py
+    reads the same way."""
     glue_dir, spec = resolve_glue_dir("."), TASKS[task]
-    lacking = glue_dir is not None and not os.environ.get("GLUE_DIR") and not all(
-        (glue_dir / spec.folder / name).is_file() for name in spec.files.values())
-    if glue_dir is not None and not lacking:
-        log.info("reading %s from %s", task, glue_dir)
-        splits, source = load_local(task, glue_dir)
+    if glue_dir is None:
+        return "hub", "no local GLUE copy"
+    missing = [n for n in spec.files.values() if not (glue_dir / spec.folder / n).is_file()]
+    return ("hub", f"{glue_dir} lacks {spec.folder}/{', '.join(missing)}") if missing else ("local", glue_dir)
+
+
+def glue(task):
+    kind, where = glue_source(task)
+    if kind == "local":
+        log.info("reading %s from %s", task, where)
+        splits, source = load_local(task, where)
     else:
-        log.info("%s; loading nyu-mll/glue/%s from the HF hub", f"{glue_dir} lacks {spec.folder}'s TSVs" if lacking
-                 else "no local GLUE copy", task)
-        splits, source = load_hf(task)
+        log.info("%s; loading nyu-mll/glue/%s from the HF hub", where, task)
+        try:
+            splits, source = load_hf(task)
+        except DataError as exc:
+            raise DataError(f"{where}, and {exc}") from None
+    spec = TASKS[task]
     info = {"num_labels": spec.num_labels, "is_regression": spec.is_regression, "label_names": list(spec.labels)}
     return splits, source, info, splits_of(task)
 

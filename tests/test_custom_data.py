@@ -151,6 +151,45 @@ def test_hub_dataset_source(tmp_path, monkeypatch):
     assert manifest["type"] == "hf_hub" and manifest["splits"] == {"train": "train", "dev": "validation"}
 
 
+def test_hub_class_labels_keep_their_names(tmp_path, monkeypatch):
+    """A hub dataset whose label column is a ClassLabel: the class names become the labels (saved as
+    id2label), not the ids; the hub's -1 in a test split is unlabelled."""
+    import datasets
+    names = ["hardware", "network", "accounts"]
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+
+    def fake_load(name, config=None):
+        make = lambda rows, lab: datasets.Dataset.from_dict(  # noqa: E731
+            {"text": [r[1] for r in rows], "label": [lab(r) for r in rows]}, features=feats)
+        return datasets.DatasetDict({"train": make(TICKETS * 2, lambda r: names.index(r[2])),
+                                     "validation": make(TICKETS, lambda r: names.index(r[2])),
+                                     "test": make(TICKETS[:2], lambda r: -1)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    repo = project(tmp_path, {"hub": "acme/tickets", "train": "train", "dev": "validation", "test": "test",
+                              "text": ["text"], "label": "label", "problem": "classification",
+                              "metric": ["accuracy"]}, train=None, dev=None)
+    assert prepare(repo, monkeypatch)[0] == 0
+    meta, rows = read_prepared(repo)
+    assert meta["label_names"] == ["accounts", "hardware", "network"]           # train's labels, sorted
+    assert [meta["label_names"][r["label"]] for r in rows["dev"]] == [team for _, _, team in TICKETS]
+    assert [r["label"] for r in rows["test"]] == [None, None]
+
+
+def test_tsv_reads_quotes_as_text(tmp_path, monkeypatch):
+    """TSV has no quoting: a field starting with `"` is text (as in GLUE's TSVs), not an unclosed quote."""
+    repo = project(tmp_path, {**SPEC, "train": "data/custom/t/train.tsv", "dev": "data/custom/t/dev.tsv"},
+                   train=None, dev=None)
+    for split, data in (("train", TICKETS * 3), ("dev", TICKETS)):
+        lines = ["subject\tbody\tteam"] + [f'"{a}" said\t{b} "x\t{c}' for a, b, c in data]
+        path = repo / f"data/custom/t/{split}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    assert prepare(repo, monkeypatch)[0] == 0
+    _, rows = read_prepared(repo)
+    assert rows["dev"][0]["text_a"] == '"printer jams" said' and rows["dev"][0]["text_b"] == 'the printer on floor 2 jams "x'
+
+
 BAD = {  # case: (how to break the project, the expected message)
     "missing file": (lambda r: (r / "data/custom/tickets/dev.csv").unlink(),
                      r"data/custom/tickets/dev.csv: file not found"),

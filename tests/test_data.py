@@ -262,9 +262,10 @@ def test_hold_out_is_a_seeded_partition_in_file_order():
             hold_out(rows, n, 7)
 
 
-def test_prepare_reads_from_the_hub_a_task_the_copy_beside_the_project_lacks(tmp_path, monkeypatch):
+def test_prepare_reads_from_the_hub_a_task_the_local_copy_lacks(tmp_path, monkeypatch):
     """../shared/data/glue holds QNLI's dev/test only and no MNLI: prepare loads those from nyu-mll/glue
-    (a task it holds stays local); a GLUE_DIR the user set must hold the task (no silent hub)."""
+    (a task the copy holds stays local), whether the copy was found beside the project or named by
+    GLUE_DIR (the Makefile sets it); offline, the error names both the missing files and the hub."""
     import importlib
     from fisvd.data import DataError
     prepare = importlib.import_module("stages.prepare")
@@ -274,11 +275,20 @@ def test_prepare_reads_from_the_hub_a_task_the_copy_beside_the_project_lacks(tmp
         (shared / "QNLI" / name).write_text("index\tquestion\tsentence\tlabel\n")
     write_mrpc(shared)
     hub = []
-    monkeypatch.setattr(prepare, "resolve_glue_dir", lambda root: shared)
     monkeypatch.setattr(prepare, "load_hf", lambda task: (hub.append(task) or ({"train": [], "dev": []}, {"type": "hf_hub"})))
-    monkeypatch.delenv("GLUE_DIR", raising=False)
-    assert prepare.glue("qnli")[1] == {"type": "hf_hub"} and prepare.glue("mnli")[1] == {"type": "hf_hub"}
-    assert prepare.glue("mrpc")[1]["type"] == "local_tsv" and hub == ["qnli", "mnli"]
-    monkeypatch.setenv("GLUE_DIR", str(shared))
-    with pytest.raises(DataError, match="QNLI/train.tsv: file not found"):
+    for env in (str(shared), None):          # GLUE_DIR (real resolution) first, then the copy beside the project
+        hub.clear()
+        if env:
+            monkeypatch.setenv("GLUE_DIR", env)
+        else:
+            monkeypatch.delenv("GLUE_DIR", raising=False)
+            monkeypatch.setattr(prepare, "resolve_glue_dir", lambda root: shared)
+        assert prepare.glue_source("qnli") == ("hub", f"{shared} lacks QNLI/train.tsv")
+        assert prepare.glue("qnli")[1] == {"type": "hf_hub"} and prepare.glue("mnli")[1] == {"type": "hf_hub"}
+        assert prepare.glue("mrpc")[1]["type"] == "local_tsv" and hub == ["qnli", "mnli"]
+
+    def offline(task):
+        raise DataError(f"nyu-mll/glue/{task}: could not load from the HF hub (ConnectionError)")
+    monkeypatch.setattr(prepare, "load_hf", offline)
+    with pytest.raises(DataError, match=r"lacks QNLI/train.tsv, and nyu-mll/glue/qnli: could not load"):
         prepare.glue("qnli")

@@ -59,15 +59,19 @@ def test_apply_adds_a_line_for_a_task_without_one(tmp_path):
         bench.apply({"qnli": {"learning_rate": 1e-4, "epochs": 3, "holdout_score": 1.0}}, ["qnli"], path)
 
 
-def test_glue_rows_falls_back_to_the_hub_where_the_local_copy_lacks_train(tmp_path, monkeypatch):
+def test_glue_rows_read_where_prepare_reads(tmp_path, monkeypatch):
+    """The same rule as the prepare stage (stages.prepare.glue_source): a local copy lacking the task's
+    training split sends both to the hub."""
     bench = _bench()
     (tmp_path / "QNLI").mkdir()
     (tmp_path / "QNLI" / "dev.tsv").write_text("index\tquestion\tsentence\tlabel\n")
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))
     monkeypatch.setattr(bench, "load_hf", lambda task: ({"train": ["hub " + task]}, {}))
+    assert bench.glue_source is __import__("stages.prepare", fromlist=["x"]).glue_source
     assert bench.glue_rows("qnli") == {"train": ["hub qnli"]}
-    with pytest.raises(SystemExit, match="not a GLUE task"):
-        bench.glue_rows("tickets")
+    monkeypatch.setattr("sys.argv", ["finetune_select.py", "--tasks", "mrpc,tickets"])
+    with pytest.raises(SystemExit, match="--tasks: tickets: not a GLUE task"):
+        bench.main()
 
 
 def test_choose_reads_complete_runs_only_and_breaks_ties_to_the_smaller_rate():

@@ -61,7 +61,9 @@ def read_table(path: Path, fmt: str, name: str | None = None) -> list[tuple[int,
                 raise DataError(f"{shown}:{n}: unparsable row, a JSON {type(rec).__name__} instead of an object")
             out.append((n, rec))
         return out
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",", strict=True)
+    # TSV: tab-separated, no quoting (a field cannot hold a tab; a `"` is text, as in GLUE's TSVs); CSV: RFC 4180
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",", strict=True,
+                        quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
     try:
         rows = [(reader.line_num, row) for row in reader]
     except csv.Error as exc:
@@ -74,7 +76,8 @@ def read_table(path: Path, fmt: str, name: str | None = None) -> list[tuple[int,
     for n, row in rows[1:]:
         if len(row) != len(header):
             raise DataError(f"{shown}:{n}: unparsable row, {len(row)} fields where the header has {len(header)}"
-                            + (" (quote fields holding the delimiter)" if len(row) > len(header) else ""))
+                            + ("" if len(row) < len(header) else " (a TSV field cannot hold a tab)" if fmt == "tsv"
+                               else " (quote fields holding the delimiter)"))
         out.append((n, dict(zip(header, row))))
     return out
 
@@ -196,6 +199,13 @@ def load_custom(name: str, spec, root: str | Path = ".") -> tuple[dict[str, list
     return splits, manifest, info
 
 
+def _named(rec: dict, label: str, names) -> dict:
+    """A hub row with its ClassLabel id replaced by the class name (-1, the hub's "no label": None)."""
+    if names and isinstance(rec.get(label), int):
+        rec[label] = names[rec[label]] if 0 <= rec[label] < len(names) else None
+    return rec
+
+
 def _load_hub(name: str, spec) -> tuple[dict[str, list[tuple[int, dict]]], dict]:
     import datasets
 
@@ -212,7 +222,8 @@ def _load_hub(name: str, spec) -> tuple[dict[str, list[tuple[int, dict]]], dict]
         if hub_split not in ds:
             raise DataError(f"data.custom.{name}.{split}: {spec.hub} has no split {hub_split!r} (it has "
                             f"{', '.join(ds)})")
-        out[split] = [(i + 1, dict(r)) for i, r in enumerate(ds[hub_split])]
+        names = getattr(ds[hub_split].features.get(spec.label), "names", None)   # a ClassLabel: its class names
+        out[split] = [(i + 1, _named(dict(r), spec.label, names)) for i, r in enumerate(ds[hub_split])]
         fingerprints[split] = getattr(ds[hub_split], "_fingerprint", None)
     manifest = {"type": "hf_hub", "dataset": spec.hub, "config": spec.config,
                 "splits": {s: getattr(spec, s) for s in out}, "fingerprint": fingerprints}
