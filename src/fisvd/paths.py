@@ -76,8 +76,8 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "report": ((), ("../metrics/report",)),
 }
 # --help's words for inputs no single path names (a stage with none listed reads its data source)
-INPUTS_TEXT = {"prepare": "the GLUE TSVs ($GLUE_DIR or ../shared/data/glue) or the hub's nyu-mll/glue; a custom "
-                          "task's files under data/custom",
+INPUTS_TEXT = {"prepare": "the GLUE TSVs ($GLUE_DIR or ../shared/data/glue) or the hub's nyu-mll/glue; the files or "
+                          "hub dataset a data.custom task names (DVC tracks data/custom)",
                "report": "every run folder's results/*.json (<task>/s<seed>/results/, as the grid's dvc.yaml lists them)"}
 OUTPUTS_TEXT = {"report": "../metrics/report (the grid `grids.<name>`: ../metrics/report-<name>)"}
 ROOT_STAGES = ("prepare", "finetune", "fisher", "allocate", "compress", "evaluate")   # dvc.yaml
