@@ -12,8 +12,9 @@ is the CPU one) and this report, naming the machine, to the .md beside it.
     python benchmarks/latency_table.py --model bert-base-uncased --merge   # add a model's shapes to the table
 
 `--merge` keeps the shapes already in the output table and adds (or re-measures) the model's, so one
-table serves several models; it refuses a table measured on another machine or workload (their times
-would not compare). Any change to the CPU table re-runs the stages that read it (allocate, the grid's cells).
+table serves several models; it refuses, before timing anything, a table measured on another machine,
+workload or timing setting (their times would not compare). Replacing a table that times another model
+needs `--replace`. Any change to the CPU table re-runs the stages that read it (allocate, the grid's cells).
 
 Times are fp32 on CPU with the process's default torch threads (the pipeline's) and, unless set
 otherwise, OMP_WAIT_POLICY=PASSIVE (on a CPU shared with other jobs spin-waiting OpenMP threads turn
@@ -33,7 +34,8 @@ from fisvd.results import machine, recorded  # noqa: E402
 from fisvd.speed import (default_grid, faster_ranks, load_table, measure_table, save_table, shape_key,  # noqa: E402
                          time_of)
 
-SAME = ("format", "device", "device_name", "dtype", "torch", "threads", "omp_wait_policy", "batch", "length", "tokens")   # --merge: must match
+SAME = ("format", "device", "device_name", "dtype", "torch", "threads", "omp_wait_policy", "batch", "length", "tokens",
+        "rounds", "warmup", "reps", "seed")   # --merge: the machine, the workload and how it was timed must match
 
 
 def merge_tables(base: dict, new: dict) -> dict:
@@ -108,9 +110,23 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/latency_table_<device>.json)")
     ap.add_argument("--merge", action="store_true", help="keep the shapes already in the output table, add this model's")
+    ap.add_argument("--replace", action="store_true", help="overwrite an output table that times another model")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = args.out or f"benchmarks/results/latency_table_{args.device}.json"
+    old = load_table(out) if os.path.exists(out) else None
+    if old is not None and args.merge:      # refuse before hours of timing, not after
+        device = torch.device(args.device)
+        merge_tables(old, {"format": old.get("format"), "device": device.type, "device_name": machine(),
+                           "dtype": args.dtype, "torch": torch.__version__,
+                           "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch": args.batch,
+                           "length": args.length, "tokens": args.batch * args.length, "rounds": args.rounds,
+                           "warmup": args.warmup, "reps": args.reps, "seed": 0, "shapes": {}})
+    elif old is not None and old.get("model") != args.model and not args.replace:
+        raise SystemExit(f"{out} times {old.get('model')}; --merge adds {args.model}'s shapes to it, --replace "
+                         f"overwrites it (a dep of allocate and of the grid's cells: they re-run)")
     shapes = sorted({m.shape for m in compressible_linears(meta_model(resolve_model(args.model)))})
     print(f"model {args.model}: Linear shapes {', '.join(shape_key(*s) for s in shapes)}; grid (fisvd.speed."
           f"default_grid): 1, every multiple k*{args.step} below break-even and k*{args.step} + 1, break-even - 1",
@@ -120,9 +136,8 @@ def main():
                           dtype=getattr(torch, args.dtype), device_name=machine(),
                           progress=lambda s: print(s, flush=True))
     table["model"] = args.model
-    out = args.out or f"benchmarks/results/latency_table_{args.device}.json"
-    if args.merge and os.path.exists(out):
-        table = merge_tables(load_table(out), table)
+    if old is not None and args.merge:
+        table = merge_tables(old, table)
     save_table(table, out)
     report(table)
 

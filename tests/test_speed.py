@@ -427,3 +427,20 @@ def test_latency_table_merge_adds_a_models_shapes_and_refuses_another_machine(tm
     assert bench.merge_tables(m, b)["model"] == "small+big"               # merging again names each model once
     with pytest.raises(ValueError, match="the table's length is 128, this run's 256"):
         bench.merge_tables(a, b | {"length": 256})
+
+
+def test_latency_table_refuses_before_measuring(tmp_path, monkeypatch):
+    """Overwriting a table of another model needs --replace; --merge with another workload is refused
+    before any timing (measure_table is never reached)."""
+    from conftest import load_bench
+    bench = load_bench("latency_table")
+    out = tmp_path / "t.json"
+    save_table(make_table({(20, 20): (10.0, {2: 3.0})}) | {"model": "minilm-l6"}, out)
+    monkeypatch.setattr(bench, "measure_table", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr("sys.argv", ["latency_table.py", "--model", "other", "--out", str(out)])
+    with pytest.raises(SystemExit, match="times minilm-l6; --merge adds other's shapes to it, --replace"):
+        bench.main()
+    monkeypatch.setattr("sys.argv", ["latency_table.py", "--model", "other", "--out", str(out), "--merge",
+                                     "--batch", "16"])
+    with pytest.raises(ValueError, match="--merge: the table's"):
+        bench.main()
