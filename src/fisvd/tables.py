@@ -368,8 +368,8 @@ def headline(df: pd.DataFrame, boots: dict, vs: pd.DataFrame, tasks: list[str], 
     if not len(vs):
         return (f"No headline table: the default ({default[0]} + {default[1]}) did not run on every task of this "
                 "grid, so nothing is paired against it (tables.md has every result).\n")
-    budgets = sorted({*vs[vs.recovery_epochs > 0].budget, *(b for b in vs.budget if round(b * 100) in shown)}
-                     or set(vs.budget), reverse=True)
+    ran = sorted({int(round(b * 100)) for b in vs.budget})
+    budgets = [pct / 100 for pct, ep in shown_budgets(vs, shown, ran) if not ep]
     dense = df[df.allocation == "dense"].set_index("task").loc[tasks]
     c_avg = float(dense.constant_score.mean())
     noisy = " ~" if noisy_denominator(boots, tasks, c_avg) else ""
