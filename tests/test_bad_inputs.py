@@ -105,7 +105,8 @@ def test_prepare_bad_glue_exits_2_without_output(tmp_path, case):
         dev = glue / "MRPC" / "dev.tsv"
         dev.write_text(dev.read_text().replace("\n1\t", "\n2\t", 1))
     line = one_error_line(run_stage("prepare", tmp_path, {"GLUE_DIR": str(glue)}))
-    needle = {"missing_glue_dir": "directory not found", "missing_task_folder": "task folder not found",
+    needle = {"missing_glue_dir": "directory not found",     # a copy lacking the task: the hub, offline here
+              "missing_task_folder": "lacks MRPC/train.tsv, dev.tsv, and nyu-mll/glue/mrpc: could not load",
               "bad_label": "label '2' not in 0, 1"}[case]
     assert needle in line and str(glue) in line
     assert not (tmp_path / "data" / "prepared").exists() and not (tmp_path / "metrics").exists()
