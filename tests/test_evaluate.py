@@ -12,6 +12,7 @@ import torch
 from fisvd.evaluate import latency_batch, latency_ms, model_inputs
 from fisvd.models import compressible_linears
 from conftest import ROOT, tiny_bert, tiny_bert_config
+from test_fisher import collate, features   # GLUE-like features of mixed lengths, padding collator
 
 VOCAB = 100
 
@@ -155,43 +156,23 @@ def test_speedup_spread_is_per_round_ratio_quartiles():
     assert got == {"speedup_median": 2.0, "speedup_q25": 1.875, "speedup_q75": 2.05, "speedup_min": 1.5, "rounds": 4}
 
 
-def dev_features(n=11, seed=4):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        L = int(torch.randint(3, 14, (1,), generator=g))
-        ids = [1] + torch.randint(5, VOCAB, (L,), generator=g).tolist() + [2]
-        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids),
-                    "labels": int(i % 3 == 0)})
-    return out
-
-
-def pad(feats):
-    """The test's own collator: right-padding with 0, labels as a tensor."""
-    L = max(len(f["input_ids"]) for f in feats)
-    out = {k: torch.tensor([f[k] + [0] * (L - len(f[k])) for f in feats])
-           for k in ("input_ids", "attention_mask", "token_type_ids")}
-    out["labels"] = torch.tensor([f["labels"] for f in feats])
-    return out
-
-
 def test_dev_scoring_in_length_order_gives_each_example_its_own_logits_and_sklearn_scores():
     """predict_sorted batches by length and puts the logits back in the original order; score_dev's
     MRPC metrics are sklearn's on the argmax of logits computed one example at a time (no padding)."""
     from sklearn.metrics import accuracy_score, f1_score
     from fisvd.evaluate import predict_sorted, score_dev
     model = tiny_bert(vocab_size=VOCAB).eval()
-    feats = dev_features()
+    feats = features(11, seed=4)
     assert [len(f["input_ids"]) for f in feats] != sorted(len(f["input_ids"]) for f in feats)   # order matters
     with torch.no_grad():
-        alone = torch.cat([model(**{k: v for k, v in pad([f]).items() if k != "labels"}).logits for f in feats]).numpy()
-    got = predict_sorted(model, feats, 4, pad, torch.device("cpu"))
+        alone = torch.cat([model(**{k: v for k, v in collate([f]).items() if k != "labels"}).logits for f in feats]).numpy()
+    got = predict_sorted(model, feats, 4, collate, torch.device("cpu"))
     assert got.shape == alone.shape and abs(got - alone).max() < 1e-5
-    m, per_split = score_dev(model, {"dev": feats}, "mrpc", 4, pad, torch.device("cpu"))
+    m, per_split = score_dev(model, {"dev": feats}, "mrpc", 4, collate, torch.device("cpu"))
     y, p = [f["labels"] for f in feats], alone.argmax(1)
     assert per_split["dev"][1].tolist() == y and per_split["dev"][0].tolist() == p.tolist()
     assert m["accuracy"] == pytest.approx(accuracy_score(y, p)) and m["f1"] == pytest.approx(f1_score(y, p, zero_division=0))
-    unsorted, _ = score_dev(model, {"dev": feats}, "mrpc", 4, pad, torch.device("cpu"), by_length=False)
+    unsorted, _ = score_dev(model, {"dev": feats}, "mrpc", 4, collate, torch.device("cpu"), by_length=False)
     assert unsorted["accuracy"] == m["accuracy"]
 
 
