@@ -5,8 +5,10 @@ cells computed vs memoised; a stage re-run that took its cells from the memo cou
 seconds they cost when computed, i.e. max(stage wall time, sum of per-cell seconds)), recovery (metrics/runtime/recover-*.json). Missing files (stages not
 run yet) are listed, not guessed; a further grid's fine-tune and Fisher stages that `make grid` took from
 the main grid (`fisvd.grid --share`: in the folder's dvc.lock, no run-time file) are listed as shared,
-their time counted in the main grid's file. Writes benchmarks/results/grid_cost.md (a grid of `grids`:
-grid_cost-<name>.md).
+their time counted in the main grid's file. For planning, each folder still to run gets an estimate:
+per missing stage, the mean of the same task's measured runs of that stage (same cells, same recovery;
+`estimate`), labelled as such and never added to the measured total. Writes
+benchmarks/results/grid_cost.md (a grid of `grids`: grid_cost-<name>.md).
 
     python benchmarks/grid_cost.py [--grid grid-<name>]
 """
@@ -23,6 +25,18 @@ from fisvd.results import recorded
 
 def read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def estimate(done: pd.DataFrame, missing: pd.DataFrame) -> pd.Series:
+    """Seconds each (task, seed) folder of `missing` would take: per row, the mean seconds of `done`'s
+    rows of the same task, stage, cell count and recovery; NaN for a folder with a row no measured row
+    matches."""
+    keys = ["task", "stage", "cells", "name"]
+    ref = done.assign(**done[keys[2:]].astype(object).fillna("")).groupby(keys).seconds.mean()
+    todo = missing.assign(**missing[keys[2:]].astype(object).fillna(""))
+    todo["est"] = [ref.get(tuple(k), float("nan")) for k in todo[keys].itertuples(index=False)]
+    by = todo.groupby(["task", "seed"], sort=False).est
+    return by.sum().where(by.apply(lambda e: e.notna().all()))
 
 
 def main(grid: str):
@@ -42,18 +56,22 @@ def main(grid: str):
                     c = read(d / f"metrics/runtime/cells-{f}.json")
                     cost = c and max(c["stage_s"], sum(c["cell_s"].values()))
                     rows.append({"task": t, "seed": s, "stage": f"cells ({f})", "seconds": cost,
-                                 "cells": c and c["computed"] + c["memoised"], "computed": c and c["computed"]})
+                                 "cells": c["computed"] + c["memoised"] if c else len(cells(p, t, s, f)),
+                                 "computed": c and c["computed"]})
             for c in recover_cells(p, t, s):
                 r = read(d / f"metrics/runtime/{recover_name(c)}.json")
-                rows.append({"task": t, "seed": s, "stage": "recover", "seconds": r and r["train_s"]})
-    df = pd.DataFrame(rows)
+                rows.append({"task": t, "seed": s, "stage": "recover", "seconds": r and r["train_s"],
+                             "name": recover_name(c)})
+    df = pd.DataFrame(rows).reindex(columns=["task", "seed", "stage", "seconds", "cells", "computed", "name",
+                                             "shared"])
     df["shared"] = df.shared.fillna(False).astype(bool) if "shared" in df else False
     missing, shared = df[df.seconds.isna() & ~df.shared], df[df.shared]
     done = df.dropna(subset=["seconds"]).drop(columns="shared")
+    shown = done.drop(columns="name")
     by = done.assign(kind=done.stage.str.replace(r" \(.*\)", "", regex=True)).groupby("kind").seconds.sum()
     print(f"grid: {len(p.grid.tasks)} tasks x {len(p.grid.seeds)} seeds, {len(cells(p))} cells, "
           f"{len(recover_cells(p))} recovered\n")
-    print(done.to_string(index=False))
+    print(shown.to_string(index=False))
     print("\nseconds by stage type:\n" + by.round(0).to_string())
     print(f"\ntotal measured: {done.seconds.sum():.0f} s ({done.seconds.sum() / 3600:.2f} h); "
           f"without recovery {done[done.stage != 'recover'].seconds.sum() / 3600:.2f} h")
@@ -64,8 +82,11 @@ def main(grid: str):
         kinds = missing.assign(kind=missing.stage.str.replace(r" \(.*\)", "", regex=True))
         per = kinds.groupby(["task", "seed", "kind"], sort=False).size()
         print(f"\nnot run yet ({len(missing)}):")
+        est = estimate(done, missing)
         for (t, s), g in per.groupby(level=[0, 1], sort=False):
-            print(f"  {t}/s{s}: " + ", ".join(k if n == 1 else f"{k} x{n}" for (_, _, k), n in g.items()))
+            e = est.get((t, s), float("nan"))
+            print(f"  {t}/s{s}: " + ", ".join(k if n == 1 else f"{k} x{n}" for (_, _, k), n in g.items())
+                  + (f" (estimate ~{e / 60:.0f} min from {t}'s measured runs)" if e == e else " (no estimate)"))
 
 
 if __name__ == "__main__":
