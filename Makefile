@@ -39,8 +39,9 @@ run: setup
 # The comparison grid (params.yaml `grid`, `recover`; docs/grid.md): regenerate the per-task
 # pipelines, run them folder by folder, every task's first seed before any second seed (each cell
 # cached: an interrupted run resumes, an extended grid runs only the new cells), then the report.
-# GRID_COMMIT=1 commits each finished run folder (its dvc.lock, params, metrics) and the report as
-# they land, for long runs in the background.
+# GRID_COMMIT=1 commits each run folder (its dvc.lock, params, metrics, results) as its stages land
+# (upstream, cells, recoveries six at a time: `fisvd.grid --repro --commit`), then the report, for
+# long runs in the background that a session's end may cut.
 # GRID=grid-<name> runs the grid `grids.<name>` instead (report in metrics/report-<name>).
 GRID_COMMIT ?=
 GRID ?= grid
@@ -52,7 +53,7 @@ grid: setup
 	    q = p.load_params('$(GRID)/params.yaml').grid; print(' '.join(g.run_dir(t, s, q.folder) for s in q.seeds for t in q.tasks))") || exit 1; \
 	for d in $$dirs; do \
 	  if [ "$(GRID)" != grid ]; then $(PY) -m fisvd.grid --share $$d || exit 1; fi; \
-	  $(PY) -m fisvd.grid --repro $$d || exit 1; \
+	  $(PY) -m fisvd.grid --repro $$d $(if $(GRID_COMMIT),--commit) || exit 1; \
 	  if [ -n "$(GRID_COMMIT)" ]; then git add $$d && git commit -qm "grid: $$d" -- $$d || true; fi; \
 	done
 	dvc --wait-for-lock repro $(GRID)/dvc.yaml

@@ -288,6 +288,15 @@ def reproduce(repo, target="grid/dvc.yaml"):
 
 
 @pytest.mark.slow
+def test_landing_batches_upstream_then_cells_then_recoveries_six_at_a_time():
+    rec = [f"recover-kfac-max_fi-p{b}" for b in (10, 20, 30, 40, 50, 60, 70)]
+    pipe = dict.fromkeys(["cells-kfac", *rec[:3], "prepare", "dense", "finetune", *rec[3:], "fisher", "cells-fwsvd",
+                          "extra"], {})
+    assert G.landing_batches(pipe) == [["prepare", "finetune", "fisher"], ["cells-kfac", "dense", "cells-fwsvd"],
+                                       rec[:6], rec[6:], ["extra"]]
+    assert G.landing_batches({"dense": {}}) == [["dense"]]      # a shared folder: no upstream of its own
+
+
 def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_dir, monkeypatch, capsys):
     repo = copy_project(tmp_path / "proj")
     raw = yaml.safe_load((repo / "params.yaml").read_text())
@@ -362,9 +371,17 @@ def test_grid_runs_resumes_and_extends_only_the_new_cells(tmp_path, tiny_model_d
     craw["recover"]["cells"].append({"allocation": "uniform_rank", "factorisation": "fwsvd", "budgets": [20]})
     (clone / "params.yaml").write_text(yaml.safe_dump(craw, sort_keys=False))
     assert G.main(["--root", str(clone)]) == 0
-    ran = [s.split(":")[-1] for s in G.run_folder("grid/mrpc/s42", clone)]
+    git(clone, "config", "user.email", "ci@example.com")
+    git(clone, "config", "user.name", "ci")
+    ran = [s.split(":")[-1] for s in G.run_folder("grid/mrpc/s42", clone, commit=True)]   # `make grid GRID_COMMIT=1`
     assert ran == ["prepare", "finetune", "fisher", "recover-fwsvd-uniform_rank-p20"]   # same bytes: cells skipped
     assert (clone / "grid/mrpc/s42/results/recover-fwsvd-uniform_rank-p20.json").is_file()
+    log = subprocess.run(["git", "log", "--format=%s", "-2"], cwd=clone, capture_output=True, text=True).stdout
+    assert log.splitlines() == ["grid: grid/mrpc/s42 (prepare, finetune, fisher, recover-fwsvd-uniform_rank-p20)",
+                                "grid"]                 # one commit for the batch that ran (the upstream came with it)
+    assert subprocess.run(["git", "status", "--porcelain", "--", "grid/mrpc/s42"], cwd=clone, capture_output=True,
+                          text=True).stdout == ""       # its result, metrics and dvc.lock all landed
+    assert G.run_folder("grid/mrpc/s42", clone, commit=True) == []                    # and nothing more to commit
 
     memo = repo / "grid/mrpc/s42/.cellcache"
     before = set(memo.iterdir())

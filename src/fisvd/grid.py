@@ -20,7 +20,7 @@ Which cells exist: every allocation × factorisation × budget of the grid, exce
 `grid.limit.<method>` restricts a method (allocation or factorisation) to some tasks,
 factorisations or budgets.
 
-    python -m fisvd.grid [--check] [--share grid-<name>/<task>/s<seed>] [--repro <run folder>]
+    python -m fisvd.grid [--check] [--share grid-<name>/<task>/s<seed>] [--repro <run folder> [--commit]]
     dvc repro grid/dvc.yaml          # or: make grid (runs task by task, committing as they land)
 """
 from __future__ import annotations
@@ -281,29 +281,66 @@ def _out_paths(stage: dict) -> list[str]:
     return [next(iter(o)) if isinstance(o, dict) else o for o in [*stage.get("outs", []), *stage.get("plots", [])]]
 
 
-def run_folder(folder: str, root_dir: Path = ROOT) -> list[str]:
+RECOVER_BATCH = 6   # recoveries landed per commit with `--commit` (~10-20 min of work on 2 CPU cores)
+
+
+def landing_batches(pipe: dict) -> list[list[str]]:
+    """A run folder's stages in the batches `run_folder(commit=True)` lands one commit each: the upstream
+    (BASE_STAGES), then dense and the cells stages, then the recoveries RECOVER_BATCH at a time, then any
+    other stage."""
+    first, rec = [n for n in BASE_STAGES if n in pipe], [n for n in pipe if n.startswith("recover-")]
+    cells_ = [n for n in pipe if n == "dense" or n.startswith("cells-")]
+    rest = [n for n in pipe if n not in {*first, *cells_, *rec}]
+    return [b for b in [first, cells_, *(rec[i:i + RECOVER_BATCH] for i in range(0, len(rec), RECOVER_BATCH)), rest]
+            if b]
+
+
+def _git_commit(root_dir: Path, folder: str, ran: list[str]) -> bool:
+    """Commit `folder` (its results, metrics and dvc.lock) after `ran`; False when nothing changed."""
+    import subprocess
+    git = lambda *a: subprocess.run(["git", *a], cwd=root_dir, capture_output=True, text=True)   # noqa: E731
+    git("add", "-A", "--", folder)
+    if not git("diff", "--cached", "--quiet", "--", folder).returncode:
+        return False
+    names = ", ".join(r.split(":")[-1] for r in ran)
+    done = git("commit", "-qm", f"grid: {folder} ({names})", "--", folder)
+    if done.returncode:
+        raise RuntimeError(f"git commit of {folder} failed: {done.stderr.strip()}")
+    return True
+
+
+def run_folder(folder: str, root_dir: Path = ROOT, commit: bool = False) -> list[str]:
     """`dvc repro <folder>/dvc.yaml` for a fresh clone as well as for the machine that ran it: the stages
     that ran. First with outputs allowed to be missing from DVC's cache (`--allow-missing`: a finished
     stage whose fine-tuned model or statistics only the cache held is not re-run; its results are in
     git, `_tracked`). If a stage still to run then needs such a missing output, once more without it:
     the upstream stages re-run (the same bytes on the same instruction set, so their finished
-    downstream stages stay skipped). Any other failure is raised."""
+    downstream stages stay skipped). Any other failure is raised. commit: run the stages in
+    `landing_batches` and git-commit the folder after each batch that ran something, so a session that
+    ends mid-folder keeps every batch that landed (`make grid GRID_COMMIT=1`)."""
     from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
     target = str((Path(root_dir) / folder / "dvc.yaml").resolve())
     pipe = stages_of(root_dir / folder)
     made = {o for st in pipe.values() for o in _out_paths(st)}
+    groups = [[f"{target}:{n}" for n in b] for b in landing_batches(pipe)] if commit else [[target]]
+    ran: list[str] = []
     with contextlib.chdir(root_dir), Repo(str(root_dir), _wait_for_lock=True) as repo:   # stage paths: from the root
-        try:
-            return [s.addressing for s in repo.reproduce(target, allow_missing=True)]
-        except ReproductionError:
-            missing = sorted({d for st in pipe.values() for d in st.get("deps", [])
-                              if d in made and not (root_dir / folder / d).exists()})
-            if not missing:
-                raise
-            print(f"{folder}: a stage to run needs {', '.join(missing)} (not in this clone's DVC cache): "
-                  "re-running upstream", flush=True)
-            return [s.addressing for s in repo.reproduce(target)]
+        for targets in groups:
+            try:
+                now = [s.addressing for s in repo.reproduce(targets, allow_missing=True)]
+            except ReproductionError:
+                missing = sorted({d for st in pipe.values() for d in st.get("deps", [])
+                                  if d in made and not (root_dir / folder / d).exists()})
+                if not missing:
+                    raise
+                print(f"{folder}: a stage to run needs {', '.join(missing)} (not in this clone's DVC cache): "
+                      "re-running upstream", flush=True)
+                now = [s.addressing for s in repo.reproduce(targets)]
+            ran += [s for s in now if s not in ran]
+            if commit and now:
+                _git_commit(Path(root_dir), folder, now)
+    return ran
 
 
 SHARED_STAGES = (*BASE_STAGES, "dense")   # upstream of every cell: a further grid may take them from the main one
@@ -420,12 +457,15 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=str(ROOT), help="project root (default: this checkout)")
     ap.add_argument("--repro", metavar="RUN_FOLDER", help="run one run folder's pipeline, also in a clone without "
                     "DVC's cache (run_folder; `make grid` calls it per folder), then exit")
+    ap.add_argument("--commit", action="store_true", help="with --repro: git-commit the run folder after each batch "
+                    "of stages that lands (upstream, cells, recoveries %d at a time), so an interrupted run keeps them"
+                    % RECOVER_BATCH)
     ap.add_argument("--share", metavar="RUN_FOLDER", help="a further grid's run folder (grid-<name>/<task>/s<seed>): "
                     "take the main grid's finished upstream stages that are the same there (share_upstream), then exit")
     a = ap.parse_args(argv)
     root = Path(a.root)
     if a.repro:                                       # DVC's logger prints its "Running stage ..." lines
-        ran = run_folder(a.repro, root)
+        ran = run_folder(a.repro, root, commit=a.commit)
         print(f"{a.repro}: {len(ran)} stage(s) ran" + (f": {', '.join(ran)}" if ran else ""))
         return 0
     if a.share:
