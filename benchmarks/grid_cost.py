@@ -64,7 +64,7 @@ def main(grid: str):
                              "name": recover_name(c)})
     df = pd.DataFrame(rows).reindex(columns=["task", "seed", "stage", "seconds", "cells", "computed", "name",
                                              "shared"])
-    df["shared"] = df.shared.fillna(False).astype(bool) if "shared" in df else False
+    df["shared"] = df.shared.fillna(False).astype(bool)
     missing, shared = df[df.seconds.isna() & ~df.shared], df[df.shared]
     done = df.dropna(subset=["seconds"]).drop(columns="shared")
     shown = done.drop(columns="name")

@@ -295,18 +295,17 @@ def landing_batches(pipe: dict) -> list[list[str]]:
             if b]
 
 
-def _git_commit(root_dir: Path, folder: str, ran: list[str]) -> bool:
-    """Commit `folder` (its results, metrics and dvc.lock) after `ran`; False when nothing changed."""
+def _git_commit(root_dir: Path, folder: str, ran: list[str]) -> None:
+    """Commit `folder` (its results, metrics and dvc.lock) after `ran`; nothing when nothing changed."""
     import subprocess
     git = lambda *a: subprocess.run(["git", *a], cwd=root_dir, capture_output=True, text=True)   # noqa: E731
     git("add", "-A", "--", folder)
     if not git("diff", "--cached", "--quiet", "--", folder).returncode:
-        return False
+        return
     names = ", ".join(r.split(":")[-1] for r in ran)
     done = git("commit", "-qm", f"grid: {folder} ({names})", "--", folder)
     if done.returncode:
         raise RuntimeError(f"git commit of {folder} failed: {done.stderr.strip()}")
-    return True
 
 
 def run_folder(folder: str, root_dir: Path = ROOT, commit: bool = False) -> list[str]:
