@@ -62,7 +62,7 @@ grid: setup
 	  git commit -qm "grid: report" -- metrics/report$(GRID_SUFFIX) benchmarks/results/grid_cost$(GRID_SUFFIX).md $(GRID)/dvc.lock || true; fi
 
 test: setup
-	$(PY) -m pytest -q -n auto --durations=8 tests
+	$(PY) -m pytest -q -n auto --durations=30 tests
 
 bench: setup
 	$(PY) benchmarks/lowrank_speed.py
